@@ -1,0 +1,216 @@
+"""The baseline predictor, learned online: popularity + co-visitation, and a rule risk score."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from model.types import (
+    Prediction,
+    PredictionContext,
+    Reason,
+    RiskOutput,
+    ScoredItem,
+)
+
+# How much one event says about an item, by type (view, click, add_to_cart, purchase).
+_TYPE_WEIGHT = {"view": 1.0, "click": 1.5, "add_to_cart": 3.0, "purchase": 4.0}
+
+
+@dataclass(frozen=True, slots=True)
+class RiskRule:
+    """One explainable rule term: contribution = weight * transform(feature value)."""
+
+    feature: str
+    weight: float
+    offset: float  # the part of the value that is normal: max(0, value - offset)
+    cap: float
+
+
+RISK_RULES: tuple[RiskRule, ...] = (
+    RiskRule("spend_z_1h", 0.9, 2.0, 8.0),  # spend velocity z-score over users
+    RiskRule("distinct_devices_24h", 1.3, 1.0, 6.0),  # new-device bursts
+    RiskRule("distinct_ips_24h", 0.8, 2.0, 8.0),  # IP hopping
+    RiskRule("count_purchase_1m", 1.4, 1.0, 6.0),  # purchase bursts
+    RiskRule("count_add_to_cart_1m", 0.5, 3.0, 10.0),  # cart bursts
+    RiskRule("purchase_to_view_1h", 1.0, 1.0, 5.0),  # buying without browsing
+    RiskRule("new_device", 0.8, 0.0, 1.0),
+    RiskRule("new_ip", 0.5, 0.0, 1.0),
+)
+_RISK_BIAS = -5.0
+# weight of the user's own item at each age (0 = the event just seen): recency decay
+_RECENCY = tuple(0.3 / (1 + age) ** 0.5 for age in range(20))
+
+
+class _Welford:
+    """Running mean / std of positive spend, so the z-score adapts to the stream."""
+
+    __slots__ = ("n", "mean", "m2")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        d = x - self.mean
+        self.mean += d / self.n
+        self.m2 += d * (x - self.mean)
+
+    def z(self, x: float) -> float:
+        if self.n < 20:
+            return 0.0
+        std = math.sqrt(self.m2 / (self.n - 1)) or 1.0
+        return (x - self.mean) / std
+
+
+class BaselinePredictor:
+    """Online popularity + item-to-item co-visitation, and a rule-based risk score.
+
+    Co-visitation: items that follow each other within a user's session (30 min gap) by
+    event time, weighted by event type; the user's own recent items are candidates too
+    (re-consumption is common in e-commerce logs); popularity fills the rest. Memory is
+    bounded: `max_items` items, `max_neighbours` neighbours each; counts decay by halving.
+    """
+
+    name = "covisitation"
+
+    def __init__(self, *, max_items: int = 200_000, max_neighbours: int = 64,
+                 window: int = 3, session_gap_ms: int = 1_800_000,
+                 decay_every: int = 500_000) -> None:
+        self.version = "baseline-online"
+        self.max_items = max_items
+        self.max_neighbours = max_neighbours
+        self.window = window
+        self.session_gap_ms = session_gap_ms
+        self.decay_every = decay_every
+        self.pop: dict[str, float] = {}
+        self.covis: dict[str, dict[str, float]] = {}
+        self._top_pop: list[tuple[str, float]] = []
+        self._since_decay = 0
+        self._since_top = 0
+        self._spend = _Welford()
+        self.events_seen = 0
+
+    # -- learning -------------------------------------------------------------------
+    def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
+        for ctx in contexts:
+            self._learn(ctx)
+        # popularity only fills short candidate lists: refreshing it rarely is enough
+        if self._since_top >= 20_000 or (not self._top_pop and self.pop):
+            self._refresh_top()
+
+    def _learn(self, ctx: PredictionContext) -> None:
+        self.events_seen += 1
+        w = _TYPE_WEIGHT.get(ctx.event_type, 1.0)
+        item = ctx.item_id
+        self.pop[item] = self.pop.get(item, 0.0) + w
+        self._since_top += 1
+        if ctx.event_type == "purchase":
+            self._spend.add(ctx.features.get("spend_1h", 0.0))
+        seq = ctx.sequence
+        # the trigger is the last element; link it with the few before it in the session
+        n = len(seq)
+        for j in range(max(0, n - 1 - self.window), n - 1):
+            prev = seq[j]
+            if prev.item_id == item or ctx.ts_ms - prev.ts_ms > self.session_gap_ms:
+                continue
+            wt = w / (n - 1 - j)
+            self._link(prev.item_id, item, wt)
+            self._link(item, prev.item_id, wt * 0.5)
+        self._since_decay += 1
+        if self._since_decay >= self.decay_every:
+            self._decay()
+        if len(self.pop) > self.max_items:
+            self._evict()
+
+    def _link(self, a: str, b: str, w: float) -> None:
+        nb = self.covis.get(a)
+        if nb is None:
+            nb = self.covis[a] = {}
+        nb[b] = nb.get(b, 0.0) + w
+        if len(nb) > 2 * self.max_neighbours:
+            keep = sorted(nb.items(), key=lambda kv: kv[1], reverse=True)[: self.max_neighbours]
+            self.covis[a] = dict(keep)
+
+    def _decay(self) -> None:
+        self._since_decay = 0
+        self.pop = {k: v / 2 for k, v in self.pop.items() if v >= 0.5}
+        for a in list(self.covis):
+            nb = {k: v / 2 for k, v in self.covis[a].items() if v >= 0.25}
+            if nb:
+                self.covis[a] = nb
+            else:
+                del self.covis[a]
+
+    def _evict(self) -> None:
+        keep = sorted(self.pop.items(), key=lambda kv: kv[1], reverse=True)
+        keep = keep[: int(self.max_items * 0.8)]
+        self.pop = dict(keep)
+        self.covis = {k: v for k, v in self.covis.items() if k in self.pop}
+
+    def _refresh_top(self) -> None:
+        self._since_top = 0
+        self._top_pop = heapq.nlargest(200, self.pop.items(), key=lambda kv: kv[1])
+
+    # -- prediction -----------------------------------------------------------------
+    def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
+        return [self._predict(ctx) for ctx in contexts]
+
+    def _predict(self, ctx: PredictionContext) -> Prediction:
+        items: tuple[ScoredItem, ...] = ()
+        if ctx.recommend:
+            items = self.recommend(ctx)
+        return Prediction(items=items, risk=self.risk(ctx.features), model=self.name,
+                          model_version=self.version, risk_model_version="rules-v1")
+
+    def recommend(self, ctx: PredictionContext) -> tuple[ScoredItem, ...]:
+        exclude = ctx.exclude_items | {ctx.item_id}
+        scores: dict[str, float] = {}
+        seq = ctx.sequence
+        n = len(seq)
+        # co-visitation neighbours of the last few items, most recent weighted highest
+        for rank, j in enumerate(range(n - 1, max(-1, n - 1 - self.window), -1)):
+            nb = self.covis.get(seq[j].item_id)
+            if not nb:
+                continue
+            total = sum(nb.values()) or 1.0
+            decay = 1.0 / (1 + rank)
+            for b, c in nb.items():
+                scores[b] = scores.get(b, 0.0) + decay * c / total
+        # the user's own recent items (re-consumption), by recency and intent
+        for age in range(min(n, len(_RECENCY))):
+            e = seq[n - 1 - age]
+            w = _RECENCY[age] * _TYPE_WEIGHT.get(e.event_type, 1.0)
+            scores[e.item_id] = scores.get(e.item_id, 0.0) + w
+        for b in exclude:
+            scores.pop(b, None)
+        ranked = heapq.nlargest(ctx.k, scores.items(), key=lambda kv: kv[1])
+        if len(ranked) < ctx.k:
+            have = {b for b, _ in ranked} | exclude
+            top = self._top_pop[0][1] if self._top_pop else 1.0
+            for b, c in self._top_pop:
+                if b not in have:
+                    ranked.append((b, 1e-3 * c / top))
+                    if len(ranked) >= ctx.k:
+                        break
+        return tuple([ScoredItem(b, s, 1.0) for b, s in ranked])
+
+    def risk(self, features: dict[str, float]) -> RiskOutput:
+        spend_z = self._spend.z(features.get("spend_1h", 0.0))
+        logit = _RISK_BIAS
+        reasons = []
+        for rule in RISK_RULES:
+            v = spend_z if rule.feature == "spend_z_1h" else features.get(rule.feature, 0.0)
+            if v <= rule.offset:
+                continue
+            c = rule.weight * min(v - rule.offset, rule.cap)
+            reasons.append(Reason(rule.feature, v, c))
+            logit += c
+        if len(reasons) > 1:
+            reasons.sort(key=lambda r: r.contribution, reverse=True)
+        score = 1.0 / (1.0 + math.exp(-logit))
+        return RiskOutput(score=score, reasons=tuple(reasons))

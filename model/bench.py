@@ -1,0 +1,151 @@
+"""Inference benchmark: per-event calls vs the micro-batcher under concurrent load."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.device import resolve_device
+from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
+from model.neural import NeuralRecommender
+from model.predictor import Predictor
+from model.risk_model import RiskScorer
+from model.serving import ModelPredictor, load_predictor
+from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
+from model.vocab import ItemVocab
+
+CONCURRENCY: tuple[int, ...] = (1, 8, 32, 128, 256, 512)
+
+
+def synthetic_contexts(n: int, items: list[str], seq_len: int = 50, seed: int = 0
+                       ) -> list[PredictionContext]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ts = 1_700_000_000_000 + i * 1000
+        seq = tuple(SeqItem(rng.choice(items), rng.choice(EVENT_TYPES), ts - (seq_len - j) * 30_000)
+                    for j in range(seq_len))
+        feats = {f: rng.random() * 10 for f in FEATURE_NAMES}
+        out.append(PredictionContext(user_id=f"u{i % 997}", event_id=f"e{i}",
+                                     item_id=seq[-1].item_id, event_type=seq[-1].event_type,
+                                     ts_ms=seq[-1].ts_ms, category=None, sequence=seq,
+                                     features=feats, k=10))
+    return out
+
+
+def untrained_predictor(device: torch.device, n_items: int = 20_000, **batcher: Any
+                        ) -> ModelPredictor:
+    """Default-size SASRec + risk net with random weights: same compute as trained ones."""
+    torch.manual_seed(0)
+    vocab = ItemVocab(n_items)
+    vocab.add_all(f"item{i}" for i in range(n_items))
+    net = build_recommender("sasrec", SeqRecConfig(n_items=vocab.size))
+    risk = RiskNet(RiskConfig(max_len=8))
+    return ModelPredictor(NeuralRecommender(net, vocab, device), RiskScorer(risk, device),
+                          version="untrained", risk_version="untrained", **batcher)
+
+
+def _pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))] if s else 0.0
+
+
+def per_event(pred: ModelPredictor, contexts: list[PredictionContext], seconds: float
+              ) -> dict[str, float]:
+    """Batch of one in a loop, no batcher: what calling the model per event costs."""
+    lat: list[float] = []
+    t_end = time.perf_counter() + seconds
+    i = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() < t_end or i < 5:
+            s = time.perf_counter()
+            pred.compute([contexts[i % len(contexts)]])
+            lat.append((time.perf_counter() - s) * 1000.0)
+            i += 1
+    wall = time.perf_counter() - t0
+    return {"pps": i / wall, "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "n": i}
+
+
+def batched(pred: ModelPredictor, contexts: list[PredictionContext], concurrency: int,
+            seconds: float) -> dict[str, float]:
+    """Closed loop: `concurrency` requests always in flight through the micro-batcher."""
+    sem = threading.Semaphore(concurrency)
+    lat: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    count = [0]
+
+    def finished(start: float) -> Callable[[Any], None]:
+        def cb(_f: Any) -> None:
+            with lock:
+                lat.append((time.perf_counter() - start) * 1000.0)
+                count[0] += 1
+            sem.release()
+        return cb
+    t0 = time.perf_counter()
+    t_end = t0 + seconds
+    i = 0
+    while time.perf_counter() < t_end:
+        sem.acquire()
+        s = time.perf_counter()
+        pred._batcher.submit(contexts[i % len(contexts)]).add_done_callback(finished(s))
+        i += 1
+    for _ in range(concurrency):  # drain
+        sem.acquire()
+    wall = time.perf_counter() - t0
+    done.set()
+    return {"concurrency": concurrency, "pps": count[0] / wall, "p50_ms": _pct(lat, 0.5),
+            "p99_ms": _pct(lat, 0.99), "n": count[0]}
+
+
+def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: float = 3.0,
+                        prefer: str = "auto", log: Callable[[str], None] | None = None,
+                        concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
+    """Headline: per-event pps vs batched pps at the highest-throughput concurrency whose p99
+    stays under 50 ms (else the highest-throughput one), default batcher settings."""
+    say = log or (lambda _m: None)
+    dev = resolve_device(device)
+    pred: Predictor | None = None
+    if data_dir is not None:
+        pred = load_predictor(data_dir, device=device, prefer=prefer)
+    if not isinstance(pred, ModelPredictor):
+        say("registry empty (or baseline): benchmarking default-size untrained SASRec + risk")
+        pred = untrained_predictor(dev)
+    assert isinstance(pred, ModelPredictor)
+    rec = pred.recommender
+    items = ([i for i in (rec.vocab.item(j) for j in rec.vocab.known_ids()) if i]
+             if isinstance(rec, NeuralRecommender) else [f"item{i}" for i in range(5000)])
+    contexts = synthetic_contexts(2048, items[:50_000])
+    pred.compute(contexts[:64])  # warm up kernels and caches
+    say(f"per-event loop on {dev} ({pred.name} {pred.version} + risk {pred.risk_version})")
+    single = per_event(pred, contexts, seconds)
+    say(f"  per-event: {single['pps']:.0f}/s p50 {single['p50_ms']:.2f} ms "
+        f"p99 {single['p99_ms']:.2f} ms")
+    levels = []
+    for c in concurrency:
+        r = batched(pred, contexts, c, seconds)
+        levels.append(r)
+        say(f"  batched c={c}: {r['pps']:.0f}/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
+    ok = [r for r in levels if r["p99_ms"] < 50.0]
+    head = max(ok or levels, key=lambda r: r["pps"])
+    metrics = pred.metrics()
+    pred.close()
+    return {"device": str(dev), "model": pred.name, "model_version": pred.version,
+            "risk_model_version": pred.risk_version, "per_event_pps": round(single["pps"], 1),
+            "per_event_p50_ms": round(single["p50_ms"], 3),
+            "per_event_p99_ms": round(single["p99_ms"], 3),
+            "batched_pps": round(head["pps"], 1), "ratio": round(head["pps"] / single["pps"], 2),
+            "p50_ms": round(head["p50_ms"], 3), "p99_ms": round(head["p99_ms"], 3),
+            "concurrency": head["concurrency"], "p99_under_50ms": bool(ok),
+            "levels": [{k: round(v, 3) for k, v in r.items()} for r in levels],
+            "batcher": {"max_batch": metrics["max_batch"], "max_wait_ms": metrics["max_wait_ms"],
+                        "batch_size_hist": metrics["batch_size_hist"],
+                        "compute_ms": metrics["compute_ms"]},
+            "threads": torch.get_num_threads(), "seconds_per_level": seconds}

@@ -1,0 +1,25 @@
+"""The seam between the stream and the models: the Predictor protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from model.types import Prediction, PredictionContext
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What the worker calls, once per micro-batch, from a thread off the event loop.
+
+    predict_batch returns one Prediction per context, in order. learn_batch lets a model learn
+    online from the same contexts after they were predicted (a no-op for frozen models).
+    Both are called from one thread at a time.
+    """
+
+    name: str
+    version: str
+
+    def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]: ...
+
+    def learn_batch(self, contexts: Sequence[PredictionContext]) -> None: ...

@@ -1,0 +1,143 @@
+"""Serve the registry's latest recommender and risk model behind the Predictor seam."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.baseline import BaselinePredictor
+from model.batching import MicroBatcher
+from model.device import resolve_device
+from model.predictor import Predictor
+from model.recommender import METHODS, Recommender, load_recommender
+from model.registry import ModelRegistry, RegistryError
+from model.risk_model import RiskScorer
+from model.types import Prediction, PredictionContext, RiskOutput, ScoredItem, SeqItem
+
+RULES_VERSION = "rules-v1"
+
+
+def with_trigger(ctx: PredictionContext) -> tuple[SeqItem, ...]:
+    """The context's sequence, ending with the triggering event even if the caller left it out."""
+    seq = ctx.sequence
+    if seq and seq[-1].item_id == ctx.item_id and seq[-1].ts_ms == ctx.ts_ms:
+        return seq
+    return (*seq, SeqItem(ctx.item_id, ctx.event_type, ctx.ts_ms))
+
+
+class ModelPredictor:
+    """A frozen recommender + risk model; `predict_batch` goes through a micro-batcher.
+
+    Deterministic top-k, so every item's propensity is 1.0. The trigger item and
+    `context.exclude_items` are never recommended; `context.k` items at most. A missing risk
+    model falls back to the baseline's rule score (version "rules-v1").
+    """
+
+    def __init__(self, recommender: Recommender, risk: RiskScorer | None, *,
+                 version: str, risk_version: str | None, max_batch: int = 256,
+                 max_wait_ms: float = 5.0, max_queue: int = 8192,
+                 timeout_s: float | None = 30.0) -> None:
+        self.recommender = recommender
+        self.risk_scorer = risk
+        self.name = recommender.method
+        self.version = version
+        has_risk = risk is not None and risk_version is not None
+        self.risk_version: str = risk_version if has_risk and risk_version else RULES_VERSION
+        self._rules = BaselinePredictor() if risk is None else None
+        self._batcher: MicroBatcher[PredictionContext, Prediction] = MicroBatcher(
+            self.compute, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            timeout_s=timeout_s, block_s=timeout_s, name=f"predict-{self.name}-{version}")
+
+    def compute(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
+        """One batched forward pass of both models, no queueing (what the batcher calls)."""
+        if not contexts:
+            return []
+        rec_rows = [i for i, c in enumerate(contexts) if c.recommend and c.k > 0]
+        ranked: dict[int, tuple[ScoredItem, ...]] = {}
+        if rec_rows:
+            k = max(contexts[i].k for i in rec_rows)
+            seqs = [with_trigger(contexts[i]) for i in rec_rows]
+            excl = [contexts[i].exclude_items | {contexts[i].item_id} for i in rec_rows]
+            for i, row in zip(rec_rows, self.recommender.recommend(seqs, k, excl), strict=True):
+                ranked[i] = tuple(ScoredItem(item, score, 1.0)
+                                  for item, score in row[: contexts[i].k])
+        risks: list[RiskOutput]
+        if self.risk_scorer is not None:
+            risks = self.risk_scorer.score(contexts)
+        else:
+            assert self._rules is not None
+            risks = [self._rules.risk(c.features) for c in contexts]
+        return [Prediction(items=ranked.get(i, ()), risk=risks[i], model=self.name,
+                           model_version=self.version, risk_model_version=self.risk_version)
+                for i in range(len(contexts))]
+
+    def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
+        return self._batcher.map(list(contexts))
+
+    def predict_one(self, context: PredictionContext) -> Prediction:
+        """One request through the batcher (what concurrent callers use)."""
+        return self._batcher.submit(context).result()
+
+    def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
+        """Frozen between published versions: online learning belongs to the baseline."""
+
+    def metrics(self) -> dict[str, Any]:
+        return self._batcher.metrics()
+
+    def close(self) -> None:
+        """Finish queued requests and stop the batcher thread (after a swap)."""
+        self._batcher.close()
+
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[str, str, str, str], tuple[Recommender, str]] = {}
+
+
+def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str
+                      ) -> tuple[Recommender, str] | None:
+    version = reg.latest("recommender")
+    if version is None:
+        return None
+    root = reg.path("recommender", version)
+    manifest = reg.manifest("recommender", version)
+    method = str(manifest.get("served", "")) if prefer == "auto" else prefer
+    available = [m for m in manifest.get("methods", []) if (root / m).is_dir()]
+    if method not in available:
+        raise RegistryError(f"recommender {version} has no {method!r} model "
+                            f"(has: {', '.join(available) or 'none'})")
+    key = (str(root.resolve()), version, method, str(device))
+    with _cache_lock:  # versions are immutable, so a loaded one can be shared
+        hit = _cache.get(key)
+        if hit is None:
+            hit = (load_recommender(root / method, method, device), version)
+            _cache[key] = hit
+    return hit
+
+
+def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto",
+                   **batcher: Any) -> Predictor:
+    """The Predictor for the registry's latest versions in `data_dir`.
+
+    prefer: "auto" serves the method that won the evaluation at training time; a method name
+    ("popularity", "covisitation", "gru", "sasrec") serves that one from the latest version;
+    "baseline" (or an empty registry) gives the online BaselinePredictor. Loading is cheap
+    (small files, cached per immutable version) and touches no shared state but the cache, so
+    a worker may call it from any thread and swap predictors between batches; call `close()`
+    on the old ModelPredictor after the swap.
+    """
+    if prefer not in ("auto", "baseline", *METHODS):
+        raise ValueError(f"prefer must be auto, baseline or one of {', '.join(METHODS)}")
+    if prefer == "baseline":
+        return BaselinePredictor()
+    dev = resolve_device(device)
+    reg = ModelRegistry(Path(data_dir))
+    rec = _load_recommender(reg, dev, prefer)
+    if rec is None:
+        return BaselinePredictor()
+    risk_version = reg.latest("risk")
+    risk = RiskScorer.load(reg.path("risk", risk_version), dev) if risk_version else None
+    return ModelPredictor(rec[0], risk, version=rec[1], risk_version=risk_version, **batcher)

@@ -1,0 +1,1 @@
+"""Offline training and evaluation: temporal splits, trainers, metrics, publishing."""

@@ -1,0 +1,90 @@
+"""Ranking metrics (HR/MRR/NDCG@k) and binary classification metrics (ROC-AUC, PR-AUC)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def rank_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int = 20
+                 ) -> dict[str, float]:
+    """HR@k (= Recall@k with one target), MRR@k and NDCG@k, averaged over cases.
+
+    A target at 1-based rank r <= k scores hit 1, reciprocal rank 1/r and DCG 1/log2(r + 1)
+    (ideal DCG is 1 with a single relevant item); outside the top k everything is 0.
+    """
+    if len(ranked) != len(targets):
+        raise ValueError("one ranked list per target")
+    n = len(targets)
+    hr = mrr = ndcg = 0.0
+    for row, t in zip(ranked, targets, strict=True):
+        top = list(row[:k])
+        if t in top:
+            r = top.index(t) + 1
+            hr += 1.0
+            mrr += 1.0 / r
+            ndcg += 1.0 / math.log2(r + 1)
+    d = max(1, n)
+    return {f"hr@{k}": hr / d, f"mrr@{k}": mrr / d, f"ndcg@{k}": ndcg / d}
+
+
+def _average_ranks(scores: Sequence[float]) -> list[float]:
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        avg = (i + j) / 2.0 + 1.0
+        for m in range(i, j + 1):
+            ranks[order[m]] = avg
+        i = j + 1
+    return ranks
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Probability a random positive outscores a random negative (ties count half)."""
+    pos = sum(1 for y in labels if y)
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        raise ValueError("ROC-AUC needs both classes")
+    ranks = _average_ranks(scores)
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
+    return (rank_sum - pos * (pos + 1) / 2.0) / (pos * neg)
+
+
+def pr_auc(labels: Sequence[int], scores: Sequence[float], neg_weight: float = 1.0) -> float:
+    """Average precision: sum over thresholds of precision x recall step, ties as one step.
+
+    neg_weight reweights negatives to report precision at another base rate than the
+    sample's (see `negative_weight`).
+    """
+    pos = sum(1 for y in labels if y)
+    if pos == 0:
+        raise ValueError("PR-AUC needs positives")
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    tp = fp = 0.0
+    ap = 0.0
+    prev_recall = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and scores[order[j]] == scores[order[i]]:
+            if labels[order[j]]:
+                tp += 1
+            else:
+                fp += neg_weight
+            j += 1
+        recall = tp / pos
+        precision = tp / (tp + fp) if tp + fp > 0 else 0.0
+        ap += (recall - prev_recall) * precision
+        prev_recall = recall
+        i = j
+    return ap
+
+
+def negative_weight(sample_rate: float, target_rate: float) -> float:
+    """Weight for each negative so that a sample with positive rate `sample_rate` behaves like
+    one with `target_rate`: P / (P + w N) = target  =>  w = (s / (1 - s)) / (t / (1 - t))."""
+    return (sample_rate / (1.0 - sample_rate)) / (target_rate / (1.0 - target_rate))

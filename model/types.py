@@ -1,0 +1,81 @@
+"""The model's input and output contract: plain dataclasses shared with the stream side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+EVENT_TYPE_INDEX: dict[str, int] = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+# Numeric features the stream side provides in PredictionContext.features (all floats).
+# Window labels are 1m / 1h / 24h with the default windows; other windows add other labels,
+# so models look features up by name and default missing ones to 0.
+FEATURE_NAMES: tuple[str, ...] = (
+    "events_total",
+    "count_view", "count_click", "count_add_to_cart", "count_purchase",
+    "count_view_1m", "count_click_1m", "count_add_to_cart_1m", "count_purchase_1m",
+    "count_view_1h", "count_click_1h", "count_add_to_cart_1h", "count_purchase_1h",
+    "count_view_24h", "count_click_24h", "count_add_to_cart_24h", "count_purchase_24h",
+    "spend_1h", "spend_24h", "purchase_rate_1h", "purchase_rate_24h",
+    "session_length", "session_duration_s",
+    "distinct_items", "distinct_categories",
+    "distinct_devices_24h", "distinct_ips_24h",
+    "gap_s", "cart_to_view_1h", "purchase_to_view_1h",
+    "price", "new_device", "new_ip",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SeqItem:
+    """One past event of the user: item, event type and event time (epoch ms)."""
+
+    item_id: str
+    event_type: str
+    ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionContext:
+    """Everything a model may use to decide for one event, frozen at decision time."""
+
+    user_id: str
+    event_id: str
+    item_id: str
+    event_type: str
+    ts_ms: int
+    category: str | None
+    # Oldest first; the triggering event is the last element.
+    sequence: tuple[SeqItem, ...]
+    features: dict[str, float]
+    recommend: bool = True
+    k: int = 10
+    exclude_items: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+    propensity: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    feature: str
+    value: float
+    contribution: float
+
+
+@dataclass(frozen=True, slots=True)
+class RiskOutput:
+    score: float  # calibrated probability in [0, 1]
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    items: tuple[ScoredItem, ...]  # empty when context.recommend is False
+    risk: RiskOutput
+    model: str
+    model_version: str
+    risk_model_version: str

@@ -1,0 +1,1 @@
+"""lamstream's streaming side: everything that touches Kafka or Faust."""

@@ -1,0 +1,406 @@
+"""The ingest agent: validate events, update per-user features, predict, publish decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from faust.streams import _current_event
+from faust.types import TP, Message
+from mode import Service
+
+from model.baseline import BaselinePredictor
+from model.predictor import Predictor
+from model.types import Prediction, PredictionContext
+from stream.errors import InfraError, PoisonMessage
+from stream.fastpath import BatchSink, register_sink
+from stream.features import FeatureConfig, UserState
+from stream.metrics import Metrics
+from stream.schemas import Event, decode_event
+from stream.settings import Settings
+from stream.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class _Msg:
+    __slots__ = ("partition",)
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+
+class _PartitionEvent:
+    """Stands in for Faust's current event while we touch the table for one partition.
+
+    Faust's table stores route reads/writes to the RocksDB database of the *source* partition
+    and need that partition to send changelog records; they find it through the current
+    event, which does not exist outside per-message stream iteration (faust #497: "Cannot
+    modify table key from outside of stream iteration"). Our batches know each record's
+    partition, so we say it explicitly.
+    """
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, partition: int) -> None:
+        self.message = _Msg(partition)
+
+
+@contextlib.contextmanager
+def partition_context(partition: int) -> Iterator[None]:
+    ev = _PartitionEvent(partition)
+    token = _current_event.set(weakref.ref(ev))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+@dataclass
+class _Pending:
+    """One valid, non-duplicate event waiting for its decision."""
+
+    event: Event
+    recv: float
+    ctx: PredictionContext
+
+
+@dataclass
+class BatchStats:
+    events: int = 0
+    dlq: int = 0
+    duplicates: int = 0
+    late: int = 0
+    recommendations: int = 0
+    alerts: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class PredictorHolder:
+    """The predictor in service; a new one is swapped in between batches, never within."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.current = predictor
+        self._next: Predictor | None = None
+
+    def offer(self, predictor: Predictor) -> None:
+        self._next = predictor
+
+    def swap_if_offered(self) -> bool:
+        if self._next is None:
+            return False
+        self.current, self._next = self._next, None
+        return True
+
+
+class IngestAgent(Service):
+    """Reads `events` in micro-batches from the fast path (stream.fastpath) and decides.
+
+    Per batch: decode + validate each record at the edge (bad ones go to the DLQ with their
+    bytes), fold events into each user's state (one table read and write per user per
+    batch), call the predictor once in a worker thread, publish decisions without awaiting
+    each send, wait for the batch's sends to be acknowledged, and only then ack the input
+    records so Faust commits their offsets. A crash at any point re-delivers the uncommitted
+    records; their event ids are already in the user's state, so counts stay exact.
+    """
+
+    def __init__(self, *, app: Any, settings: Settings, topics: Topics, table: Any,
+                 features: FeatureConfig, metrics: Metrics, events_topic: Any,
+                 predictor: Predictor | None = None, **kwargs: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.topics = topics
+        self.table = table
+        self.features = features
+        self.metrics = metrics
+        self.events_topic = events_topic
+        self.holder = PredictorHolder(predictor or BaselinePredictor())
+        self.sink = BatchSink(maxsize=max(4 * settings.batch_max, 2000), on_drop=self._untrack)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self._batch_lock = asyncio.Lock()
+        self._closing = False
+        self.recent: list[dict[str, Any]] = []  # latest decisions, for the dashboard
+        self.stats = BatchStats()
+        self.started_at = time.time()
+        self._sweep_cursor = 0
+        self._last_sweep = time.monotonic()
+        super().__init__(**kwargs)
+        app.add_dependency(self)
+        # the topic must be subscribed by Faust's conductor although no stream iterates it
+        app.topics.add(events_topic)
+        app.topics._acking_topics.add(events_topic.get_topic_name())
+
+    def _untrack(self, messages: list[Message]) -> None:
+        """Dropped before processing: Faust must not wait for their acks (nor commit them)."""
+        unacked = self.app.consumer._unacked_messages
+        for m in messages:
+            unacked.discard(m)
+
+    async def on_start(self) -> None:
+        register_sink(self.app.consumer, self.events_topic.get_topic_name(), self.sink)
+        self.app.flow_control.manage_queue(self.sink)
+        self.metrics.set_model(self.holder.current.name, self.holder.current.version)
+
+    async def on_stop(self) -> None:
+        self._closing = True
+        async with self._batch_lock:  # finish the batch in flight
+            pass
+        # what is still buffered was never acked: forget it so Faust's shutdown does not
+        # wait for it; it is re-delivered to whoever owns the partition next
+        self.sink.clear()
+        self._pool.shutdown(wait=True)
+
+    @Service.task
+    async def _run(self) -> None:
+        settings = self.settings
+        within = settings.batch_within_ms / 1000
+        while not self.should_stop and not self._closing:
+            batch = await self.sink.get_batch(settings.batch_max, within)
+            if self._closing:
+                break
+            async with self._batch_lock:
+                await self._process_with_retry(batch)
+                if time.monotonic() - self._last_sweep > 60:
+                    await self.sweep_expired()
+
+    async def _process_with_retry(self, batch: list[tuple[Message, float]]) -> None:
+        delay = 0.2
+        for attempt in range(6):
+            try:
+                await self.process(batch)
+                return
+            except InfraError as exc:
+                log.warning("batch failed (%s), retry %d in %.1fs", exc, attempt + 1, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise InfraError("giving up on a batch after 6 attempts; crashing the worker")
+
+    # ---------------------------------------------------------------------------------
+    async def process(self, batch: list[tuple[Message, float]]) -> BatchStats:
+        cfg = self.features
+        now_ms = int(time.time() * 1000)
+        settings = self.settings
+        producer = self.app.producer
+        futures: list[asyncio.Future[Any]] = []
+        stats = BatchStats(events=len(batch))
+        unacked = self.app.consumer._unacked_messages
+        for m, _ in batch:
+            unacked.add(m)
+
+        # 1. decode at the edge; group valid events by (partition, user), in order
+        by_user: dict[tuple[int, str], list[tuple[Event, float]]] = {}
+        for m, recv in batch:
+            try:
+                ev = decode_event(m.value, m.key, settings.max_event_bytes)
+            except PoisonMessage as bad:
+                stats.dlq += 1
+                self.metrics.dlq.labels(error_kind=bad.kind).inc()
+                futures.append(await producer.send(
+                    self.topics.dlq.name, m.key, self._dlq_record(m, bad, now_ms), None,
+                    None, None))
+                continue
+            by_user.setdefault((m.partition, ev.user_id), []).append((ev, recv))
+
+        # 2. fold into state, one read and one write per user
+        pending: list[_Pending] = []
+        writes: list[tuple[int, bytes, bytes]] = []
+        recommend_on = settings.recommend_on
+        store = self.table.data
+        n_windows = len(cfg.windows_s)
+        for (partition, user_id), events in by_user.items():
+            key = user_id.encode()
+            with partition_context(partition):
+                raw = store.get(key)
+            st = UserState.from_bytes(raw, n_windows) if raw else UserState(user_id, n_windows)
+            for ev, recv in events:
+                res = st.apply(ev, cfg, now_ms)
+                if res.duplicate:
+                    stats.duplicates += 1
+                    continue
+                if res.late:
+                    stats.late += 1
+                ctx = PredictionContext(
+                    user_id=user_id, event_id=ev.event_id, item_id=ev.item_id,
+                    event_type=ev.type, ts_ms=ev.ts, category=ev.category,
+                    sequence=st.sequence(), features=st.numeric_features(cfg, ev),
+                    recommend=ev.type in recommend_on, k=settings.top_k)
+                pending.append(_Pending(ev, recv, ctx))
+            writes.append((partition, key, st.to_bytes()))
+
+        # 3. one model call for the whole batch, off the event loop
+        predictions: list[Prediction] = []
+        if pending:
+            self.holder.swap_if_offered()
+            t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            predictions = await loop.run_in_executor(
+                self._pool, self._predict, [p.ctx for p in pending])
+            self.metrics.inference.observe(time.perf_counter() - t0)
+
+        # 4. state: local store write + changelog record, per user
+        changelog = self.table.changelog_topic.get_topic_name()
+        last_fut: dict[int, asyncio.Future[Any]] = {}
+        for partition, key, value in writes:
+            with partition_context(partition):
+                store[key] = value
+            fut = await producer.send(changelog, key, value, partition, None, None)
+            futures.append(fut)
+            last_fut[partition] = fut
+
+        # 5. decisions
+        threshold = settings.risk_threshold
+        rec_topic = self.topics.recommendations.name
+        alert_topic = self.topics.risk_alerts.name
+        for p, pred in zip(pending, predictions, strict=True):
+            ev = p.event
+            key = ev.user_id.encode()
+            if pred.items:
+                now = time.monotonic()
+                lat = (now - p.recv) * 1000
+                rec = {
+                    "rec_id": f"rec:{ev.event_id}", "user_id": ev.user_id,
+                    "event_id": ev.event_id,
+                    "items": [{"item_id": i.item_id, "score": i.score,
+                               "propensity": i.propensity} for i in pred.items],
+                    "model": pred.model, "model_version": pred.model_version,
+                    "ts": int(time.time() * 1000), "event_ts": ev.ts,
+                    "latency_ms": round(lat, 3),
+                }
+                futures.append(await producer.send(rec_topic, key, orjson.dumps(rec), None,
+                                                   None, None))
+                stats.recommendations += 1
+                stats.latencies_ms.append(lat)
+                self._remember("recommendation", rec)
+            if pred.risk.score >= threshold:
+                lat = (time.monotonic() - p.recv) * 1000
+                alert = {
+                    "alert_id": f"alert:{ev.event_id}", "user_id": ev.user_id,
+                    "event_id": ev.event_id, "score": pred.risk.score,
+                    "threshold": threshold,
+                    "reasons": [{"feature": r.feature, "value": r.value,
+                                 "contribution": r.contribution} for r in pred.risk.reasons],
+                    "model_version": pred.risk_model_version,
+                    "ts": int(time.time() * 1000), "event_ts": ev.ts,
+                    "latency_ms": round(lat, 3),
+                }
+                futures.append(await producer.send(alert_topic, key, orjson.dumps(alert),
+                                                   None, None, None))
+                stats.alerts += 1
+                self._remember("risk_alert", alert)
+
+        # 6. every record of this batch acknowledged by the broker -> ack the inputs
+        if futures:
+            try:
+                await asyncio.gather(*futures)
+            except Exception as exc:  # broker trouble: not the input's fault
+                raise InfraError(f"publishing a batch failed: {exc!r}") from exc
+        for partition, fut in last_fut.items():
+            md = fut.result()
+            self.table.data.set_persisted_offset(TP(changelog, partition), md.offset)
+        ack = self.app.consumer.ack
+        for m, _ in batch:
+            ack(m)
+        self._account(stats)
+        return stats
+
+    def _predict(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
+        predictor = self.holder.current
+        out = predictor.predict_batch(contexts)
+        predictor.learn_batch(contexts)
+        return out
+
+    def _dlq_record(self, m: Message, bad: PoisonMessage, now_ms: int) -> bytes:
+        return orjson.dumps({
+            "error": bad.message, "error_kind": bad.kind,
+            "raw": base64.b64encode(m.value or b"").decode(),
+            "key": base64.b64encode(m.key).decode() if m.key is not None else None,
+            "topic": m.topic, "partition": m.partition, "offset": m.offset,
+            "received_at": now_ms,
+        })
+
+    def _remember(self, kind: str, record: dict[str, Any]) -> None:
+        self.recent.append({"kind": kind, **record})
+        if len(self.recent) > 200:
+            del self.recent[:100]
+
+    def _account(self, s: BatchStats) -> None:
+        m = self.metrics
+        topic = self.topics.events.name
+        m.events_in.labels(topic=topic).inc(s.events)
+        m.batch_size.observe(s.events)
+        if s.duplicates:
+            m.duplicates.inc(s.duplicates)
+        if s.late:
+            m.late.inc(s.late)
+        if s.recommendations:
+            m.events_out.labels(topic=self.topics.recommendations.name).inc(s.recommendations)
+        if s.alerts:
+            m.events_out.labels(topic=self.topics.risk_alerts.name).inc(s.alerts)
+            m.risk_alerts.inc(s.alerts)
+        if s.dlq:
+            m.events_out.labels(topic=self.topics.dlq.name).inc(s.dlq)
+        for lat in s.latencies_ms:
+            m.e2e.observe(lat / 1000)
+        t = self.stats
+        t.events += s.events
+        t.dlq += s.dlq
+        t.duplicates += s.duplicates
+        t.late += s.late
+        t.recommendations += s.recommendations
+        t.alerts += s.alerts
+
+    # ---------------------------------------------------------------------------------
+    def read_state(self, user_id: str) -> UserState | None:
+        """The user's state if this worker holds it (used by the web view)."""
+        raw = self.table.data.get(user_id.encode())
+        if not raw:
+            return None
+        st = UserState.from_bytes(raw, len(self.features.windows_s))
+        if st.expired(self.features, int(time.time() * 1000)):
+            return None
+        return st
+
+    async def sweep_expired(self, budget: int = 20_000) -> int:
+        """Delete users idle past the TTL (processing time); a bounded slice per call."""
+        self._last_sweep = time.monotonic()
+        store = self.table.data
+        dbs = getattr(store, "_dbs", None)
+        now_ms = int(time.time() * 1000)
+        n_windows = len(self.features.windows_s)
+        expired: list[tuple[int, bytes]] = []
+        if dbs is None:
+            return 0  # memory store: expiry happens lazily when a user's next event arrives
+        seen = 0
+        for partition, db in list(dbs.items()):
+            for key, value in db.items():
+                if key == store.offset_key:
+                    continue
+                seen += 1
+                try:
+                    st = UserState.from_bytes(value, n_windows)
+                except ValueError:
+                    continue
+                if st.expired(self.features, now_ms):
+                    expired.append((partition, key))
+                if seen >= budget:
+                    break
+        changelog = self.table.changelog_topic.get_topic_name()
+        futures = []
+        for partition, key in expired:
+            with partition_context(partition):
+                del store[key]
+            futures.append(await self.app.producer.send(changelog, key, None, partition, None,
+                                                        None))
+        if futures:
+            await asyncio.gather(*futures)
+        self.metrics.table_keys.set(seen - len(expired))
+        return len(expired)

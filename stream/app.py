@@ -1,0 +1,122 @@
+"""create_app(settings) -> the Faust app of one lamstream worker; no work at import time."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types.auth import CredentialsT
+
+from model.predictor import Predictor
+from stream import fastpath
+from stream.features import FeatureConfig
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.topics import Topics, topics_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    """The app plus what its agents and views share."""
+
+    app: faust.App
+    settings: Settings
+    topics: Topics
+    table: Any  # faust Table of user id -> encoded UserState
+    features: FeatureConfig
+    metrics: Metrics
+    ingest: Any  # stream.agents.ingest.IngestAgent
+
+
+def faust_credentials(settings: Settings) -> CredentialsT | None:
+    """SASL / TLS settings as Faust credentials (None for PLAINTEXT)."""
+    proto = settings.security_protocol
+    if proto == "PLAINTEXT":
+        return None
+    ctx: ssl.SSLContext | None = None
+    if proto in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+        if settings.ssl_certfile:
+            ctx.load_cert_chain(str(settings.ssl_certfile),
+                                str(settings.ssl_keyfile) if settings.ssl_keyfile else None)
+    if proto == "SSL":
+        assert ctx is not None
+        return faust.SSLCredentials(ctx)
+    password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+    mech = settings.sasl_mechanism or "PLAIN"
+    if mech == "PLAIN":
+        return faust.SASLCredentials(username=settings.sasl_username, password=password,
+                                     ssl_context=ctx)
+    return faust.SASLCredentials(username=settings.sasl_username, password=password,
+                                 ssl_context=ctx, mechanism=mech)
+
+
+def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker:
+    """Build the worker's Faust app: topics, the features table, agents and web views."""
+    # Imported here so that importing stream.app stays cheap and side-effect free.
+    from stream.agents.ingest import IngestAgent
+    from stream.agents.model_updates import attach_model_updates
+    from stream.web import attach_views
+
+    fastpath.install()
+    topics = topics_for(settings)
+    store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h.strip()}" for h in settings.bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
+        store=store,
+        datadir=str(data_dir / "faust"),
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_rebalance_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        # the broker counts a member idle when it stops polling; a poll returns at most
+        # max_poll_records, and the sink bounds what waits, so polls are never far apart
+        broker_max_poll_interval=60.0,
+        broker_max_poll_records=max(500, settings.batch_max),
+        broker_commit_interval=1.0,
+        producer_linger_ms=2,
+        producer_max_batch_size=256 * 1024,
+        producer_max_request_size=4 * 1024 * 1024,
+        stream_wait_empty=True,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
+        table_standby_replicas=0,
+        logging_config=None,
+    )
+    app.conf.table_cleanup_interval = 3600.0
+    table = app.Table(
+        f"{settings.topic_prefix}features",
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="user id -> rolling feature state",
+    )
+    features = FeatureConfig.from_settings(settings)
+    metrics = Metrics()
+    events_topic = app.topic(topics.events.name, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw",
+                             partitions=topics.events.partitions)
+    ingest = IngestAgent(app=app, settings=settings, topics=topics, table=table,
+                         features=features, metrics=metrics, events_topic=events_topic,
+                         predictor=predictor)
+    worker = Worker(app=app, settings=settings, topics=topics, table=table, features=features,
+                    metrics=metrics, ingest=ingest)
+    attach_model_updates(worker)
+    attach_views(worker)
+    return worker

@@ -1,0 +1,189 @@
+"""Batch delivery from Faust's consumer to lamstream's agents, around Faust's per-message path.
+
+Why: a profile of a Faust worker on this class of machine puts most of the cost of a message
+in Faust's delivery path, not in user code: `Consumer._drain_messages` awaits
+`wait_first(callback(message), suspend_flow.wait())` for every message (two tasks each), then
+the conductor decodes, flow-controls and queues it, and the stream's iterator wakes once per
+message. That caps a Faust agent at a few thousand events/s whatever the agent does.
+
+lamstream keeps everything else Faust gives (consumer group, rebalancing, acks and offset
+commits, tables with changelogs and recovery, the web server, timers) and changes one thing:
+records of the topics registered here skip the per-message callback and are handed over as
+lists to a `BatchSink`, which the ingest agent drains in micro-batches. The agent acks each
+message after its batch is fully processed, so Faust commits exactly what was processed.
+Other topics (e.g. model-updates) go through Faust's normal path, where `wait_first` is only
+used while flow is actually suspended (the same semantics, two tasks fewer per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from faust.transport.consumer import Consumer
+from faust.types import TP, Message
+from mode import Service
+
+_SINKS_ATTR = "_lamstream_sinks"
+
+
+class BatchSink:
+    """A bounded hand-over buffer of (message, receipt time) between consumer and agent."""
+
+    def __init__(self, maxsize: int = 50_000,
+                 on_drop: Callable[[list[Message]], None] | None = None) -> None:
+        self.maxsize = maxsize
+        self.on_drop = on_drop
+        self.epoch = 0
+        self._buf: collections.deque[tuple[Message, float]] = collections.deque()
+        self._not_empty = asyncio.Event()
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    async def put_many(self, messages: list[Message]) -> None:
+        """Called by the consumer's drain loop; waits while the buffer is full (backpressure).
+
+        Messages fetched before a rebalance cleared the buffer are dropped, not delivered:
+        their partitions may belong to another worker now.
+        """
+        epoch = self.epoch
+        while len(self._buf) >= self.maxsize:
+            self._not_full.clear()
+            await self._not_full.wait()
+        if epoch != self.epoch:
+            if self.on_drop is not None:
+                self.on_drop(messages)
+            return
+        now = time.monotonic()
+        self._buf.extend((m, now) for m in messages)
+        self._not_empty.set()
+
+    async def get_batch(self, max_n: int, within_s: float) -> list[tuple[Message, float]]:
+        """Wait for at least one message, then up to within_s for max_n; never more."""
+        while not self._buf:
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        if len(self._buf) < max_n and within_s > 0:
+            deadline = time.monotonic() + within_s
+            while len(self._buf) < max_n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._not_empty.clear()
+                try:
+                    await asyncio.wait_for(self._not_empty.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+        n = min(max_n, len(self._buf))
+        buf = self._buf
+        out = [buf.popleft() for _ in range(n)]
+        if len(buf) < self.maxsize:
+            self._not_full.set()
+        return out
+
+    def clear(self) -> None:
+        """Drop everything buffered (Faust's flow control calls this at a rebalance)."""
+        self.epoch += 1
+        dropped = [m for m, _ in self._buf]
+        self._buf.clear()
+        self._not_full.set()
+        if self.on_drop is not None and dropped:
+            self.on_drop(dropped)
+
+    def drop(self, tps: Iterable[TP]) -> int:
+        """Forget buffered messages of revoked partitions (they were never acked)."""
+        gone = set(tps)
+        keep = [(m, t) for m, t in self._buf if m.tp not in gone]
+        dropped = len(self._buf) - len(keep)
+        self._buf = collections.deque(keep)
+        if len(self._buf) < self.maxsize:
+            self._not_full.set()
+        return dropped
+
+
+def register_sink(consumer: Consumer, topic: str, sink: BatchSink) -> None:
+    sinks: dict[str, BatchSink] | None = getattr(consumer, _SINKS_ATTR, None)
+    if sinks is None:
+        sinks = {}
+        setattr(consumer, _SINKS_ATTR, sinks)
+    sinks[topic] = sink
+
+
+async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: no cover
+    """Faust's Consumer._drain_messages with batch hand-over for registered topics."""
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = cast(Service, self)._stopped.is_set
+    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    suspend_flow = self.suspend_flow
+    commit_every = self._commit_every
+    sleep = asyncio.sleep
+    yield_every = 100
+    num_since_yield = 0
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            sinks: dict[str, BatchSink] = getattr(self, _SINKS_ATTR, {})
+            ait = cast(Any, getmany(timeout=1.0))
+            await self.sleep(0)
+            if self.should_stop:
+                continue
+            pending: dict[str, list[Message]] = {}
+            async for tp, message in ait:
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is not None and offset < r_offset:
+                    continue  # already delivered (seek back after rebalance)
+                gap = offset - (r_offset or 0)
+                if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                sink_list = pending.get(message.topic)
+                if sink_list is not None or message.topic in sinks:
+                    if sink_list is None:
+                        sink_list = pending[message.topic] = []
+                    sink_list.append(message)
+                    set_read_offset(tp, offset)
+                    continue
+                num_since_yield += 1
+                if num_since_yield > yield_every:
+                    await sleep(0)
+                    num_since_yield = 0
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                if suspend_flow.is_set():
+                    await self.wait_first(callback(message), suspend_flow.wait())
+                else:
+                    await callback(message)
+                set_read_offset(tp, offset)
+            for topic, messages in pending.items():
+                await sinks[topic].put_many(messages)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+
+
+def install() -> None:
+    """Patch Faust's consumer drain loop (idempotent; behaviour unchanged for other topics)."""
+    if getattr(Consumer, "_lamstream_patched", False):
+        return
+    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+    Consumer._lamstream_patched = True  # type: ignore[attr-defined]

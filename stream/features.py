@@ -1,0 +1,412 @@
+"""Pure per-user rolling feature state: event-time tiled windows, sessions, dedupe, TTL."""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from model.types import EVENT_TYPE_INDEX, EVENT_TYPES, SeqItem
+from stream.settings import Settings, window_label
+
+_KMV_K = 256  # distinct counts are exact below this many, estimated (k-1)/max above
+_MAX_KEYS_24H = 256  # distinct devices / IPs remembered per user
+_DAY_MS = 86_400_000
+_HOUR_MS = 3_600_000
+_STATE_VERSION = 1
+_NAMES_CACHE: dict[Any, Any] = {}
+_ZERO5 = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+class EventLike(Protocol):
+    """The fields of an event the feature state reads (stream.schemas.Event has them)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def price(self) -> float | None: ...
+    @property
+    def quantity(self) -> int | None: ...
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+
+
+def _h64(text: str) -> int:
+    """Stable 64-bit hash (Python's hash() is salted per process, so it cannot be stored)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """The feature settings, decoupled from Settings so unit tests can build one directly."""
+
+    windows_s: tuple[int, ...] = (60, 3600, 86400)
+    window_buckets: int = 12
+    allowed_lateness_s: int = 60
+    session_gap_s: int = 1800
+    user_ttl_s: int = 7 * 86400
+    sequence_length: int = 50
+    dedupe_ids: int = 1000
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> FeatureConfig:
+        return cls(
+            windows_s=tuple(sorted(s.windows_s)), window_buckets=s.window_buckets,
+            allowed_lateness_s=s.allowed_lateness_s, session_gap_s=s.session_gap_s,
+            user_ttl_s=s.user_ttl_s, sequence_length=s.sequence_length,
+            dedupe_ids=s.dedupe_ids,
+        )
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(window_label(w) for w in self.windows_s)
+
+    @property
+    def feature_names(self) -> tuple[tuple[int, tuple[str, ...], float, bool], ...]:
+        """Per window: (index, names of its 4 counts + spend + purchase rate, hours, is 1h)."""
+        names = _NAMES_CACHE.get(self)
+        if names is None:
+            names = tuple(
+                (w, tuple(f"count_{t}_{label}" for t in EVENT_TYPES)
+                 + (f"spend_{label}", f"purchase_rate_{label}"),
+                 self.windows_s[w] / 3600, self.windows_s[w] == 3600)
+                for w, label in enumerate(self.labels))
+            _NAMES_CACHE[self] = names
+        return names
+
+    def tile_ms(self, w: int) -> int:
+        return max(1, self.windows_s[w] * 1000 // self.window_buckets)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What applying one event did: duplicates change nothing; late events skip windows."""
+
+    duplicate: bool
+    late: bool
+    expired_reset: bool = False
+
+
+class UserState:
+    """Everything lamstream remembers about one user, kept small enough to write per batch.
+
+    Windows are event-time and tiled: window w keeps `window_buckets` tiles of
+    windows_s[w] / window_buckets each, ending at the tile holding the user's latest event
+    time, so a window count covers between (W - tile) and W of event time. No per-event lists
+    are kept for windows; only the last `sequence_length` events are kept as a sequence.
+    """
+
+    __slots__ = (
+        "user_id", "total", "counts", "spend_total", "first_ts", "max_ts", "seen_ms",
+        "tiles", "seq", "sess", "items", "cats", "devices", "ips", "ids", "late", "dups",
+        "prev_gap_ms", "new_device", "new_ip", "_idset",
+    )
+
+    def __init__(self, user_id: str, n_windows: int) -> None:
+        self.user_id = user_id
+        self.total = 0
+        self.counts = [0, 0, 0, 0]
+        self.spend_total = 0.0
+        self.first_ts = -1
+        self.max_ts = -1
+        self.seen_ms = 0
+        # per window: {tile index: [view, click, add_to_cart, purchase, spend]}
+        self.tiles: list[dict[int, list[float]]] = [{} for _ in range(n_windows)]
+        self.seq: list[list[Any]] = []  # [item_id, type index, ts], sorted by ts
+        # [session number, start ts, last ts, length, external session id or ""]
+        self.sess: list[Any] = [0, -1, -1, 0, ""]
+        self.items: list[int] = []  # KMV sketch (sorted smallest hashes)
+        self.cats: list[int] = []
+        self.devices: dict[str, int] = {}  # hashed device id -> last event ts
+        self.ips: dict[str, int] = {}
+        self.ids: list[int] = []  # hashes of the most recent event ids, oldest first
+        self._idset: set[int] | None = None
+        self.late = 0
+        self.dups = 0
+        self.prev_gap_ms = -1
+        # transient: about the event just applied, not persisted
+        self.new_device = False
+        self.new_ip = False
+
+    # -- persistence ----------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        return orjson.dumps([
+            _STATE_VERSION, self.user_id, self.total, self.counts, self.spend_total,
+            self.first_ts, self.max_ts, self.seen_ms,
+            [[[k, *v] for k, v in t.items()] for t in self.tiles],
+            self.seq, self.sess, self.items, self.cats, self.devices, self.ips, self.ids,
+            self.late, self.dups, self.prev_gap_ms,
+        ])
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, n_windows: int) -> UserState:
+        d = orjson.loads(raw)
+        if not isinstance(d, list) or d[0] != _STATE_VERSION:
+            raise ValueError("unknown user state format")
+        st = cls(d[1], n_windows)
+        (st.total, st.counts, st.spend_total, st.first_ts, st.max_ts, st.seen_ms) = d[2:8]
+        tiles = d[8]
+        for w in range(min(n_windows, len(tiles))):
+            st.tiles[w] = {row[0]: row[1:] for row in tiles[w]}
+        (st.seq, st.sess, st.items, st.cats, st.devices, st.ips, st.ids,
+         st.late, st.dups, st.prev_gap_ms) = d[9:19]
+        return st
+
+    # -- updates ------------------------------------------------------------------
+    def expired(self, cfg: FeatureConfig, now_ms: int) -> bool:
+        return self.seen_ms > 0 and now_ms - self.seen_ms > cfg.user_ttl_s * 1000
+
+    def apply(self, ev: EventLike, cfg: FeatureConfig, now_ms: int) -> ApplyResult:
+        """Fold one event into the state. now_ms is processing time (for the TTL only)."""
+        reset = False
+        if self.expired(cfg, now_ms):
+            self.__init__(self.user_id, len(cfg.windows_s))  # type: ignore[misc]
+            reset = True
+        h = _h64(ev.event_id)
+        idset = self._idset
+        if idset is None:
+            idset = self._idset = set(self.ids)
+        if h in idset:
+            self.dups += 1
+            return ApplyResult(duplicate=True, late=False, expired_reset=reset)
+        self.ids.append(h)
+        idset.add(h)
+        if len(self.ids) > cfg.dedupe_ids:
+            drop = len(self.ids) - cfg.dedupe_ids
+            idset.difference_update(self.ids[:drop])
+            del self.ids[:drop]
+
+        t = EVENT_TYPE_INDEX[ev.type]
+        ts = ev.ts
+        spend = 0.0
+        if t == 3 and ev.price is not None:
+            spend = ev.price * (ev.quantity or 1)
+        self.seen_ms = now_ms
+        self.total += 1
+        self.counts[t] += 1
+        self.spend_total += spend
+        prev_max = self.max_ts
+        self.prev_gap_ms = ts - prev_max if prev_max >= 0 and ts >= prev_max else -1
+        if self.first_ts < 0 or ts < self.first_ts:
+            self.first_ts = ts
+        late = prev_max >= 0 and ts < prev_max - cfg.allowed_lateness_s * 1000
+        if late:
+            self.late += 1
+        if ts > prev_max:
+            self.max_ts = ts
+
+        if not late:
+            for w in range(len(cfg.windows_s)):
+                self._add_to_window(w, cfg, ts, t, spend)
+
+        # sequence: sorted by event time, newest last, bounded
+        entry = [ev.item_id, t, ts]
+        if not self.seq or ts >= self.seq[-1][2]:
+            self.seq.append(entry)
+        else:
+            pos = bisect.bisect_right([e[2] for e in self.seq], ts)
+            self.seq.insert(pos, entry)
+        if len(self.seq) > cfg.sequence_length:
+            del self.seq[: len(self.seq) - cfg.sequence_length]
+
+        self._session(ev, cfg)
+        _kmv_add(self.items, _h64(ev.item_id))
+        if ev.category:
+            _kmv_add(self.cats, _h64(ev.category))
+        self.new_device = _touch(self.devices, ev.device_id, ts, self.max_ts)
+        self.new_ip = _touch(self.ips, ev.ip, ts, self.max_ts)
+        return ApplyResult(duplicate=False, late=late, expired_reset=reset)
+
+    def _add_to_window(self, w: int, cfg: FeatureConfig, ts: int, t: int, spend: float) -> None:
+        """Count the event in its tile, then drop tiles that fell out of the window.
+
+        Tiles are pruned eagerly whenever the user's latest event time moves, so the retained
+        tiles are exactly the window ending at max_ts and their sum is kept in row -1.
+        """
+        tile_ms = cfg.tile_ms(w)
+        tiles = self.tiles[w]
+        oldest = self.max_ts // tile_ms - cfg.window_buckets
+        total = tiles.get(-1)
+        if total is None:
+            total = tiles[-1] = [0, 0, 0, 0, 0.0]
+        if len(tiles) > 1:
+            for k in [k for k in tiles if 0 <= k <= oldest]:
+                row = tiles.pop(k)
+                for i in range(5):
+                    total[i] -= row[i]
+        idx = ts // tile_ms
+        if idx > oldest:
+            row = tiles.get(idx)
+            if row is None:
+                row = tiles[idx] = [0, 0, 0, 0, 0.0]
+            row[t] += 1
+            row[4] += spend
+            total[t] += 1
+            total[4] += spend
+
+    def _session(self, ev: EventLike, cfg: FeatureConfig) -> None:
+        num, start, last, length, ext = self.sess
+        ts = ev.ts
+        gap = cfg.session_gap_s * 1000
+        if ev.session_id:
+            if ev.session_id != ext:
+                if num > 0 and ext and ts < start:
+                    return  # an older session's straggler: leave the current one alone
+                self.sess = [num + 1, ts, ts, 1, ev.session_id]
+                return
+        elif num > 0 and ts < start - gap:
+            return  # belongs to an older session
+        if num == 0 or (not ev.session_id and ts > last + gap):
+            self.sess = [num + 1, ts, ts, 1, ev.session_id or ""]
+            return
+        self.sess = [num, min(start, ts), max(last, ts), length + 1, ext]
+
+    # -- reads ----------------------------------------------------------------------
+    def window_counts(self, cfg: FeatureConfig, w: int, at_ms: int) -> list[float]:
+        """[view, click, add_to_cart, purchase, spend] in window w ending at event time at_ms."""
+        if at_ms == self.max_ts:
+            total = self.tiles[w].get(-1)
+            return list(total) if total is not None else [0.0, 0.0, 0.0, 0.0, 0.0]
+        tile_ms = cfg.tile_ms(w)
+        cur = at_ms // tile_ms
+        lo = cur - cfg.window_buckets
+        out = [0.0, 0.0, 0.0, 0.0, 0.0]
+        for k, row in self.tiles[w].items():
+            if k >= 0 and lo < k <= cur:
+                for i in range(5):
+                    out[i] += row[i]
+        return out
+
+    @property
+    def session_id(self) -> str:
+        return self.sess[4] or f"{self.user_id}#{self.sess[0]}"
+
+    def sequence(self) -> tuple[SeqItem, ...]:
+        return tuple(SeqItem(e[0], EVENT_TYPES[e[1]], e[2]) for e in self.seq)
+
+    def numeric_features(self, cfg: FeatureConfig, ev: EventLike) -> dict[str, float]:
+        """The model's numeric feature vector right after `ev` was applied (point in time)."""
+        at = self.max_ts
+        f: dict[str, float] = {
+            "events_total": float(self.total),
+            "count_view": float(self.counts[0]), "count_click": float(self.counts[1]),
+            "count_add_to_cart": float(self.counts[2]),
+            "count_purchase": float(self.counts[3]),
+        }
+        hour: list[float] | None = None
+        for w, names, hours, is_hour in cfg.feature_names:
+            total = self.tiles[w].get(-1)
+            c = total if total is not None else _ZERO5
+            f[names[0]] = c[0]
+            f[names[1]] = c[1]
+            f[names[2]] = c[2]
+            f[names[3]] = c[3]
+            f[names[4]] = c[4]
+            f[names[5]] = c[3] / hours
+            if is_hour:
+                hour = c
+        _, start, last, length, _ = self.sess
+        f["session_length"] = float(length)
+        f["session_duration_s"] = (last - start) / 1000 if start >= 0 else 0.0
+        f["distinct_items"] = float(_kmv_estimate(self.items))
+        f["distinct_categories"] = float(_kmv_estimate(self.cats))
+        f["distinct_devices_24h"] = (
+            float(_count_since(self.devices, at - _DAY_MS)) if self.devices else 0.0)
+        f["distinct_ips_24h"] = float(_count_since(self.ips, at - _DAY_MS)) if self.ips else 0.0
+        f["gap_s"] = self.prev_gap_ms / 1000 if self.prev_gap_ms >= 0 else -1.0
+        if hour is not None:
+            views = max(hour[0], 1.0)
+            f["cart_to_view_1h"] = hour[2] / views
+            f["purchase_to_view_1h"] = hour[3] / views
+        f["price"] = float(ev.price or 0.0)
+        f["new_device"] = 1.0 if self.new_device else 0.0
+        f["new_ip"] = 1.0 if self.new_ip else 0.0
+        return f
+
+    def snapshot(self, cfg: FeatureConfig, now_ms: int) -> dict[str, Any]:
+        """The JSON view served at GET /features/{user_id}; windows as of the latest event."""
+        at = self.max_ts
+        windows: dict[str, Any] = {}
+        for w, label in enumerate(cfg.labels):
+            c = self.window_counts(cfg, w, at)
+            windows[label] = {
+                **{name: int(c[i]) for i, name in enumerate(EVENT_TYPES)},
+                "spend": round(c[4], 6),
+                "purchase_velocity_per_h": c[3] / (cfg.windows_s[w] / 3600),
+            }
+        num, start, last, length, _ = self.sess
+        return {
+            "user_id": self.user_id,
+            "events_total": self.total,
+            "counts": {name: self.counts[i] for i, name in enumerate(EVENT_TYPES)},
+            "windows": windows,
+            "as_of_event_ts": at,
+            "first_ts": self.first_ts,
+            "last_ts": at,
+            "seconds_since_last_event": max(0.0, (now_ms - at) / 1000) if at >= 0 else None,
+            "spend_total": round(self.spend_total, 6),
+            "session": {"id": self.session_id if num else None, "length": length,
+                        "start_ts": start, "duration_s": (last - start) / 1000 if num else 0},
+            "distinct_items": _kmv_estimate(self.items),
+            "distinct_categories": _kmv_estimate(self.cats),
+            "distinct_devices_24h": _count_since(self.devices, at - _DAY_MS),
+            "distinct_ips_24h": _count_since(self.ips, at - _DAY_MS),
+            "late_events": self.late,
+            "duplicates": self.dups,
+            "sequence": [{"item_id": e[0], "type": EVENT_TYPES[e[1]], "ts": e[2]}
+                         for e in self.seq],
+        }
+
+
+def _kmv_add(sketch: list[int], h: int) -> None:
+    if len(sketch) >= _KMV_K and h >= sketch[-1]:
+        return
+    pos = bisect.bisect_left(sketch, h)
+    if pos < len(sketch) and sketch[pos] == h:
+        return
+    sketch.insert(pos, h)
+    if len(sketch) > _KMV_K:
+        sketch.pop()
+
+
+def _kmv_estimate(sketch: list[int]) -> int:
+    if len(sketch) < _KMV_K:
+        return len(sketch)
+    return int((_KMV_K - 1) * (2**64) / (sketch[-1] + 1))
+
+
+def _touch(seen: dict[str, int], value: str | None, ts: int, now_ts: int) -> bool:
+    """Remember value's last time; True if it is new for this user within the last 24 h."""
+    if not value:
+        return False
+    key = format(_h64(value), "016x")
+    prev = seen.get(key)
+    is_new = (prev is None or prev < ts - _DAY_MS) and bool(seen)
+    if prev is None or ts > prev:
+        seen[key] = ts
+    if len(seen) > _MAX_KEYS_24H:
+        horizon = now_ts - _DAY_MS
+        for k in [k for k, v in seen.items() if v < horizon]:
+            del seen[k]
+        while len(seen) > _MAX_KEYS_24H:
+            del seen[min(seen, key=seen.__getitem__)]
+    return is_new
+
+
+def _count_since(seen: dict[str, int], horizon: int) -> int:
+    return sum(1 for v in seen.values() if v >= horizon)

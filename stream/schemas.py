@@ -1,0 +1,218 @@
+"""Pydantic models of every record on the wire, with JSON Schema export."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from stream.errors import PoisonMessage
+
+EventType = Literal["view", "click", "add_to_cart", "purchase"]
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+
+
+def _to_epoch_ms(v: Any) -> int:
+    """Event time as epoch milliseconds: an integer (ms) or an ISO-8601 string."""
+    if isinstance(v, bool):
+        raise ValueError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError("ts must not be negative")
+        return v
+    if isinstance(v, float):
+        if v != v or v < 0:
+            raise ValueError("ts must be a non-negative number of milliseconds")
+        return int(v)
+    if isinstance(v, str):
+        try:
+            dt = datetime.fromisoformat(v.replace("Z", "+00:00") if v.endswith("Z") else v)
+        except ValueError:
+            raise ValueError(f"ts {v[:40]!r} is not ISO-8601") from None
+        if dt.tzinfo is None:
+            raise ValueError("ISO-8601 ts needs a timezone (e.g. 'Z' or '+00:00')")
+        return int(dt.timestamp() * 1000)
+    raise ValueError("ts must be epoch milliseconds or an ISO-8601 string")
+
+
+EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms)]
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class Event(Record):
+    """A user event on the `events` topic (key: user_id)."""
+
+    event_id: Id
+    user_id: Id
+    type: EventType
+    item_id: Id
+    ts: EpochMs = Field(description="Event time: epoch ms, or ISO-8601 string with timezone.")
+    session_id: str | None = None
+    category: str | None = None
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    quantity: int | None = Field(None, ge=1)
+    device_id: str | None = None
+    ip: str | None = None
+    attrs: dict[str, str] | None = None
+
+
+class DlqRecord(Record):
+    """A record that could not be processed, with its original bytes (`events.dlq`)."""
+
+    error: str
+    error_kind: str
+    raw: str = Field(description="Original value bytes, base64.")
+    key: str | None = Field(None, description="Original key bytes, base64.")
+    topic: str
+    partition: int
+    offset: int
+    received_at: int = Field(description="Epoch ms when lamstream received it.")
+
+    def raw_bytes(self) -> bytes:
+        return base64.b64decode(self.raw)
+
+
+class RecItem(Record):
+    item_id: str
+    score: float
+    propensity: float = Field(ge=0, le=1)
+
+
+class Recommendation(Record):
+    """Next items for a user, triggered by one event (`recommendations`, key: user_id)."""
+
+    rec_id: str
+    user_id: str
+    event_id: str
+    items: list[RecItem]
+    model: str
+    model_version: str
+    ts: int = Field(description="Epoch ms when published.")
+    event_ts: int = Field(description="Event time of the trigger (epoch ms).")
+    latency_ms: float = Field(description="Event receipt to publish, ms.")
+
+
+class RiskReason(Record):
+    feature: str
+    value: float
+    contribution: float
+
+
+class RiskAlert(Record):
+    """A risk score that reached the threshold, with the features behind it (`risk-alerts`)."""
+
+    alert_id: str
+    user_id: str
+    event_id: str
+    score: float = Field(ge=0, le=1)
+    threshold: float
+    reasons: list[RiskReason]
+    model_version: str
+    ts: int
+    event_ts: int
+    latency_ms: float
+
+
+class ShownItem(Record):
+    item_id: str
+    propensity: float
+
+
+class Feedback(Record):
+    """The outcome of one recommendation, for training (`feedback`, key: pseudonymous user)."""
+
+    rec_id: str
+    user_key: str
+    features: dict[str, float]
+    sequence: list[tuple[str, str, int]]
+    shown: list[ShownItem]
+    engaged_item: str | None
+    reward: float
+    model_version: str
+    policy: str
+    decision_ts: int
+    outcome_ts: int
+
+
+class ModelUpdate(Record):
+    """A model version published or rolled back (`model-updates`)."""
+
+    name: str
+    version: str
+    action: Literal["publish", "rollback"]
+    ts: int
+
+
+class RiskLabel(Record):
+    """A ground-truth label for a user or event (`risk-labels`)."""
+
+    user_id: str | None = None
+    event_id: str | None = None
+    label: Literal["fraud", "legit"]
+    source: str
+    ts: EpochMs
+
+
+WIRE_RECORDS: dict[str, type[Record]] = {
+    "event": Event,
+    "dlq": DlqRecord,
+    "recommendation": Recommendation,
+    "risk_alert": RiskAlert,
+    "feedback": Feedback,
+    "model_update": ModelUpdate,
+    "risk_label": RiskLabel,
+}
+
+
+def _first_error(exc: ValidationError) -> str:
+    errs = exc.errors()
+    parts = []
+    for err in errs[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "record"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{len(errs) - 3} more)" if len(errs) > 3 else ""
+    return "; ".join(parts) + more
+
+
+def decode_event(raw: bytes | None, key: bytes | None, max_bytes: int) -> Event:
+    """Bytes from the wire to a valid Event, or PoisonMessage saying exactly why not."""
+    if raw is None:
+        raise PoisonMessage("empty", "record has no value (tombstone)")
+    if len(raw) > max_bytes:
+        raise PoisonMessage("oversized", f"record is {len(raw)} bytes, limit is {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonMessage("not_json", f"value is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise PoisonMessage("schema", f"value is JSON {type(obj).__name__}, expected an object")
+    try:
+        event = Event.model_validate(obj)
+    except ValidationError as exc:
+        raise PoisonMessage("schema", _first_error(exc)) from None
+    if key is not None and key != event.user_id.encode():
+        shown = key[:64].decode("utf-8", "replace")
+        raise PoisonMessage(
+            "key_mismatch", f"record key {shown!r} differs from user_id {event.user_id[:64]!r}")
+    return event
+
+
+def export_json_schemas(out_dir: Path) -> list[Path]:
+    """Write one JSON Schema file per wire record; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model in WIRE_RECORDS.items():
+        path = out_dir / f"{name}.schema.json"
+        schema = model.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        path.write_bytes(orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        written.append(path)
+    return written

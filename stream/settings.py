@@ -1,0 +1,163 @@
+"""One frozen settings object for lamstream, read from LAMSTREAM_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+EventType = Literal["view", "click", "add_to_cart", "purchase"]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; the message is one line meant for a person."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Built once in main() and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="LAMSTREAM_", frozen=True, extra="ignore")
+
+    # --- Kafka ---------------------------------------------------------------
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers (host:port,...). Unset: the CLI starts the "
+        "embedded tansu broker.")
+    topic_prefix: str = Field("", description="Prefix for every topic name (e.g. 'prod.').")
+    partitions: int = Field(8, ge=1, le=1024, description="Partitions of topics lamstream creates.")
+    replication_factor: int = Field(1, ge=1, le=16, description="Replication of created topics.")
+    app_id: str = Field("lamstream", min_length=1, description="Consumer group / Faust app id.")
+    session_timeout_s: float = Field(
+        30.0, ge=2, le=300, description="Consumer group session timeout: a worker silent this "
+        "long is replaced. Joins wait for the (6 s) rebalance timeout, not this.")
+    embedded_port: int = Field(9092, ge=1, le=65535, description="Port of the embedded broker.")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # --- worker --------------------------------------------------------------
+    data_dir: Path = Field(Path(".lamstream"), description="Table state and model registry.")
+    store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Table store.")
+    web_host: str = Field("127.0.0.1", description="Address the worker's HTTP server binds.")
+    web_port: int = Field(6066, ge=1, le=65535, description="Worker HTTP port.")
+    api_token: SecretStr | None = Field(
+        None, description="Token required by /features when set (Bearer or ?token=).")
+    batch_max: int = Field(1000, ge=1, le=100_000, description="Max events per batch.")
+    batch_within_ms: int = Field(5, ge=1, le=10_000, description="Max wait to fill a batch.")
+    max_event_bytes: int = Field(65536, ge=256, description="Larger events go to the DLQ.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # --- features ------------------------------------------------------------
+    windows_s: Annotated[tuple[int, ...], NoDecode] = Field(
+        (60, 3600, 86400), description="Event-time windows in seconds (comma separated).")
+    window_buckets: int = Field(12, ge=1, le=240, description="Tiles per window.")
+    allowed_lateness_s: int = Field(60, ge=0, description="Event-time lateness before an event "
+                                    "stops counting in windows.")
+    session_gap_s: int = Field(1800, ge=1, description="Inactivity gap that starts a session.")
+    user_ttl_s: int = Field(7 * 86400, ge=1, description="Idle users expire after this long "
+                            "(processing time).")
+    sequence_length: int = Field(50, ge=1, le=1000, description="Recent events kept per user.")
+    dedupe_ids: int = Field(1000, ge=1, le=100_000, description="Recent event ids kept per user "
+                            "for duplicate detection.")
+
+    # --- decisions -----------------------------------------------------------
+    recommend_on: Annotated[tuple[EventType, ...], NoDecode] = Field(
+        ("view", "click"), description="Event types that trigger a recommendation.")
+    top_k: int = Field(10, ge=1, le=500, description="Items per recommendation.")
+    risk_threshold: float = Field(0.8, ge=0.0, le=1.0, description="Risk score that raises an "
+                                  "alert.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device.")
+    model_name: str = Field("auto", description="Recommender to serve: auto (latest trained, "
+                            "else baseline) or baseline.")
+
+    # --- privacy -------------------------------------------------------------
+    pseudonym_key: SecretStr | None = Field(
+        None, description="HMAC key for pseudonymous user ids in feedback.")
+
+    @field_validator("windows_s", mode="before")
+    @classmethod
+    def _split_windows(cls, v: object) -> object:
+        if isinstance(v, str):
+            try:
+                return tuple(int(x) for x in v.split(",") if x.strip())
+            except ValueError as exc:
+                raise ValueError(f"expected comma separated seconds, got {v!r}") from exc
+        return v
+
+    @field_validator("recommend_on", mode="before")
+    @classmethod
+    def _split_types(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(x.strip() for x in v.split(",") if x.strip())
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.windows_s or any(w <= 0 for w in self.windows_s):
+            raise ValueError("windows_s must be positive seconds")
+        if len(set(self.windows_s)) != len(self.windows_s):
+            raise ValueError("windows_s has duplicates")
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
+            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"127.0.0.1:{self.embedded_port}"
+
+    def kafka_python_config(self) -> dict[str, object]:
+        """Connection/security options for kafka-python clients."""
+        cfg: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None)
+        if self.ssl_cafile:
+            cfg["ssl_cafile"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            cfg["ssl_certfile"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            cfg["ssl_keyfile"] = str(self.ssl_keyfile)
+        return cfg
+
+
+def window_label(seconds: int) -> str:
+    """60 -> '1m', 3600 -> '1h', 86400 -> '24h', 90 -> '90s'."""
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60}m"
+    return f"{seconds}s"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; invalid settings raise SettingsError with one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "settings"
+            name = f"LAMSTREAM_{loc.upper()}" if err["loc"] else "settings"
+            parts.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(parts)) from None

@@ -1,0 +1,74 @@
+"""Topic names, partition counts and record types, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stream.schemas import (
+    DlqRecord,
+    Event,
+    Feedback,
+    ModelUpdate,
+    Recommendation,
+    Record,
+    RiskAlert,
+    RiskLabel,
+)
+from stream.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    record: type[Record]
+    partitions: int
+    compacted: bool = False
+    doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every topic lamstream reads or writes. All records are orjson JSON keyed by user id."""
+
+    events: TopicSpec
+    dlq: TopicSpec
+    recommendations: TopicSpec
+    risk_alerts: TopicSpec
+    feedback: TopicSpec
+    model_updates: TopicSpec
+    risk_labels: TopicSpec
+
+    def all(self) -> list[TopicSpec]:
+        return [self.events, self.dlq, self.recommendations, self.risk_alerts, self.feedback,
+                self.model_updates, self.risk_labels]
+
+    def by_name(self, name: str) -> TopicSpec:
+        for spec in self.all():
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def topics_for(settings: Settings) -> Topics:
+    p = settings.topic_prefix
+    n = settings.partitions
+    return Topics(
+        events=TopicSpec(f"{p}events", Event, n, doc="user events in (key: user_id)"),
+        dlq=TopicSpec(f"{p}events.dlq", DlqRecord, n,
+                      doc="malformed events with their original bytes"),
+        recommendations=TopicSpec(f"{p}recommendations", Recommendation, n,
+                                  doc="next items per triggering event"),
+        risk_alerts=TopicSpec(f"{p}risk-alerts", RiskAlert, n,
+                              doc="risk scores at or above the threshold, with reasons"),
+        feedback=TopicSpec(f"{p}feedback", Feedback, n,
+                           doc="joined decision outcomes for training"),
+        model_updates=TopicSpec(f"{p}model-updates", ModelUpdate, 1,
+                                doc="model versions published / rolled back"),
+        risk_labels=TopicSpec(f"{p}risk-labels", RiskLabel, n,
+                              doc="ground-truth fraud/legit labels"),
+    )
+
+
+def table_changelog(settings: Settings, table: str) -> str:
+    """Faust's changelog topic name for one of our tables."""
+    return f"{settings.app_id}-{settings.topic_prefix}{table}-changelog"
