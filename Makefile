@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,7 +23,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check stream model tests
 	$(BIN)/mypy stream model
 
-test: lint
+# The dashboard's browser test drives Debian's Chromium: installed here where apt-get can (CI
+# runs as root); elsewhere that test skips and says why.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "browser-deps: apt-get could not install chromium; the browser test will skip"; \
+	else echo "browser-deps: no /usr/bin/chromium and no root apt-get; the browser test will skip"; fi
+
+test: lint browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 clean:

@@ -90,6 +90,7 @@ class BaselinePredictor:
         self.pop: dict[str, float] = {}
         self.covis: dict[str, dict[str, float]] = {}
         self._top_pop: list[tuple[str, float]] = []
+        self._top_n = 200  # grows to the largest k + exclusions asked for
         self._since_decay = 0
         self._since_top = 0
         self._spend = _Welford()
@@ -97,10 +98,11 @@ class BaselinePredictor:
 
     # -- learning -------------------------------------------------------------------
     def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
-        for ctx in contexts:
-            self._learn(ctx)
+        """Nothing left to learn: predict_batch learned each event right after predicting it."""
+
+    def _maybe_refresh_top(self) -> None:
         # popularity only fills short candidate lists: refreshing it rarely is enough
-        if self._since_top >= 20_000 or (not self._top_pop and self.pop):
+        if self._since_top >= 20_000 or (len(self.pop) < 5000 and self._since_top >= 50):
             self._refresh_top()
 
     def _learn(self, ctx: PredictionContext) -> None:
@@ -154,11 +156,19 @@ class BaselinePredictor:
 
     def _refresh_top(self) -> None:
         self._since_top = 0
-        self._top_pop = heapq.nlargest(200, self.pop.items(), key=lambda kv: kv[1])
+        self._top_pop = heapq.nlargest(self._top_n, self.pop.items(), key=lambda kv: kv[1])
 
     # -- prediction -----------------------------------------------------------------
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
-        return [self._predict(ctx) for ctx in contexts]
+        """Predict, then learn, one event at a time: every decision sees exactly the events
+        before it (as a truly online model should), even inside one large batch."""
+        out = []
+        for ctx in contexts:
+            out.append(self._predict(ctx))
+            self._learn(ctx)
+            if not self._top_pop or self._since_top >= 50:
+                self._maybe_refresh_top()
+        return out
 
     def _predict(self, ctx: PredictionContext) -> Prediction:
         items: tuple[ScoredItem, ...] = ()
@@ -190,6 +200,12 @@ class BaselinePredictor:
             scores.pop(b, None)
         ranked = heapq.nlargest(ctx.k, scores.items(), key=lambda kv: kv[1])
         if len(ranked) < ctx.k:
+            need = ctx.k + len(exclude)
+            if len(self._top_pop) < min(need, len(self.pop)):
+                # the cached list is from when fewer items were known, or too short for this
+                # k: refresh it now rather than return fewer than k items (rare)
+                self._top_n = max(self._top_n, need)
+                self._refresh_top()
             have = {b for b, _ in ranked} | exclude
             top = self._top_pop[0][1] if self._top_pop else 1.0
             for b, c in self._top_pop:

@@ -20,12 +20,15 @@ def gap_bucket(gap_ms: int | None) -> int:
     """Log2 bucket of the time since the previous event: 1 means no previous event."""
     if gap_ms is None:
         return 1
-    gap_s = max(0.0, gap_ms / 1000.0)
-    return 2 + min(N_GAPS - 3, int(math.log2(1.0 + gap_s)))
+    # floor(log2(1 + whole seconds)) via bit_length: same buckets, no float log per event
+    return 2 + min(N_GAPS - 3, (1 + max(0, gap_ms) // 1000).bit_length() - 1)
 
 
 def type_index(event_type: str) -> int:
     return EVENT_TYPE_INDEX.get(event_type, 0) + 1
+
+
+_TYPE_IDX: dict[str, int] = {t: i + 1 for t, i in EVENT_TYPE_INDEX.items()}
 
 
 def bucket_length(n: int, max_len: int) -> int:
@@ -77,14 +80,11 @@ def encode_rows(rows: Sequence[Sequence[tuple[int, int, int]]], max_len: int,
 
 
 def seq_rows(seq: Sequence[SeqItem], vocab: ItemVocab, max_len: int) -> list[tuple[int, int, int]]:
-    tail = list(seq)[-max_len:]
-    out: list[tuple[int, int, int]] = []
-    prev: int | None = None
-    for ev in tail:
-        out.append((vocab.id(ev.item_id), type_index(ev.event_type),
-                    gap_bucket(None if prev is None else ev.ts_ms - prev)))
-        prev = ev.ts_ms
-    return out
+    tail = seq[-max_len:] if max_len < len(seq) else seq
+    ids = vocab.ids([ev.item_id for ev in tail])
+    types = [_TYPE_IDX.get(ev.event_type, 1) for ev in tail]
+    gaps = [1] + [gap_bucket(b.ts_ms - a.ts_ms) for a, b in zip(tail, tail[1:], strict=False)]
+    return list(zip(ids, types, gaps[: len(tail)], strict=True))
 
 
 def encode_sequences(seqs: Sequence[Sequence[SeqItem]], vocab: ItemVocab, max_len: int,

@@ -14,7 +14,9 @@ from model.encoding import bucket_length, encode_rows, seq_rows
 from model.nets import SeqRecConfig, SeqRecNet, build_recommender
 from model.recommender import Ranked
 from model.types import SeqItem
-from model.vocab import RESERVED, ItemVocab
+from model.vocab import RESERVED, UNK, ItemVocab
+
+NEVER = -60.0  # log-probability below which an item is not a candidate (copy floor is -69)
 
 
 class NeuralRecommender:
@@ -39,31 +41,48 @@ class NeuralRecommender:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._amp)
 
-    def logits(self, seqs: Sequence[Sequence[SeqItem]]) -> torch.Tensor:
-        """(B, n_items) float32 logits on the CPU, computed in length-bucket groups."""
+    def logits(self, seqs: Sequence[Sequence[SeqItem]]) -> tuple[torch.Tensor, list[str]]:
+        """(B, n_items + n_unknown) float32 log-probabilities on the CPU, and the strings of
+        the batch's history items unknown to the vocabulary (columns n_items and up: they
+        can only be re-consumed, through the copy head). Computed in length-bucket groups."""
         rows = [seq_rows(s, self.vocab, self.max_len) for s in seqs]
+        n_items = self.net.config.n_items
+        unknown: dict[str, int] = {}
+        copy_rows: list[list[int]] = []
+        for s, r in zip(seqs, rows, strict=True):
+            tail = s[-len(r):] if r else ()
+            copy_rows.append([i if i != UNK else
+                              unknown.setdefault(e.item_id, n_items + len(unknown))
+                              for (i, _, _), e in zip(r, tail, strict=True)])
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             groups.setdefault(bucket_length(max(1, len(r)), self.max_len), []).append(i)
-        out = torch.empty((len(rows), self.net.config.n_items), dtype=torch.float32)
+        total = n_items + len(unknown)
+        out = torch.empty((len(rows), total), dtype=torch.float32)
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), self._amp_ctx():
             for length, idx in groups.items():
                 batch = encode_rows([rows[i] for i in idx], self.max_len, pad_to=length)
+                copy_ids = torch.zeros_like(batch.items)
+                for j, i in enumerate(idx):
+                    copy_ids[j, : len(copy_rows[i])] = torch.tensor(copy_rows[i])
                 if cuda:
-                    batch = batch.pin_memory()
-                logits = self.net.logits_last(batch.to(self.device, non_blocking=cuda))
-                out[torch.tensor(idx)] = logits.float().cpu()
-        return out
+                    batch, copy_ids = batch.pin_memory(), copy_ids.pin_memory()
+                logp = self.net.logits_last(batch.to(self.device, non_blocking=cuda),
+                                            copy_ids.to(self.device, non_blocking=cuda), total)
+                out[torch.tensor(idx)] = logp.float().cpu()
+        return out, list(unknown)
 
     def recommend(self, seqs: Sequence[Sequence[SeqItem]], k: int,
                   exclude: Sequence[Collection[str]]) -> list[Ranked]:
         if not seqs:
             return []
-        logits = self.logits(seqs)
-        logits[:, :RESERVED] = float("-inf")
+        logits, unknown = self.logits(seqs)
+        n_items = self.net.config.n_items
+        local = {s: n_items + j for j, s in enumerate(unknown)}
         for row, ex in enumerate(exclude):
-            ids = [i for i in self.vocab.ids(ex) if i >= RESERVED]
+            ids = [i for i in self.vocab.ids(ex) if i >= RESERVED] + [
+                local[s] for s in ex if s in local]
             if ids:
                 logits[row, ids] = float("-inf")
         kk = min(k, logits.shape[1])
@@ -72,8 +91,8 @@ class NeuralRecommender:
         for srow, irow in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             ranked: Ranked = []
             for s, i in zip(srow, irow, strict=True):
-                item = self.vocab.item(i)
-                if item is not None and s != float("-inf"):
+                item = self.vocab.item(i) if i < n_items else unknown[i - n_items]
+                if item is not None and s > NEVER:
                     ranked.append((item, float(s)))
             out.append(ranked)
         return out

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -247,7 +248,7 @@ def features(
     """Print a user's rolling features from a running worker (GET /features/{user})."""
     settings = _settings()
     base = url or f"http://{_client_host(settings.web_host)}:{settings.web_port}"
-    req = urllib.request.Request(f"{base}/features/{urllib.request.quote(user, safe='')}")
+    req = urllib.request.Request(f"{base}/features/{urllib.parse.quote(user, safe='')}")
     if settings.api_token is not None:
         req.add_header("Authorization", f"Bearer {settings.api_token.get_secret_value()}")
     try:

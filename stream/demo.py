@@ -217,7 +217,7 @@ def run_demo(settings: Settings, *, data: str | None, events: int, rate: float) 
                 "demo_burst_user_counts": burst.get("counts"),
             }
             console.print("[bold]summary[/]")
-            for k, v in summary.items():
-                console.print(f"  {k:>24}: {v}")
+            for name, v in summary.items():
+                console.print(f"  {name:>24}: {v}")
         finally:
             stop_worker(proc)

@@ -78,7 +78,7 @@ class BatchSink:
                 self._not_empty.clear()
                 try:
                     await asyncio.wait_for(self._not_empty.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
         n = min(max_n, len(self._buf))
         buf = self._buf
@@ -120,7 +120,7 @@ async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: 
     callback = self.callback
     getmany = self.getmany
     consumer_should_stop = cast(Service, self)._stopped.is_set
-    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
     get_read_offset = self._read_offset.__getitem__
     set_read_offset = self._read_offset.__setitem__
     acks_enabled_for = self.app.topics.acks_enabled_for
@@ -185,5 +185,5 @@ def install() -> None:
     """Patch Faust's consumer drain loop (idempotent; behaviour unchanged for other topics)."""
     if getattr(Consumer, "_lamstream_patched", False):
         return
-    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign,assignment]
     Consumer._lamstream_patched = True  # type: ignore[attr-defined]

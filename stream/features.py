@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -127,7 +128,7 @@ class UserState:
         self.seen_ms = 0
         # per window: {tile index: [view, click, add_to_cart, purchase, spend]}
         self.tiles: list[dict[int, list[float]]] = [{} for _ in range(n_windows)]
-        self.seq: list[list[Any]] = []  # [item_id, type index, ts], sorted by ts
+        self.seq: list[SeqItem] = []  # sorted by event time, newest last
         # [session number, start ts, last ts, length, external session id or ""]
         self.sess: list[Any] = [0, -1, -1, 0, ""]
         self.items: list[int] = []  # KMV sketch (sorted smallest hashes)
@@ -151,7 +152,7 @@ class UserState:
             [[[k, *v] for k, v in t.items()] for t in self.tiles],
             self.seq, self.sess, self.items, self.cats, self.devices, self.ips, self.ids,
             self.late, self.dups, self.prev_gap_ms,
-        ])
+        ], default=_as_list)
 
     @classmethod
     def from_bytes(cls, raw: bytes, n_windows: int) -> UserState:
@@ -163,8 +164,9 @@ class UserState:
         tiles = d[8]
         for w in range(min(n_windows, len(tiles))):
             st.tiles[w] = {row[0]: row[1:] for row in tiles[w]}
-        (st.seq, st.sess, st.items, st.cats, st.devices, st.ips, st.ids,
+        (seq, st.sess, st.items, st.cats, st.devices, st.ips, st.ids,
          st.late, st.dups, st.prev_gap_ms) = d[9:19]
+        st.seq = [SeqItem(*e) for e in seq]
         return st
 
     # -- updates ------------------------------------------------------------------
@@ -215,7 +217,7 @@ class UserState:
                 self._add_to_window(w, cfg, ts, t, spend)
 
         # sequence: sorted by event time, newest last, bounded
-        entry = [ev.item_id, t, ts]
+        entry = SeqItem(ev.item_id, ev.type, ts)
         if not self.seq or ts >= self.seq[-1][2]:
             self.seq.append(entry)
         else:
@@ -241,19 +243,33 @@ class UserState:
         tile_ms = cfg.tile_ms(w)
         tiles = self.tiles[w]
         oldest = self.max_ts // tile_ms - cfg.window_buckets
+        idx = ts // tile_ms
+        # row -1 holds the window's sums and, at [5], the lowest tile index it contains, so
+        # the common case (nothing fell out of the window) costs no scan of the tiles
         total = tiles.get(-1)
         if total is None:
-            total = tiles[-1] = [0, 0, 0, 0, 0.0]
-        if len(tiles) > 1:
-            for k in [k for k in tiles if 0 <= k <= oldest]:
-                row = tiles.pop(k)
-                for i in range(5):
-                    total[i] -= row[i]
-        idx = ts // tile_ms
+            total = tiles[-1] = [0, 0, 0, 0, 0.0, idx]
+        elif total[5] <= oldest:
+            stale = [k for k in tiles if 0 <= k <= oldest]
+            for k in stale:
+                del tiles[k]
+            # re-sum what is left rather than subtract what left: subtracting float spend
+            # drifts (an empty window read 4e-16 spend). Runs once per tile boundary.
+            total[:] = [0, 0, 0, 0, 0.0, idx]
+            for k, row in tiles.items():
+                if k >= 0:
+                    for i in range(5):
+                        total[i] += row[i]
+                    if k < total[5]:
+                        total[5] = k
         if idx > oldest:
-            row = tiles.get(idx)
-            if row is None:
+            found = tiles.get(idx)
+            if found is None:
                 row = tiles[idx] = [0, 0, 0, 0, 0.0]
+                if idx < total[5]:
+                    total[5] = idx
+            else:
+                row = found
             row[t] += 1
             row[4] += spend
             total[t] += 1
@@ -265,7 +281,7 @@ class UserState:
         gap = cfg.session_gap_s * 1000
         if ev.session_id:
             if ev.session_id != ext:
-                if num > 0 and ext and ts < start:
+                if num > 0 and ts < start:
                     return  # an older session's straggler: leave the current one alone
                 self.sess = [num + 1, ts, ts, 1, ev.session_id]
                 return
@@ -281,7 +297,7 @@ class UserState:
         """[view, click, add_to_cart, purchase, spend] in window w ending at event time at_ms."""
         if at_ms == self.max_ts:
             total = self.tiles[w].get(-1)
-            return list(total) if total is not None else [0.0, 0.0, 0.0, 0.0, 0.0]
+            return total[:5] if total is not None else [0.0, 0.0, 0.0, 0.0, 0.0]
         tile_ms = cfg.tile_ms(w)
         cur = at_ms // tile_ms
         lo = cur - cfg.window_buckets
@@ -297,7 +313,7 @@ class UserState:
         return self.sess[4] or f"{self.user_id}#{self.sess[0]}"
 
     def sequence(self) -> tuple[SeqItem, ...]:
-        return tuple(SeqItem(e[0], EVENT_TYPES[e[1]], e[2]) for e in self.seq)
+        return tuple(self.seq)
 
     def numeric_features(self, cfg: FeatureConfig, ev: EventLike) -> dict[str, float]:
         """The model's numeric feature vector right after `ev` was applied (point in time)."""
@@ -308,7 +324,7 @@ class UserState:
             "count_add_to_cart": float(self.counts[2]),
             "count_purchase": float(self.counts[3]),
         }
-        hour: list[float] | None = None
+        hour: Sequence[float] | None = None
         for w, names, hours, is_hour in cfg.feature_names:
             total = self.tiles[w].get(-1)
             c = total if total is not None else _ZERO5
@@ -368,9 +384,16 @@ class UserState:
             "distinct_ips_24h": _count_since(self.ips, at - _DAY_MS),
             "late_events": self.late,
             "duplicates": self.dups,
-            "sequence": [{"item_id": e[0], "type": EVENT_TYPES[e[1]], "ts": e[2]}
+            "sequence": [{"item_id": e.item_id, "type": e.event_type, "ts": e.ts_ms}
                          for e in self.seq],
         }
+
+
+def _as_list(obj: Any) -> list[Any]:
+    """orjson cannot encode NamedTuples (SeqItem): store them as arrays."""
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
 def _kmv_add(sketch: list[int], h: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,19 +14,23 @@ from stream.errors import PoisonMessage
 
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+# 9999-12-31T23:59:59.999Z, the last instant ISO-8601 names. Beyond it is a unit mix-up (us, ns)
+# that would drag the user's event time (and every later event's lateness) into the far future.
+MAX_TS_MS = 253_402_300_799_999
+# Any real price is far below this; the cap keeps price * quantity and every sum of them finite
+# (inf would be stored as null and break the user's state).
+MAX_PRICE = 1e15
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def _to_epoch_ms(v: Any) -> int:
     """Event time as epoch milliseconds: an integer (ms) or an ISO-8601 string."""
     if isinstance(v, bool):
         raise ValueError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
-    if isinstance(v, int):
-        if v < 0:
-            raise ValueError("ts must not be negative")
-        return v
-    if isinstance(v, float):
-        if v != v or v < 0:
-            raise ValueError("ts must be a non-negative number of milliseconds")
+    if isinstance(v, int | float):
+        if not 0 <= v <= MAX_TS_MS:  # also rejects NaN
+            raise ValueError(f"ts must be epoch milliseconds from 0 to {MAX_TS_MS}")
         return int(v)
     if isinstance(v, str):
         try:
@@ -35,11 +39,14 @@ def _to_epoch_ms(v: Any) -> int:
             raise ValueError(f"ts {v[:40]!r} is not ISO-8601") from None
         if dt.tzinfo is None:
             raise ValueError("ISO-8601 ts needs a timezone (e.g. 'Z' or '+00:00')")
-        return int(dt.timestamp() * 1000)
+        ms = (dt - _EPOCH) // _ONE_MS  # exact; float seconds * 1000 can be 1 ms short
+        if not 0 <= ms <= MAX_TS_MS:
+            raise ValueError(f"ts {v[:40]!r} is outside 1970-01-01 .. 9999-12-31")
+        return ms
     raise ValueError("ts must be epoch milliseconds or an ISO-8601 string")
 
 
-EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms)]
+EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms, json_schema_input_type=int | str)]
 Id = Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -57,7 +64,7 @@ class Event(Record):
     ts: EpochMs = Field(description="Event time: epoch ms, or ISO-8601 string with timezone.")
     session_id: str | None = None
     category: str | None = None
-    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price: float | None = Field(None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     quantity: int | None = Field(None, ge=1)
     device_id: str | None = None
     ip: str | None = None
@@ -184,8 +191,9 @@ def _first_error(exc: ValidationError) -> str:
 
 def decode_event(raw: bytes | None, key: bytes | None, max_bytes: int) -> Event:
     """Bytes from the wire to a valid Event, or PoisonMessage saying exactly why not."""
-    if raw is None:
-        raise PoisonMessage("empty", "record has no value (tombstone)")
+    if not raw:
+        raise PoisonMessage("empty", "record has no value (tombstone)" if raw is None
+                            else "record value is empty (0 bytes)")
     if len(raw) > max_bytes:
         raise PoisonMessage("oversized", f"record is {len(raw)} bytes, limit is {max_bytes}")
     try:

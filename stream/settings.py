@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
 
@@ -92,6 +91,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected comma separated seconds, got {v!r}") from exc
         return v
 
+    @field_validator("windows_s")
+    @classmethod
+    def _check_windows(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(w <= 0 for w in v):
+            raise ValueError("windows must be positive seconds")
+        if len(set(v)) != len(v):
+            raise ValueError(f"windows {v} have duplicates")
+        return v
+
     @field_validator("recommend_on", mode="before")
     @classmethod
     def _split_types(cls, v: object) -> object:
@@ -101,16 +109,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if not self.windows_s or any(w <= 0 for w in self.windows_s):
-            raise ValueError("windows_s must be positive seconds")
-        if len(set(self.windows_s)) != len(self.windows_s):
-            raise ValueError("windows_s has duplicates")
+        # cross-field checks have no field location: name the variables in the message
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
-            raise ValueError("sasl_mechanism needs security_protocol SASL_PLAINTEXT or SASL_SSL")
-        if self.security_protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError("SASL needs sasl_mechanism, sasl_username and sasl_password")
+            raise ValueError("LAMSTREAM_SASL_MECHANISM needs LAMSTREAM_SECURITY_PROTOCOL "
+                             "SASL_PLAINTEXT or SASL_SSL")
+        if self.security_protocol.startswith("SASL"):
+            missing = [f"LAMSTREAM_{name.upper()}" for name in
+                       ("sasl_mechanism", "sasl_username", "sasl_password")
+                       if not getattr(self, name)]  # an empty SecretStr is falsy too
+            if missing:
+                raise ValueError(f"LAMSTREAM_SECURITY_PROTOCOL {self.security_protocol} needs "
+                                 + ", ".join(missing))
         return self
 
     @property
@@ -157,7 +166,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         parts = []
         for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "settings"
-            name = f"LAMSTREAM_{loc.upper()}" if err["loc"] else "settings"
-            parts.append(f"{name}: {err['msg']}")
+            msg = " ".join(err["msg"].split())  # one line, whatever the value held
+            # loc[0] is the field (loc[1] may be a list index); model checks have no loc
+            parts.append(f"LAMSTREAM_{str(err['loc'][0]).upper()}: {msg}" if err["loc"] else msg)
         raise SettingsError("invalid settings: " + "; ".join(parts)) from None

@@ -20,19 +20,22 @@ class SeqRecConfig:
     heads: int = 2
     max_len: int = 50
     dropout: float = 0.2
-    repeat: bool = True  # copy head: extra score for items already in the user's sequence
+    repeat: bool = True  # mix in a copy distribution over the user's own past items
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class SeqRecNet(nn.Module):
-    """Next-item scorer over the whole item table; subclasses implement `encode`.
+    """Next-item log-probabilities over the item table; subclasses implement `encode_from`.
 
-    Scores are h_t . E[item] + b[item] (output tied to the input item table) plus, with
-    `repeat`, a non-negative copy score for every item already in the sequence, weighted by a
-    learned attention of the current state over the past events (re-consumption is common in
-    e-commerce logs and a plain softmax over the table under-scores it).
+    With `repeat` (RepeatNet-style), p(item) = g * p_copy(item) + (1 - g) * p_explore(item):
+    p_explore is a softmax of h_t . E[item] + b[item] over the table (output tied to the input
+    item table); p_copy is an attention of the current state over the user's past events
+    (other than the current item), summed per item; the gate g says how likely a
+    re-consumption is. Re-consumption is common in e-commerce logs, and a plain softmax over
+    tens of thousands of items learns it slowly; the mixture makes it one learned number.
+    Without `repeat` the score is the explore log-probability alone.
     """
 
     kind = "base"
@@ -48,7 +51,7 @@ class SeqRecNet(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.copy_q = nn.Linear(d, d)
         self.copy_k = nn.Linear(d, d)
-        self.copy_b = nn.Parameter(torch.tensor(-2.0))
+        self.gate = nn.Linear(d, 1)
         for emb in (self.item_emb, self.type_emb, self.gap_emb):
             nn.init.normal_(emb.weight, std=d ** -0.5)
             with torch.no_grad():
@@ -72,46 +75,82 @@ class SeqRecNet(nn.Module):
         return out
 
     def encode(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden states (B, L, d), embedded inputs (B, L, d), the copy head's keys)."""
+        """(hidden states (B, L, d), embedded inputs (B, L, d): the copy head's keys)."""
         x = self.embed(batch)
         return self.encode_from(x, batch), x
 
-    def copy_weights(self, h_q: torch.Tensor, keys: torch.Tensor, lengths: torch.Tensor
-                     ) -> torch.Tensor:
-        """(B, Q, L) non-negative weights of each past event for each query state.
+    def copy_scores(self, h_q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(N, Q, L) attention scores of query states over past events' own embeddings
+        (keys from inputs, so serving can skip the top layer for all but the last event)."""
+        out: torch.Tensor = self.copy_q(h_q) @ self.copy_k(keys).transpose(1, 2)
+        return out / math.sqrt(self.config.dim)
 
-        Keys are the past events' own input embeddings (item, type, gap), so serving can skip
-        the top layer's states for all but the last position.
+    def mixture(self, h: torch.Tensor, explore: torch.Tensor, copy: torch.Tensor,
+                valid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """log p over the C columns of `explore`.
+
+        h (N, d) states; explore (N, C) masked logits; copy (N, L) scores over past events,
+        valid (N, L) which events may be copied, index (N, L) their column in `explore`.
         """
-        q = self.copy_q(h_q)
-        k = self.copy_k(keys)
-        a = torch.nn.functional.softplus(
-            q @ k.transpose(1, 2) / math.sqrt(self.config.dim) + self.copy_b)
-        pos = torch.arange(keys.shape[1], device=keys.device)
-        valid = (pos[None, :] < lengths[:, None]).unsqueeze(1)  # (B, 1, L)
-        return a * valid.to(a.dtype)
+        log_explore = torch.log_softmax(explore, dim=1)
+        if not self.config.repeat:
+            return log_explore
+        g = self.gate(h).squeeze(-1)
+        has = valid.any(1)
+        # finite fills and floors throughout: an all -inf row would put NaN in the gradients
+        p_pos = torch.softmax(copy.masked_fill(~valid, -1e9), dim=1)
+        p_pos = torch.where(has[:, None], p_pos, torch.zeros_like(p_pos))
+        p_copy = torch.zeros_like(log_explore).scatter_add(1, index, p_pos.to(log_explore.dtype))
+        log_g = torch.where(has, torch.nn.functional.logsigmoid(g), -1e4)
+        log_1g = torch.where(has, torch.nn.functional.logsigmoid(-g), 0.0)
+        return torch.logaddexp(log_1g[:, None] + log_explore,
+                               log_g[:, None] + torch.log(p_copy.clamp_min(1e-30)))
+
+    def _out_logits(self, h: torch.Tensor, n_out: int) -> torch.Tensor:
+        logits = h @ self.item_emb.weight.T + self.item_bias
+        logits[..., :2] = float("-inf")  # padding and the unknown bucket are never predicted
+        if n_out > logits.shape[-1]:  # batch-local ids of unknown history items: copy only
+            extra = logits.new_full((*logits.shape[:-1], n_out - logits.shape[-1]),
+                                    float("-inf"))
+            logits = torch.cat([logits, extra], -1)
+        return logits
 
     def logits_all(self, batch: SeqBatch) -> torch.Tensor:
-        """(B, L, n_items) next-item logits at every position (training, tests)."""
+        """(B, L, n_items) next-item log-probabilities at every position (tests, analysis)."""
         h, x = self.encode(batch)
-        logits = h @ self.item_emb.weight.T + self.item_bias
-        if self.config.repeat:
-            a = self.copy_weights(h, x, batch.lengths)
-            causal = torch.ones(h.shape[1], h.shape[1], device=h.device, dtype=torch.bool).tril()
-            a = a * causal.to(a.dtype)
-            idx = batch.items.unsqueeze(1).expand(-1, h.shape[1], -1)
-            logits = logits.scatter_add(2, idx, a.to(logits.dtype))
-        return logits
+        b, n, _ = h.shape
+        ids = batch.items
+        out = self._out_logits(h, self.config.n_items)
+        out = out.scatter(2, ids.unsqueeze(2), float("-inf"))  # never the current item
+        copy = self.copy_scores(h, x)  # (B, L, L)
+        pos = torch.arange(n, device=h.device)
+        valid = ((pos[None, None, :] <= pos[None, :, None])
+                 & (pos[None, None, :] < batch.lengths[:, None, None])
+                 & (ids[:, None, :] != ids[:, :, None]))
+        flat = self.mixture(h.reshape(b * n, -1), out.reshape(b * n, -1),
+                            copy.reshape(b * n, n), valid.reshape(b * n, n),
+                            ids[:, None, :].expand(b, n, n).reshape(b * n, n))
+        return flat.reshape(b, n, -1)
 
-    def logits_last(self, batch: SeqBatch) -> torch.Tensor:
-        """(B, n_items) next-item logits after the last real event of each row (serving)."""
+    def logits_last(self, batch: SeqBatch, copy_ids: torch.Tensor | None = None,
+                    n_out: int | None = None) -> torch.Tensor:
+        """(B, n_out) next-item log-probabilities after each row's last real event (serving).
+
+        copy_ids (B, L) may give history items unknown to the table batch-local ids >=
+        n_items (their rows read the unknown embedding) so they can still be copied.
+        """
         x = self.embed(batch)
-        h_last = self.encode_last_from(x, batch)  # (B, d)
-        logits = h_last @ self.item_emb.weight.T + self.item_bias
-        if self.config.repeat:
-            a = self.copy_weights(h_last.unsqueeze(1), x, batch.lengths).squeeze(1)  # (B, L)
-            logits = logits.scatter_add(1, batch.items, a.to(logits.dtype))
-        return logits
+        h = self.encode_last_from(x, batch)  # (B, d)
+        ids = batch.items if copy_ids is None else copy_ids
+        total = max(self.config.n_items, n_out or 0)
+        b, n = ids.shape
+        last = (batch.lengths - 1).clamp(min=0)
+        cur = ids[torch.arange(b, device=ids.device), last]
+        out = self._out_logits(h, total).scatter(1, cur[:, None], float("-inf"))
+        copy = self.copy_scores(h.unsqueeze(1), x).squeeze(1)  # (B, L)
+        pos = torch.arange(n, device=ids.device)
+        valid = (pos[None, :] < batch.lengths[:, None]) & (ids != cur[:, None])
+        return self.mixture(h, out, copy, valid, ids)
 
     def forward(self, batch: SeqBatch) -> torch.Tensor:
         return self.logits_last(batch)
@@ -131,10 +170,10 @@ class SeqRecNet(nn.Module):
                                dtype=old.dtype)
             emb.weight.copy_(new)
             self.item_emb = emb
-            bias = torch.zeros(n_items, dtype=old.dtype, device=old.device)
+            bias = torch.full((n_items,), -10.0, dtype=old.dtype, device=old.device)
             bias[: old.shape[0]] = self.item_bias
             self.item_bias = nn.Parameter(bias)
             self.config = SeqRecConfig(**{**self.config.to_dict(), "n_items": n_items})
         for idx in reset or []:
             nn.init.normal_(self.item_emb.weight[idx], std=old.shape[1] ** -0.5)
-            self.item_bias[idx] = 0.0
+            self.item_bias[idx] = -10.0

@@ -60,11 +60,11 @@ def windows(train: Mapping[str, Sequence[SeqItem]], vocab: ItemVocab, max_len: i
 
 def sampled_loss(net: SeqRecNet, batch: SeqBatch, targets: torch.Tensor, negatives: int,
                  n_items: int) -> torch.Tensor:
-    """Softmax cross-entropy over a candidate set instead of the whole table.
+    """Negative log-likelihood of the next item with the explore softmax over a candidate set.
 
     Candidates: every item in the batch's sequences and targets plus `negatives` uniform
-    random items. The batch's own items are what the copy head can score, so their copy
-    scores are exact; only positions with a target are scored (cheap on sparse targets).
+    random items, so the copy part (which only ever names items of the sequence) is exact.
+    Only positions with a target are scored (cheap on sparse targets).
     """
     h, x = net.encode(batch)  # (B, L, d) states and the copy head's keys
     pos = (targets >= 0).nonzero(as_tuple=True)
@@ -75,14 +75,16 @@ def sampled_loss(net: SeqRecNet, batch: SeqBatch, targets: torch.Tensor, negativ
     hist_c = inverse[:n_hist].view_as(batch.items)  # (B, L) candidate index of each event
     tgt_c = inverse[n_hist: n_hist + len(pos[0])]
     hq = h[pos]  # (N, d)
-    logits = hq @ net.item_emb(cand).T + net.item_bias[cand]
-    if net.config.repeat:
-        a = net.copy_weights(hq.unsqueeze(1), x[pos[0]], batch.lengths[pos[0]]).squeeze(1)
-        past = torch.arange(h.shape[1])[None, :] <= pos[1][:, None]  # causal: events 0..t
-        logits = logits.scatter_add(1, hist_c[pos[0]], a * past.to(a.dtype))
-    masked = (cand < RESERVED)[None, :] | (cand[None, :] == batch.items[pos][:, None])
-    logits = logits.masked_fill(masked, float("-inf"))
-    return torch.nn.functional.cross_entropy(logits, tgt_c)
+    cur = batch.items[pos]
+    explore = hq @ net.item_emb(cand).T + net.item_bias[cand]
+    explore = explore.masked_fill((cand < RESERVED)[None, :] | (cand[None, :] == cur[:, None]),
+                                  float("-inf"))
+    copy = net.copy_scores(hq.unsqueeze(1), x[pos[0]]).squeeze(1)  # (N, L)
+    steps = torch.arange(h.shape[1])
+    hist = batch.items[pos[0]]
+    valid = (steps[None, :] <= pos[1][:, None]) & (hist != cur[:, None])
+    logp = net.mixture(hq, explore, copy, valid, hist_c[pos[0]])
+    return -logp.gather(1, tgt_c[:, None]).mean()
 
 
 def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],

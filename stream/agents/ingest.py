@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from stream.errors import InfraError, PoisonMessage
 from stream.fastpath import BatchSink, register_sink
 from stream.features import FeatureConfig, UserState
 from stream.metrics import Metrics
+from stream.publish import BatchPublisher
 from stream.schemas import Event, decode_event
 from stream.settings import Settings
 from stream.topics import Topics
@@ -83,6 +85,8 @@ class BatchStats:
     recommendations: int = 0
     alerts: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    first_batch_at: float | None = None  # wall clock, for throughput over the busy span
+    last_batch_at: float | None = None
 
 
 class PredictorHolder:
@@ -129,9 +133,19 @@ class IngestAgent(Service):
         self._batch_lock = asyncio.Lock()
         self._closing = False
         self.recent: list[dict[str, Any]] = []  # latest decisions, for the dashboard
+        # also for the dashboard (stream.web): latest latencies as (monotonic s, ms), the
+        # remembered decisions per user (bounded LRU), and per user the latest event with its
+        # prediction: (event id, type, ts, prediction) in two generations of plain dicts, so
+        # the per-event cost is one dict store and memory stays bounded
+        self.e2e_recent: deque[tuple[float, float]] = deque(maxlen=20_000)
+        self.inference_recent: deque[tuple[float, float]] = deque(maxlen=2_000)
+        self.recent_by_user: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.last_prediction: dict[str, tuple[str, str, int, Prediction]] = {}
+        self._last_prediction_old: dict[str, tuple[str, str, int, Prediction]] = {}
         self.stats = BatchStats()
         self.started_at = time.time()
         self._sweep_cursor = 0
+        self._out: BatchPublisher | None = None
         self._last_sweep = time.monotonic()
         super().__init__(**kwargs)
         app.add_dependency(self)
@@ -186,55 +200,64 @@ class IngestAgent(Service):
 
     # ---------------------------------------------------------------------------------
     async def process(self, batch: list[tuple[Message, float]]) -> BatchStats:
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.time()
         cfg = self.features
         now_ms = int(time.time() * 1000)
         settings = self.settings
-        producer = self.app.producer
-        futures: list[asyncio.Future[Any]] = []
+        out = self._publisher()
         stats = BatchStats(events=len(batch))
         unacked = self.app.consumer._unacked_messages
         for m, _ in batch:
             unacked.add(m)
 
-        # 1. decode at the edge; group valid events by (partition, user), in order
-        by_user: dict[tuple[int, str], list[tuple[Event, float]]] = {}
+        # 1. decode at the edge; group valid events by partition, then user, in order
+        by_part: dict[int, dict[str, list[tuple[Event, float]]]] = {}
+        dlq_topic = self.topics.dlq.name
         for m, recv in batch:
             try:
                 ev = decode_event(m.value, m.key, settings.max_event_bytes)
             except PoisonMessage as bad:
                 stats.dlq += 1
                 self.metrics.dlq.labels(error_kind=bad.kind).inc()
-                futures.append(await producer.send(
-                    self.topics.dlq.name, m.key, self._dlq_record(m, bad, now_ms), None,
-                    None, None))
+                await out.add(dlq_topic, m.key, self._dlq_record(m, bad, now_ms))
                 continue
-            by_user.setdefault((m.partition, ev.user_id), []).append((ev, recv))
+            users = by_part.get(m.partition)
+            if users is None:
+                users = by_part[m.partition] = {}
+            evs = users.get(ev.user_id)
+            if evs is None:
+                users[ev.user_id] = [(ev, recv)]
+            else:
+                evs.append((ev, recv))
 
-        # 2. fold into state, one read and one write per user
+        # 2. fold into state: one read and one write per user, each partition in its context
         pending: list[_Pending] = []
-        writes: list[tuple[int, bytes, bytes]] = []
         recommend_on = settings.recommend_on
+        top_k = settings.top_k
         store = self.table.data
+        changelog = self.table.changelog_topic.get_topic_name()
         n_windows = len(cfg.windows_s)
-        for (partition, user_id), events in by_user.items():
-            key = user_id.encode()
+        states: list[tuple[int, bytes, UserState]] = []
+        for partition, users in by_part.items():
             with partition_context(partition):
-                raw = store.get(key)
-            st = UserState.from_bytes(raw, n_windows) if raw else UserState(user_id, n_windows)
-            for ev, recv in events:
-                res = st.apply(ev, cfg, now_ms)
-                if res.duplicate:
-                    stats.duplicates += 1
-                    continue
-                if res.late:
-                    stats.late += 1
-                ctx = PredictionContext(
-                    user_id=user_id, event_id=ev.event_id, item_id=ev.item_id,
-                    event_type=ev.type, ts_ms=ev.ts, category=ev.category,
-                    sequence=st.sequence(), features=st.numeric_features(cfg, ev),
-                    recommend=ev.type in recommend_on, k=settings.top_k)
-                pending.append(_Pending(ev, recv, ctx))
-            writes.append((partition, key, st.to_bytes()))
+                for user_id, events in users.items():
+                    key = user_id.encode()
+                    raw = store.get(key)
+                    st = (UserState.from_bytes(raw, n_windows) if raw
+                          else UserState(user_id, n_windows))
+                    for ev, recv in events:
+                        res = st.apply(ev, cfg, now_ms)
+                        if res.duplicate:
+                            stats.duplicates += 1
+                            continue
+                        if res.late:
+                            stats.late += 1
+                        pending.append(_Pending(ev, recv, PredictionContext(
+                            user_id, ev.event_id, ev.item_id, ev.type, ev.ts, ev.category,
+                            st.sequence(), st.numeric_features(cfg, ev),
+                            ev.type in recommend_on, top_k)))
+                    states.append((partition, key, st))
 
         # 3. one model call for the whole batch, off the event loop
         predictions: list[Prediction] = []
@@ -244,28 +267,40 @@ class IngestAgent(Service):
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(
                 self._pool, self._predict, [p.ctx for p in pending])
-            self.metrics.inference.observe(time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            self.metrics.inference.observe(dt)
+            self.inference_recent.append((time.monotonic(), dt * 1000))
 
-        # 4. state: local store write + changelog record, per user
-        changelog = self.table.changelog_topic.get_topic_name()
-        last_fut: dict[int, asyncio.Future[Any]] = {}
-        for partition, key, value in writes:
-            with partition_context(partition):
+        # 4. state: local store write + changelog record (same partition as the source)
+        current = -1
+        ctx_cm: contextlib.AbstractContextManager[None] | None = None
+        try:
+            for partition, key, st in states:
+                if partition != current:
+                    if ctx_cm is not None:
+                        ctx_cm.__exit__(None, None, None)
+                    ctx_cm = partition_context(partition)
+                    ctx_cm.__enter__()
+                    current = partition
+                value = st.to_bytes()
                 store[key] = value
-            fut = await producer.send(changelog, key, value, partition, None, None)
-            futures.append(fut)
-            last_fut[partition] = fut
+                await out.add(changelog, key, value, partition)
+        finally:
+            if ctx_cm is not None:
+                ctx_cm.__exit__(None, None, None)
 
         # 5. decisions
         threshold = settings.risk_threshold
         rec_topic = self.topics.recommendations.name
         alert_topic = self.topics.risk_alerts.name
+        dumps = orjson.dumps
+        latest = self.last_prediction
         for p, pred in zip(pending, predictions, strict=True):
             ev = p.event
             key = ev.user_id.encode()
-            if pred.items:
-                now = time.monotonic()
-                lat = (now - p.recv) * 1000
+            latest[ev.user_id] = (ev.event_id, ev.type, ev.ts, pred)
+            if p.ctx.recommend:  # cold start: may be empty until the model knows items
+                lat = (time.monotonic() - p.recv) * 1000
                 rec = {
                     "rec_id": f"rec:{ev.event_id}", "user_id": ev.user_id,
                     "event_id": ev.event_id,
@@ -275,11 +310,11 @@ class IngestAgent(Service):
                     "ts": int(time.time() * 1000), "event_ts": ev.ts,
                     "latency_ms": round(lat, 3),
                 }
-                futures.append(await producer.send(rec_topic, key, orjson.dumps(rec), None,
-                                                   None, None))
+                await out.add(rec_topic, key, dumps(rec))
                 stats.recommendations += 1
                 stats.latencies_ms.append(lat)
-                self._remember("recommendation", rec)
+                if stats.recommendations % 50 == 1:
+                    self._remember("recommendation", rec)
             if pred.risk.score >= threshold:
                 lat = (time.monotonic() - p.recv) * 1000
                 alert = {
@@ -292,25 +327,30 @@ class IngestAgent(Service):
                     "ts": int(time.time() * 1000), "event_ts": ev.ts,
                     "latency_ms": round(lat, 3),
                 }
-                futures.append(await producer.send(alert_topic, key, orjson.dumps(alert),
-                                                   None, None, None))
+                await out.add(alert_topic, key, dumps(alert))
                 stats.alerts += 1
                 self._remember("risk_alert", alert)
+        if len(latest) > 5000:
+            self._last_prediction_old, self.last_prediction = latest, {}
 
         # 6. every record of this batch acknowledged by the broker -> ack the inputs
-        if futures:
-            try:
-                await asyncio.gather(*futures)
-            except Exception as exc:  # broker trouble: not the input's fault
-                raise InfraError(f"publishing a batch failed: {exc!r}") from exc
-        for partition, fut in last_fut.items():
-            md = fut.result()
-            self.table.data.set_persisted_offset(TP(changelog, partition), md.offset)
+        try:
+            last = await out.flush()
+        except Exception as exc:  # broker trouble: not the input's fault
+            raise InfraError(f"publishing a batch failed: {exc!r}") from exc
+        for (topic, partition), offset in last.items():
+            if topic == changelog:
+                store.set_persisted_offset(TP(changelog, partition), offset)
         ack = self.app.consumer.ack
         for m, _ in batch:
             ack(m)
         self._account(stats)
         return stats
+
+    def _publisher(self) -> BatchPublisher:
+        if self._out is None:
+            self._out = BatchPublisher(self.app.producer._ensure_producer())
+        return self._out
 
     def _predict(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
         predictor = self.holder.current
@@ -328,9 +368,19 @@ class IngestAgent(Service):
         })
 
     def _remember(self, kind: str, record: dict[str, Any]) -> None:
-        self.recent.append({"kind": kind, **record})
+        entry = {"kind": kind, **record}
+        self.recent.append(entry)
         if len(self.recent) > 200:
             del self.recent[:100]
+        mine = self.recent_by_user.pop(record["user_id"], [])
+        mine.append(entry)
+        self.recent_by_user[record["user_id"]] = mine[-5:]
+        if len(self.recent_by_user) > 2000:
+            self.recent_by_user.popitem(last=False)
+
+    def last_decision(self, user_id: str) -> tuple[str, str, int, Prediction] | None:
+        """The user's latest event (id, type, ts) and its prediction, if still kept."""
+        return self.last_prediction.get(user_id) or self._last_prediction_old.get(user_id)
 
     def _account(self, s: BatchStats) -> None:
         m = self.metrics
@@ -350,6 +400,8 @@ class IngestAgent(Service):
             m.events_out.labels(topic=self.topics.dlq.name).inc(s.dlq)
         for lat in s.latencies_ms:
             m.e2e.observe(lat / 1000)
+        now = time.monotonic()
+        self.e2e_recent.extend((now, lat) for lat in s.latencies_ms)
         t = self.stats
         t.events += s.events
         t.dlq += s.dlq
@@ -357,11 +409,30 @@ class IngestAgent(Service):
         t.late += s.late
         t.recommendations += s.recommendations
         t.alerts += s.alerts
+        t.last_batch_at = time.time()
 
     # ---------------------------------------------------------------------------------
     def read_state(self, user_id: str) -> UserState | None:
-        """The user's state if this worker holds it (used by the web view)."""
-        raw = self.table.data.get(user_id.encode())
+        """The user's state if this worker owns it now (used by the web view).
+
+        RocksDB keeps the files of partitions this worker no longer owns, so the lookup is
+        restricted to the table partitions currently assigned here: a stale copy left behind
+        by a rebalance is never served.
+        """
+        key = user_id.encode()
+        store = self.table.data
+        raw: bytes | None = None
+        if hasattr(store, "_dbs"):
+            changelog = self.table.changelog_topic.get_topic_name()
+            for tp in self.app.consumer.assignment():
+                if tp.topic != changelog:
+                    continue
+                with partition_context(tp.partition):
+                    raw = store.get(key)
+                if raw:
+                    break
+        else:
+            raw = store.get(key)
         if not raw:
             return None
         st = UserState.from_bytes(raw, len(self.features.windows_s))

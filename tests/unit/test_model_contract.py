@@ -11,8 +11,8 @@ import torch
 
 from model.device import resolve_device
 from model.encoding import SeqBatch, encode_sequences
-from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
 from model.neighbors import CoVisitationRecommender, PopularityRecommender
+from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
 from model.neural import NeuralRecommender
 from model.recommender import Recommender, load_recommender
 from model.types import FEATURE_NAMES, SeqItem
@@ -91,12 +91,15 @@ class TestNetContract:
     def test_shapes_and_finite(self, case: NetCase) -> None:
         out = case.run(_fresh(case), _seqs(), torch.device("cpu"))
         assert out.shape[0] == len(_seqs())
-        if case.grows:
+        assert not torch.isnan(out).any()
+        if case.grows:  # log-probabilities over the item table: they sum to one
             assert out.shape[1] == _vocab().size
+            torch.testing.assert_close(out.exp().sum(1), torch.ones(out.shape[0]))
+            assert (out[:, :2] < -50).all()  # padding and unknown: probability ~ 0
         else:
             assert out.shape[1] == 1 + len(FEATURE_NAMES)
             assert ((out[:, 0] > 0) & (out[:, 0] < 1)).all()
-        assert torch.isfinite(out[:, 2:] if case.grows else out).all()
+            assert torch.isfinite(out).all()
 
     def test_deterministic_under_seed(self, case: NetCase) -> None:
         a = case.run(_fresh(case, 1), _seqs(), torch.device("cpu"))
@@ -196,3 +199,14 @@ def test_serving_path_matches_training_path(case: NetCase) -> None:
         last = m.logits_last(batch)  # type: ignore[operator]
     idx = batch.lengths - 1
     torch.testing.assert_close(last, full[torch.arange(len(idx)), idx], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_history_items_can_still_be_recommended() -> None:
+    """An item the table never saw but the user met is re-consumable through the copy head."""
+    rec = _neural("sasrec")
+    assert isinstance(rec, NeuralRecommender)
+    seq = [SeqItem("brand-new", "add_to_cart", 0), SeqItem("i1", "view", 1000),
+           SeqItem("i2", "view", 2000)]
+    out = rec.recommend([seq], 40, [frozenset({"i2"})])[0]
+    assert "brand-new" in [i for i, _ in out]
+    assert all(i != "i2" for i, _ in out)

@@ -1,0 +1,238 @@
+"""CLI commands of the model side: train, evaluate, bench inference, registry (model)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+train_app = typer.Typer(no_args_is_help=True, help="Train models from event files and publish "
+                        "them to the model registry.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Offline evaluation on a temporal split.")
+model_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, rollback.")
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Event file (CSV/TSV/JSONL, any layout "
+                                       "`lamstream produce` reads).")]
+LayoutOpt = Annotated[str, typer.Option(help="File layout: auto, taobao, yoochoose, otto, "
+                                        "jsonl, csv.")]
+DataDirOpt = Annotated[Path | None, typer.Option(
+    "--data-dir", help="Data dir holding models/ (default: $LAMSTREAM_DATA_DIR or .lamstream).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _data_dir(value: Path | None) -> Path:
+    return value if value is not None else Path(os.environ.get("LAMSTREAM_DATA_DIR",
+                                                               ".lamstream"))
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """One clear line and exit code 2 instead of a traceback."""
+    from model.registry import RegistryError
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (OSError, ValueError, KeyError, RegistryError) as e:
+        msg = str(e) if not isinstance(e, KeyError) else f"missing field {e}"
+        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+def _train_cfg(epochs: int | None, budget_s: float) -> Any:
+    from model.train.neural import TrainConfig
+    base = TrainConfig()
+    return TrainConfig(epochs=epochs or base.epochs, budget_s=budget_s)
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    methods = result["methods"]
+    cols = ["hr@20", "mrr@20", "ndcg@20", "train_s", "infer_ms_per_case"]
+    typer.echo(f"{'method':<14}" + "".join(f"{c:>18}" for c in cols))
+    for m, row in methods.items():
+        mark = " *" if m == result.get("served") else ""
+        typer.echo(f"{m + mark:<14}" + "".join(f"{row.get(c, float('nan')):>18}" for c in cols))
+    typer.echo(f"served: {result.get('served')}  (* = best ndcg@20)")
+
+
+@train_app.command("recommender")
+def train_recommender(
+    data: DataOpt,
+    layout: LayoutOpt = "auto",
+    data_dir: DataDirOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs of the neural nets (default "
+                                               "30, cut by --budget-s).")] = None,
+    budget_s: Annotated[float, typer.Option(help="Training time per neural net, seconds.")]
+    = 75.0,
+    test: Annotated[Path | None, typer.Option(help="Separate test file (default: last 20% "
+                                              "of --data's time range).")] = None,
+    max_events: Annotated[int | None, typer.Option(help="Read at most this many events.")]
+    = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train popularity, co-visitation, GRU and SASRec on one temporal split, publish all to
+    the registry; the method with the best NDCG@20 on the test part is the one served."""
+    from model.train.pipeline import train_recommender as run
+
+    with _errors():
+        version, comp = run(data, _data_dir(data_dir), layout=layout, test=test,
+                            cfg=_train_cfg(epochs, budget_s), max_events=max_events,
+                            progress=_say)
+    result = {**comp.to_json(), "version": version}
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        _print_table(result)
+        typer.echo(f"published recommender {version} to {_data_dir(data_dir) / 'models'}")
+
+
+@train_app.command("risk")
+def train_risk(
+    data: Annotated[Path, typer.Option("--data", help="Labelled file: Kaggle Fraud_Data.csv "
+                                       "or ULB creditcard.csv layout.")],
+    data_dir: DataDirOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    split: Annotated[str, typer.Option(help="random (stratified) or temporal.")] = "random",
+    base_rate: Annotated[float | None, typer.Option(help="Fraud rate where it will serve: "
+                                                    "shifts the calibrated prior.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train the risk net (calibrated, with attributions) and publish it to the registry."""
+    from model.train.pipeline import train_risk as run
+
+    with _errors():
+        version, report = run(data, _data_dir(data_dir), epochs=epochs, split=split,
+                              base_rate=base_rate, progress=_say)
+    if json_out:
+        typer.echo(json.dumps({**report, "version": version}))
+    else:
+        for m, row in report["methods"].items():
+            typer.echo(f"{m:<16} " + "  ".join(f"{k} {v}" for k, v in row.items()))
+        typer.echo(f"published risk {version} to {_data_dir(data_dir) / 'models'}")
+
+
+@evaluate_app.command("recommender")
+def evaluate_recommender(
+    data: Annotated[Path | None, typer.Option("--data", help="Event file to evaluate on "
+                                              "(default: print the evaluation stored with the "
+                                              "latest published recommender).")] = None,
+    layout: LayoutOpt = "auto",
+    data_dir: DataDirOpt = None,
+    test: Annotated[Path | None, typer.Option(help="Separate test file.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Max epochs of the neural nets.")] = None,
+    budget_s: Annotated[float, typer.Option(help="Training time per neural net, seconds.")]
+    = 75.0,
+    max_events: Annotated[int | None, typer.Option(help="Read at most this many events.")]
+    = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """HR@20, MRR@20, NDCG@20 and train/inference time of popularity, co-visitation, GRU and
+    SASRec, all on the same temporal split (nothing is published)."""
+    with _errors():
+        if data is None:
+            from model.registry import ModelRegistry
+            reg = ModelRegistry(_data_dir(data_dir))
+            version = reg.latest("recommender")
+            if version is None:
+                raise ValueError(f"no --data and no trained recommender in {reg.root}; "
+                                 "run `lamstream train recommender --data FILE` first")
+            result = {**reg.manifest("recommender", version)["evaluation"],
+                      "source": f"registry recommender {version}"}
+        else:
+            from model.train.pipeline import evaluate_recommenders
+            comp = evaluate_recommenders(data, layout=layout, test=test,
+                                         cfg=_train_cfg(epochs, budget_s),
+                                         max_events=max_events, progress=_say)
+            result = comp.to_json()
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        _print_table(result)
+
+
+@evaluate_app.command("risk")
+def evaluate_risk(
+    data: Annotated[Path, typer.Option("--data", help="Labelled file (Fraud_Data.csv or "
+                                       "creditcard.csv layout).")],
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    split: Annotated[str, typer.Option(help="random (stratified) or temporal.")] = "random",
+    base_rate: Annotated[float | None, typer.Option(help="Report PR-AUC at this fraud rate "
+                                                    "(default: the full dataset's).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """ROC-AUC and PR-AUC of the risk net vs the rule baseline on the same held-out rows."""
+    from model.train.risk import load_labelled, train_and_evaluate_risk
+
+    with _errors():
+        _, report = train_and_evaluate_risk(load_labelled(data), epochs=epochs, split=split,
+                                            base_rate=base_rate, progress=_say)
+    if json_out:
+        typer.echo(json.dumps(report))
+    else:
+        for m, row in report["methods"].items():
+            typer.echo(f"{m:<16} " + "  ".join(f"{k} {v}" for k, v in row.items()))
+        typer.echo(f"base rate: {report['base_rate']}")
+
+
+def bench_inference(
+    json_out: JsonOpt = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: DataDirOpt = None,
+    prefer: Annotated[str, typer.Option(help="Recommender to bench: sasrec (default), gru, "
+                                        "auto (the served one), covisitation.")] = "sasrec",
+    seconds: Annotated[float, typer.Option(help="Seconds per measured level.")] = 3.0,
+) -> None:
+    """Predictions/s and p50/p99 latency: per-event calls (batch 1 in a loop) vs the
+    micro-batcher under 1..512 concurrent requests, recommender + risk model together."""
+    from model.bench import run_inference_bench
+    from model.registry import ModelRegistry
+
+    with _errors():
+        ddir = _data_dir(data_dir)
+        if prefer not in ("auto", "covisitation", "popularity", "gru", "sasrec"):
+            raise ValueError("--prefer must be auto, sasrec, gru, covisitation or popularity")
+        has = ModelRegistry(ddir).latest("recommender") is not None
+        if has and prefer != "auto":
+            methods = ModelRegistry(ddir).manifest("recommender").get("methods", [])
+            has = prefer in methods
+        result = run_inference_bench(ddir if has else None, device=device, seconds=seconds,
+                                     prefer=prefer, log=_say)
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        for k, v in result.items():
+            if k != "levels":
+                typer.echo(f"{k:>18}: {v}")
+
+
+@model_app.command("list")
+def model_list(data_dir: DataDirOpt = None) -> None:
+    """Published models and versions; the latest marked with *."""
+    from model.registry import ModelRegistry
+
+    with _errors():
+        reg = ModelRegistry(_data_dir(data_dir))
+        for name, versions in reg.list().items():
+            latest = reg.latest(name)
+            typer.echo(f"{name}: " + " ".join(v + ("*" if v == latest else "")
+                                              for v in versions))
+
+
+@model_app.command("rollback")
+def model_rollback(name: Annotated[str, typer.Argument(help="recommender or risk")],
+                   data_dir: DataDirOpt = None) -> None:
+    """Point `latest` of a model back one version."""
+    from model.registry import ModelRegistry
+
+    with _errors():
+        v = ModelRegistry(_data_dir(data_dir)).rollback(name)
+    typer.echo(f"{name}: latest is now {v}")
