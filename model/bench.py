@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -107,10 +108,13 @@ def batched(pred: ModelPredictor, contexts: list[PredictionContext], concurrency
 
 def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: float = 3.0,
                         prefer: str = "auto", log: Callable[[str], None] | None = None,
-                        concurrency: tuple[int, ...] = CONCURRENCY) -> dict[str, Any]:
+                        concurrency: tuple[int, ...] = CONCURRENCY,
+                        threads: int | None = None) -> dict[str, Any]:
     """Headline: per-event pps vs batched pps at the highest-throughput concurrency whose p99
     stays under 50 ms (else the highest-throughput one), default batcher settings."""
     say = log or (lambda _m: None)
+    if threads:
+        torch.set_num_threads(threads)  # fewer threads than busy cores avoids OMP stalls
     dev = resolve_device(device)
     pred: Predictor | None = None
     if data_dir is not None:
@@ -148,4 +152,6 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
             "batcher": {"max_batch": metrics["max_batch"], "max_wait_ms": metrics["max_wait_ms"],
                         "batch_size_hist": metrics["batch_size_hist"],
                         "compute_ms": metrics["compute_ms"]},
-            "threads": torch.get_num_threads(), "seconds_per_level": seconds}
+            "threads": torch.get_num_threads(), "seconds_per_level": seconds,
+            # other processes on the box skew every figure: say how busy it was
+            "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}

@@ -190,6 +190,8 @@ def bench_inference(
     prefer: Annotated[str, typer.Option(help="Recommender to bench: sasrec (default), gru, "
                                         "auto (the served one), covisitation.")] = "sasrec",
     seconds: Annotated[float, typer.Option(help="Seconds per measured level.")] = 3.0,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's "
+                                                "choice, one per core).")] = None,
 ) -> None:
     """Predictions/s and p50/p99 latency: per-event calls (batch 1 in a loop) vs the
     micro-batcher under 1..512 concurrent requests, recommender + risk model together."""
@@ -205,7 +207,7 @@ def bench_inference(
             methods = ModelRegistry(ddir).manifest("recommender").get("methods", [])
             has = prefer in methods
         result = run_inference_bench(ddir if has else None, device=device, seconds=seconds,
-                                     prefer=prefer, log=_say)
+                                     prefer=prefer, log=_say, threads=threads)
     if json_out:
         typer.echo(json.dumps(result))
     else:

@@ -17,7 +17,7 @@ _KMV_K = 256  # distinct counts are exact below this many, estimated (k-1)/max a
 _MAX_KEYS_24H = 256  # distinct devices / IPs remembered per user
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: sequence entries as [item, type name, ts]; window rows carry min tile
 _NAMES_CACHE: dict[Any, Any] = {}
 _ZERO5 = (0.0, 0.0, 0.0, 0.0, 0.0)
 

@@ -152,6 +152,51 @@ class SeqRecNet(nn.Module):
         valid = (pos[None, :] < batch.lengths[:, None]) & (ids != cur[:, None])
         return self.mixture(h, out, copy, valid, ids)
 
+    def topk_last(self, batch: SeqBatch, k: int, copy_ids: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Serving shortcut: (B, k + L) log-probabilities and ids of the only items that can
+        make a row's top k: the k best by explore logit plus the row's own history items.
+
+        Same scores as `logits_last` for those items, without the half-dozen passes over the
+        whole table that the full mixture needs (they dominate at tens of thousands of items).
+        Ids may repeat; history ids >= n_items stand for unknown items (copy only).
+        """
+        x = self.embed(batch)
+        h = self.encode_last_from(x, batch)
+        ids = batch.items if copy_ids is None else copy_ids
+        b, n = ids.shape
+        n_items = self.config.n_items
+        last = (batch.lengths - 1).clamp(min=0)
+        cur = ids[torch.arange(b, device=ids.device), last]
+        explore = self._out_logits(h, n_items)
+        explore = explore.scatter(1, cur.clamp(max=n_items - 1)[:, None],
+                                  torch.where(cur[:, None] < n_items, float("-inf"),
+                                              explore.gather(1, cur.clamp(max=n_items - 1)
+                                                             [:, None])))
+        log_z = torch.logsumexp(explore, dim=1, keepdim=True)
+        top = torch.topk(explore, min(k, n_items), dim=1)
+        if not self.config.repeat:
+            return top.values - log_z, top.indices
+        cand = torch.cat([top.indices, ids], 1)  # (B, k + L)
+        known = cand < n_items
+        cand_explore = torch.where(known, explore.gather(1, cand.clamp(max=n_items - 1)),
+                                   float("-inf")) - log_z
+        pos = torch.arange(n, device=ids.device)
+        valid = (pos[None, :] < batch.lengths[:, None]) & (ids != cur[:, None])
+        copy = self.copy_scores(h.unsqueeze(1), x).squeeze(1)
+        has = valid.any(1)
+        p_pos = torch.softmax(copy.masked_fill(~valid, -1e9), dim=1)
+        p_pos = torch.where(has[:, None], p_pos, torch.zeros_like(p_pos))
+        same = (cand[:, :, None] == ids[:, None, :]).to(p_pos.dtype)  # (B, k + L, L)
+        p_copy = (same @ p_pos.unsqueeze(2)).squeeze(2)
+        g = self.gate(h).squeeze(-1)
+        log_g = torch.where(has, torch.nn.functional.logsigmoid(g), -1e4)
+        log_1g = torch.where(has, torch.nn.functional.logsigmoid(-g), 0.0)
+        logp = torch.logaddexp(log_1g[:, None] + cand_explore,
+                               log_g[:, None] + torch.log(p_copy.clamp_min(1e-30)))
+        # the trigger item is never a candidate
+        return logp.masked_fill(cand == cur[:, None], float("-inf")), cand
+
     def forward(self, batch: SeqBatch) -> torch.Tensor:
         return self.logits_last(batch)
 

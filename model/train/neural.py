@@ -115,6 +115,8 @@ def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],
         total = 0.0
         count = 0
         for b in range(0, len(data), cfg.batch_size):
+            if b and time.perf_counter() - t0 > cfg.budget_s:
+                break  # budget spent mid-epoch: stop at the next batch boundary
             chunk = data[b: b + cfg.batch_size]
             batch = encode_rows([r[:-1] for r in chunk], cfg.max_len)
             n = batch.items.shape[1]

@@ -10,7 +10,7 @@ import logging
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,42 @@ def partition_context(partition: int) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+class TableAccess:
+    """Per-partition reads and writes of the features table, without Faust's per-call layers.
+
+    Our keys and values are already bytes, so Faust's codec layer has nothing to do; with
+    RocksDB we go straight to the partition's database (what Faust's store does after looking
+    up the current event), otherwise through the store's mapping interface under an explicit
+    partition context.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.rocks = hasattr(store, "_db_for_partition") and hasattr(store, "_key_index")
+
+    def reader(self, partition: int) -> Callable[[bytes], bytes | None]:
+        if self.rocks:
+            return self.store._db_for_partition(partition).get  # type: ignore[no-any-return]
+        store = self.store
+
+        def get(key: bytes) -> bytes | None:
+            with partition_context(partition):
+                return store.get(key)  # type: ignore[no-any-return]
+        return get
+
+    def write(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+        if self.rocks:
+            db = self.store._db_for_partition(partition)
+            index = self.store._key_index
+            for key, value in items:
+                index[key] = partition
+                db.put(key, value)
+            return
+        with partition_context(partition):
+            for key, value in items:
+                self.store[key] = value
 
 
 @dataclass
@@ -239,11 +275,13 @@ class IngestAgent(Service):
         changelog = self.table.changelog_topic.get_topic_name()
         n_windows = len(cfg.windows_s)
         states: list[tuple[int, bytes, UserState]] = []
+        table = TableAccess(store)
         for partition, users in by_part.items():
+            get = table.reader(partition)
             with partition_context(partition):
                 for user_id, events in users.items():
                     key = user_id.encode()
-                    raw = store.get(key)
+                    raw = get(key)
                     st = (UserState.from_bytes(raw, n_windows) if raw
                           else UserState(user_id, n_windows))
                     for ev, recv in events:
@@ -272,22 +310,13 @@ class IngestAgent(Service):
             self.inference_recent.append((time.monotonic(), dt * 1000))
 
         # 4. state: local store write + changelog record (same partition as the source)
-        current = -1
-        ctx_cm: contextlib.AbstractContextManager[None] | None = None
-        try:
-            for partition, key, st in states:
-                if partition != current:
-                    if ctx_cm is not None:
-                        ctx_cm.__exit__(None, None, None)
-                    ctx_cm = partition_context(partition)
-                    ctx_cm.__enter__()
-                    current = partition
-                value = st.to_bytes()
-                store[key] = value
-                await out.add(changelog, key, value, partition)
-        finally:
-            if ctx_cm is not None:
-                ctx_cm.__exit__(None, None, None)
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for partition, key, st in states:
+            value = st.to_bytes()
+            by_partition.setdefault(partition, []).append((key, value))
+            await out.add(changelog, key, value, partition)
+        for partition, items in by_partition.items():
+            table.write(partition, items)
 
         # 5. decisions
         threshold = settings.risk_threshold

@@ -1,6 +1,8 @@
 // lamstream dashboard: polls the worker's JSON endpoints and draws SVG charts. No build step,
 // no dependencies; every value that comes from events is escaped before it reaches the DOM.
-"use strict";
+import { lineChart } from "./charts.js";
+import { clock, esc, fmtDuration, fmtInt, fmtMs, fmtNum } from "./format.js";
+import { fact, userHtml } from "./inspector.js";
 
 const WINDOW_S = 120; // seconds of history the charts show
 const TOKEN_KEY = "lamstream.token";
@@ -10,33 +12,6 @@ const state = {
 };
 
 const $ = (sel) => document.querySelector(sel);
-const ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
-const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ESC[c]);
-const fmtInt = (n) => (n == null ? "–" : Number(n).toLocaleString("en-US"));
-function fmtMs(v) {
-  if (v == null) return "–";
-  return v >= 100 ? `${v.toFixed(0)} ms` : v >= 10 ? `${v.toFixed(1)} ms` : `${v.toFixed(2)} ms`;
-}
-function fmtNum(v, digits = 2) {
-  if (v == null) return "–";
-  if (Math.abs(v) >= 1000) return Math.round(v).toLocaleString("en-US");
-  return Number.isInteger(v) ? String(v) : v.toFixed(digits);
-}
-function fmtTime(ms) {
-  if (ms == null || ms < 0) return "–";
-  const d = new Date(ms);
-  const pad = (x) => String(x).padStart(2, "0");
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
-    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
-const clock = (ms) => fmtTime(ms).slice(11);
-function fmtDuration(s) {
-  if (s == null) return "–";
-  if (s < 90) return `${s.toFixed(0)} s`;
-  if (s < 5400) return `${(s / 60).toFixed(0)} min`;
-  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
-  return `${(s / 86400).toFixed(1)} d`;
-}
 
 async function getJSON(url, auth) {
   const headers = auth && state.token ? { Authorization: `Bearer ${state.token}` } : {};
@@ -65,8 +40,16 @@ function setStatus(cls, text, stateName) {
   el.dataset.state = stateName;
 }
 
+function tokenProblem(what) {
+  return state.token
+    ? `The API token in this browser is not accepted for ${what}: check it at the top right.`
+    : `This worker requires an API token for ${what}: enter it at the top right ` +
+      "(it is stored in this browser only).";
+}
+
 function showWorkerDown(err) {
   setStatus("bad", "worker unreachable", "unreachable");
+  $("#broker").textContent = "broker: unknown while the worker is unreachable";
   const last = state.live ? ` Last answer ${Math.round(Date.now() / 1000 - state.live.ts)} s ago;` +
     " the figures below are from then." : "";
   setBanner("error", "Worker unreachable.",
@@ -170,78 +153,20 @@ function renderKpis(live) {
 // ---------------------------------------------------------------------------------------
 // SVG line charts
 
-function niceMax(v) {
-  if (!(v > 0)) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
-  return 10 * p;
-}
-
-function lineChart(el, lines, now, unit) {
-  const pts = state.series.filter((p) => p.t >= now - WINDOW_S);
-  const span = pts.length ? Math.min(WINDOW_S, Math.max(30, now - pts[0].t)) : WINDOW_S;
-  el.dataset.points = String(pts.length);
-  if (pts.length < 2) {
-    el.innerHTML = `<p class="empty">Collecting samples: the worker takes one per second.</p>`;
-    return;
-  }
-  const W = Math.max(320, el.clientWidth || 600), H = 190;
-  const L = 52, R = 10, T = 8, B = 22;
-  let max = 0;
-  for (const ln of lines) for (const p of pts) if (p[ln.key] != null) max = Math.max(max, p[ln.key]);
-  el.dataset.max = String(max);
-  const top = niceMax(max);
-  const x = (t) => L + ((t - (now - span)) / span) * (W - L - R);
-  const y = (v) => T + (1 - v / top) * (H - T - B);
-  let svg = `<svg viewBox="0 0 ${W} ${H}" height="${H}" role="img">`;
-  for (const f of [0, 0.25, 0.5, 0.75, 1]) {
-    const v = top * f;
-    svg += `<line class="grid-line" x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}"/>`;
-    const label = v >= 1000 ? fmtInt(v) : String(Number(v.toPrecision(3)));
-    svg += `<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${esc(label)}</text>`;
-  }
-  const step = [5, 10, 15, 20, 30].find((st) => span / st <= 5) || 30;
-  for (let s = 0; s <= span; s += step) {
-    const anchor = s === 0 ? "end" : "middle";
-    svg += `<text x="${x(now - s)}" y="${H - 6}" text-anchor="${anchor}">${s ? `-${s}s` : "now"}</text>`;
-  }
-  svg += `<line class="axis" x1="${L}" x2="${W - R}" y1="${y(0)}" y2="${y(0)}"/>`;
-  for (const ln of lines) {
-    let d = "", pen = false;
-    for (const p of pts) {
-      const v = p[ln.key];
-      if (v == null) { pen = false; continue; }
-      d += `${pen ? "L" : "M"}${x(p.t).toFixed(1)},${y(v).toFixed(1)}`;
-      pen = true;
-    }
-    const dash = ln.dash ? ` stroke-dasharray="5 4"` : "";
-    svg += `<path d="${d}" fill="none" stroke="${ln.color}" stroke-width="2"${dash} ` +
-      `data-series="${ln.key}" stroke-linejoin="round"/>`;
-  }
-  svg += "</svg>";
-  const last = pts[pts.length - 1];
-  const legend = lines.map((ln) => {
-    const v = last[ln.key] == null ? "–" : `${fmtNum(last[ln.key], 2)}${unit}`;
-    const sw = ln.dash ? `class="sw dash" style="color:${ln.color}"`
-      : `class="sw" style="background:${ln.color}"`;
-    return `<span><span ${sw}></span>${esc(ln.label)} <b data-last="${ln.key}">${esc(v)}</b></span>`;
-  }).join("");
-  el.innerHTML = `${svg}<div class="legend">${legend}</div>`;
-}
 
 function renderCharts(live) {
   const now = live.ts;
-  lineChart($("#chart-throughput"), [
+  lineChart($("#chart-throughput"), state.series, [
     { key: "events_ps", label: "events in", color: "#2563eb" },
     { key: "decisions_ps", label: "decisions out", color: "#16a34a" },
     { key: "dlq_ps", label: "DLQ", color: "#dc2626" },
-  ], now, "/s");
-  lineChart($("#chart-latency"), [
+  ], now, "/s", WINDOW_S);
+  lineChart($("#chart-latency"), state.series, [
     { key: "e2e_p50", label: "end-to-end p50", color: "#7c3aed" },
     { key: "e2e_p99", label: "end-to-end p99", color: "#7c3aed", dash: true },
     { key: "inference_p50", label: "inference p50", color: "#ea580c" },
     { key: "inference_p99", label: "inference p99", color: "#ea580c", dash: true },
-  ], now, " ms");
+  ], now, " ms", WINDOW_S);
   $("#latency-caption").textContent = `ms, p50 and p99 of the last ${live.latency_window_s} s`;
 }
 
@@ -294,8 +219,8 @@ async function pollDecisions() {
     const { status, body } = await getJSON("/api/recent", true);
     const tbody = $("#decisions tbody");
     if (status === 401) {
-      tbody.innerHTML = `<tr><td colspan="5" class="empty">This worker requires an API token ` +
-        `to show decisions: enter it at the top right.</td></tr>`;
+      tbody.innerHTML = `<tr><td colspan="5" class="empty">${esc(tokenProblem("decisions"))}` +
+        "</td></tr>";
       state.lastDecisionKey = "";
     } else if (body && body.decisions) {
       renderDecisions(body.decisions);
@@ -342,9 +267,6 @@ function renderDecisions(list) {
 // ---------------------------------------------------------------------------------------
 // user inspector
 
-const TYPES = ["view", "click", "add_to_cart", "purchase"];
-const TYPE_COLORS = { view: "#64748b", click: "#2563eb", add_to_cart: "#d97706", purchase: "#16a34a" };
-
 function inspect(user) {
   user = (user || "").trim();
   if (!user) return;
@@ -363,14 +285,13 @@ async function refreshUser() {
     const { status, body } = await getJSON(`/api/users/${encodeURIComponent(user)}`, true);
     if (user !== state.user) return; // another user was asked for meanwhile
     if (status === 401) {
-      el.innerHTML = `<p class="error-text">This worker requires an API token for user data: ` +
-        `enter it at the top right (stored in this browser only).</p>`;
+      el.innerHTML = `<p class="error-text">${esc(tokenProblem("user data"))}</p>`;
     } else if (status === 404) {
       el.innerHTML = `<p class="empty" data-state="unknown">No state for user ` +
         `<b>${esc(user)}</b> on this worker: no events from them yet, their state expired ` +
         `after the TTL, or their partition is owned by another worker.</p>`;
     } else if (body && status === 200) {
-      renderUser(body);
+      el.innerHTML = userHtml(body);
     } else {
       el.innerHTML = `<p class="error-text">The worker answered HTTP ${status}.</p>`;
     }
@@ -379,127 +300,6 @@ async function refreshUser() {
   }
 }
 
-function fact(label, value, id) {
-  return `<div class="fact"${id ? ` id="${id}"` : ""}><div class="label">${esc(label)}</div>` +
-    `<div class="value">${value}</div></div>`;
-}
-
-function renderUser(u) {
-  const f = u.features;
-  let html = "";
-  if (f) {
-    const counts = TYPES.map((t) =>
-      `<span class="chip" data-type="${t}"><span class="type-dot" style="background:${TYPE_COLORS[t]}"></span>` +
-      `${t} <b>${fmtInt(f.counts[t])}</b></span>`).join(" ");
-    html += `<div class="facts">` +
-      fact("events", `<span id="insp-events-total">${fmtInt(f.events_total)}</span>`) +
-      fact("spend total", esc(fmtNum(f.spend_total, 2)), "insp-spend") +
-      fact("session", `${fmtInt(f.session.length)} ev · ${esc(fmtDuration(f.session.duration_s))}`) +
-      fact("last event", `<span class="mono" style="font-size:13px">${esc(fmtTime(f.last_ts))}</span>`) +
-      fact("distinct items", fmtInt(f.distinct_items)) +
-      fact("categories", fmtInt(f.distinct_categories)) +
-      fact("devices / IPs 24h", `${fmtInt(f.distinct_devices_24h)} / ${fmtInt(f.distinct_ips_24h)}`) +
-      fact("late / duplicates", `${fmtInt(f.late_events)} / ${fmtInt(f.duplicates)}`) +
-      `</div><div class="metrics" id="insp-counts" style="margin-top:8px">${counts}</div>`;
-    const labels = Object.keys(f.windows);
-    html += `<h3>Rolling windows <small>event time, ending at the user's latest event</small></h3>` +
-      `<table id="insp-windows"><thead><tr><th>window</th>` +
-      TYPES.map((t) => `<th class="num">${t}</th>`).join("") +
-      `<th class="num">spend</th><th class="num">purchases / h</th></tr></thead><tbody>` +
-      labels.map((w) => `<tr data-window="${esc(w)}"><td><b>${esc(w)}</b></td>` +
-        TYPES.map((t) => `<td class="num" data-type="${t}">${fmtInt(f.windows[w][t])}</td>`).join("") +
-        `<td class="num" data-type="spend">${esc(fmtNum(f.windows[w].spend, 2))}</td>` +
-        `<td class="num">${esc(fmtNum(f.windows[w].purchase_velocity_per_h, 2))}</td></tr>`).join("") +
-      `</tbody></table>`;
-  } else {
-    html += `<p class="empty">No feature state on this worker (expired or never seen here); ` +
-      "the decisions below are from memory.</p>";
-  }
-  html += `<div class="two"><div>${riskHtml(u)}</div><div>${decisionsHtml(u)}</div></div>`;
-  if (f) html += timelineHtml(f.sequence);
-  $("#inspector").innerHTML = html;
-}
-
-function riskHtml(u) {
-  const r = u.risk;
-  if (!r) return `<h3>Risk</h3><p class="empty">No risk score kept for this user: the worker ` +
-    "keeps the latest prediction of its most recently active users only.</p>";
-  const pct = Math.min(100, r.score * 100);
-  const maxC = Math.max(0.0001, ...r.reasons.map((x) => x.contribution));
-  const bars = r.reasons.length ? r.reasons.map((x) =>
-    `<div class="reason" data-feature="${esc(x.feature)}"><div class="head"><b>` +
-    `${esc(x.feature)} <span>= ${esc(fmtNum(x.value, 2))}</span></b>` +
-    `<span class="num">+${esc(x.contribution.toFixed(2))}</span></div><div class="bar-track">` +
-    `<div class="bar" style="width:${(100 * x.contribution) / maxC}%"></div></div></div>`).join("")
-    : `<p class="empty">No feature raised the risk above normal.</p>`;
-  return `<h3>Risk at the last event <small class="mono">${esc(r.event_id)} · ${esc(r.model_version)}</small></h3>` +
-    `<div class="score${r.alert ? " alert" : ""}" id="insp-risk" data-score="${r.score}">` +
-    `<span class="big">${r.score.toFixed(2)}</span><span>${r.alert
-      ? `<span class="badge alert">ALERT</span> at or above the threshold ${esc(r.threshold)}`
-      : `below the alert threshold ${esc(r.threshold)}`}</span></div>` +
-    `<div class="gauge"><div class="fill" style="width:${pct}%"></div>` +
-    `<div class="mark" style="left:${r.threshold * 100}%" title="threshold"></div></div>` +
-    `<div class="bars" id="risk-reasons"><div class="empty" style="margin-bottom:4px">` +
-    `reasons: contribution to the risk logit</div>${bars}</div>`;
-}
-
-function decisionsHtml(u) {
-  let html = "<h3>Latest event and decision</h3>";
-  const l = u.latest;
-  if (l) {
-    const items = l.items.length
-      ? `recommended ${l.items.slice(0, 5).map((i) => `<span class="mono">${esc(i.item_id)}</span>`)
-        .join(", ")} <span class="empty">(${esc(l.model)} ${esc(l.model_version)})</span>`
-      : `<span class="empty">no recommendation for a ${esc(l.type)} event</span>`;
-    html += `<p id="insp-latest" data-event="${esc(l.event_id)}"><span class="chip">` +
-      `<span class="type-dot" style="background:${TYPE_COLORS[l.type] || "#999"}"></span>` +
-      `${esc(l.type)}</span> <span class="mono">${esc(l.event_id)}</span> at ` +
-      `${esc(fmtTime(l.event_ts))}<br>${items}</p>`;
-  } else {
-    html += `<p class="empty">Not kept any more (the worker keeps the latest event of its ` +
-      "most recently active users).</p>";
-  }
-  html += `<h3>Remembered decisions <small>every risk alert, a sample of recommendations` +
-    `</small></h3>`;
-  if (!u.decisions.length) return html + `<p class="empty">None for this user.</p>`;
-  return html + `<table id="insp-decisions"><tbody>` + u.decisions.map((d) => {
-    const alert = d.kind === "risk_alert";
-    const what = alert
-      ? `score <b>${d.score.toFixed(2)}</b>: ` + d.reasons.slice(0, 3).map((r) => esc(r.feature)).join(", ")
-      : `${(d.items || []).slice(0, 3).map((i) => `<span class="mono">${esc(i.item_id)}</span>`).join(", ")}`;
-    return `<tr data-kind="${esc(d.kind)}"><td class="mono">${esc(clock(d.ts))}</td><td>` +
-      `${alert ? '<span class="badge alert">ALERT</span>' : '<span class="badge rec">rec</span>'}` +
-      `</td><td>${what}</td></tr>`;
-  }).join("") + `</tbody></table>`;
-}
-
-function timelineHtml(seq) {
-  if (!seq.length) return "";
-  const W = 900, H = 120, L = 92, R = 12, T = 6, lane = 22;
-  const t0 = seq[0].ts, t1 = seq[seq.length - 1].ts;
-  const span = Math.max(1, t1 - t0);
-  const x = (t) => (t1 === t0 ? (L + W - R) / 2 : L + ((t - t0) / span) * (W - L - R));
-  let svg = `<svg viewBox="0 0 ${W} ${H}" id="insp-timeline" data-events="${seq.length}">`;
-  TYPES.forEach((t, i) => {
-    const yy = T + i * lane + lane / 2;
-    svg += `<text x="${L - 8}" y="${yy + 4}" text-anchor="end">${t}</text>` +
-      `<line x1="${L}" x2="${W - R}" y1="${yy}" y2="${yy}" stroke="#eef2f6"/>`;
-  });
-  for (const e of seq) {
-    const i = TYPES.indexOf(e.type);
-    const yy = T + i * lane + lane / 2;
-    svg += `<circle cx="${x(e.ts).toFixed(1)}" cy="${yy}" r="5" fill="${TYPE_COLORS[e.type]}" ` +
-      `fill-opacity="0.8"><title>${esc(e.type)} ${esc(e.item_id)} at ${esc(fmtTime(e.ts))}</title></circle>`;
-  }
-  svg += `<text x="${L}" y="${H - 8}">${esc(fmtTime(t0))}</text>` +
-    `<text x="${W - R}" y="${H - 8}" text-anchor="end">${esc(fmtTime(t1))}</text></svg>`;
-  const recent = seq.slice(-6).reverse().map((e) =>
-    `<span class="chip"><span class="type-dot" style="background:${TYPE_COLORS[e.type]}"></span>` +
-    `${esc(e.type)} <span class="mono">${esc(e.item_id)}</span></span>`).join(" ");
-  return `<h3>Recent sequence <small>${seq.length} events over ${esc(fmtDuration(span / 1000))} ` +
-    `of event time, oldest left</small></h3><div class="timeline">${svg}</div>` +
-    `<div class="metrics">latest: ${recent}</div>`;
-}
 
 // ---------------------------------------------------------------------------------------
 // learning view: real feedback data or an explicit empty state

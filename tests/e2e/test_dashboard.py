@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from model.datasets import iter_payloads
 from stream.admin import ensure_topics
 from stream.client import EventProducer
-from stream.demo import _get_json, start_worker, stop_worker, wait_healthy
+from stream.demo import start_worker, stop_worker, wait_healthy
 from stream.settings import Settings
 from tests.helpers import poll_until
 
@@ -32,13 +34,20 @@ SHOPPER = "e2e-shopper"  # a user whose every event the test makes, so every num
 BURST = "e2e-burst"  # 8 purchases of 200 within 40 s from 5 devices: the rule score alerts
 
 
+@pytest.fixture(scope="session")
 def chromium() -> str:
+    """Chromium's path; checked before a worker is started for nothing."""
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
         pytest.skip("Chromium is not installed and could not be installed here: `make test` "
                     "installs it with apt-get (Debian packages chromium, chromium-driver) "
                     "when apt-get is usable as root")
     return path
+
+
+def processed(base: str) -> int:
+    with urllib.request.urlopen(f"{base}/api/stats", timeout=2) as resp:
+        return int(json.loads(resp.read())["events"])
 
 
 def shopper_events(now_ms: int) -> list[dict[str, Any]]:
@@ -108,14 +117,14 @@ def produce(settings: Settings, done: threading.Event, sent: list[int]) -> None:
 
 
 def test_dashboard_shows_the_stream_and_explains_a_user(
-        worker: tuple[Settings, str], tmp_path: Path) -> None:
+        chromium: str, worker: tuple[Settings, str], tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     settings, base = worker
     user, user_counts, sample_lines = sample_expectation()
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="chromium-", dir=tmp_path), executable_path=chromium(),
+            tempfile.mkdtemp(prefix="chromium-", dir=tmp_path), executable_path=chromium,
             headless=True, args=LAUNCH_ARGS, viewport={"width": 1440, "height": 1000})
         try:
             page = ctx.new_page()
@@ -156,7 +165,7 @@ def test_dashboard_shows_the_stream_and_explains_a_user(
 
             assert done.wait(30), "producer did not finish"
             total = sent[0]
-            poll_until(lambda: _get_json(f"{base}/api/stats")["events"] >= total, 30, 0.2,
+            poll_until(lambda: processed(base) >= total, 30, 0.2,
                        f"worker processed all {total} events")
             assert total == sample_lines + 12 + 8
             expect(page.locator("#kpi-events .value")).to_have_text(f"{total:,}")

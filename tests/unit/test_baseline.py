@@ -234,7 +234,7 @@ def test_spend_far_above_the_streams_normal_is_a_reason() -> None:
     assert [r.feature for r in reasons] == ["spend_z_1h"] and reasons[0].value > 8
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(features=st.dictionaries(
     st.sampled_from([r.feature for r in RISK_RULES] + ["spend_1h", "unrelated"]),
     st.floats(-1e12, 1e12, allow_nan=False), max_size=9))

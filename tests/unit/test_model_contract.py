@@ -210,3 +210,21 @@ def test_unknown_history_items_can_still_be_recommended() -> None:
     out = rec.recommend([seq], 40, [frozenset({"i2"})])[0]
     assert "brand-new" in [i for i, _ in out]
     assert all(i != "i2" for i, _ in out)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru"])
+def test_fast_top_k_equals_full_table_ranking(kind: str) -> None:
+    """recommend() scores only the possible winners; it must agree with the full softmax."""
+    rec = _neural(kind)
+    assert isinstance(rec, NeuralRecommender)
+    seqs = _seqs() + [[SeqItem("unseen", "view", 0), SeqItem("i3", "view", 5000)]]
+    exclude = [frozenset({s[-1].item_id, "i5"}) for s in seqs]
+    fast = rec.recommend(seqs, 8, exclude)
+    full, unknown = rec.logits(seqs)
+    names = [rec.vocab.item(i) for i in range(rec.vocab.size)] + unknown
+    for row, ex, got in zip(full, exclude, fast, strict=True):
+        ranked = [(names[i], float(row[i])) for i in row.argsort(descending=True).tolist()
+                  if names[i] is not None and names[i] not in ex and row[i] > -60][:8]
+        assert [i for i, _ in got] == [i for i, _ in ranked]
+        torch.testing.assert_close([s for _, s in got], [s for _, s in ranked],
+                                   rtol=1e-4, atol=1e-4)

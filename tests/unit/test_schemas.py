@@ -192,7 +192,7 @@ event_like = st.fixed_dictionaries(
         "price": 2.5, "quantity": 2, "attrs": {"a": "b"}, "session_id": "s"}.items()})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(raw=st.binary(max_size=64) | event_like.map(orjson.dumps))
 def test_any_bytes_decode_to_an_event_or_a_poison_message(raw: bytes) -> None:
     try:
