@@ -21,7 +21,7 @@ from model.serving import ModelPredictor, load_predictor
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
 
-CONCURRENCY: tuple[int, ...] = (1, 8, 32, 128, 256, 512)
+CONCURRENCY: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512)
 
 
 def synthetic_contexts(n: int, items: list[str], seq_len: int = 50, seed: int = 0
@@ -40,13 +40,14 @@ def synthetic_contexts(n: int, items: list[str], seq_len: int = 50, seed: int = 
     return out
 
 
-def untrained_predictor(device: torch.device, n_items: int = 20_000, **batcher: Any
-                        ) -> ModelPredictor:
-    """Default-size SASRec + risk net with random weights: same compute as trained ones."""
+def untrained_predictor(device: torch.device, n_items: int = 20_000, kind: str = "sasrec",
+                        **batcher: Any) -> ModelPredictor:
+    """Default-size SASRec (or GRU) + risk net with random weights: same compute as trained
+    ones."""
     torch.manual_seed(0)
     vocab = ItemVocab(n_items)
     vocab.add_all(f"item{i}" for i in range(n_items))
-    net = build_recommender("sasrec", SeqRecConfig(n_items=vocab.size))
+    net = build_recommender(kind, SeqRecConfig(n_items=vocab.size))
     risk = RiskNet(RiskConfig(max_len=8))
     return ModelPredictor(NeuralRecommender(net, vocab, device), RiskScorer(risk, device),
                           version="untrained", risk_version="untrained", **batcher)
@@ -120,8 +121,9 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     if data_dir is not None:
         pred = load_predictor(data_dir, device=device, prefer=prefer)
     if not isinstance(pred, ModelPredictor):
-        say("registry empty (or baseline): benchmarking default-size untrained SASRec + risk")
-        pred = untrained_predictor(dev)
+        kind = prefer if prefer in ("gru", "sasrec") else "sasrec"
+        say(f"registry empty (or baseline): benchmarking default-size untrained {kind} + risk")
+        pred = untrained_predictor(dev, kind=kind)
     assert isinstance(pred, ModelPredictor)
     rec = pred.recommender
     items = ([i for i in (rec.vocab.item(j) for j in rec.vocab.known_ids()) if i]
@@ -129,14 +131,20 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     contexts = synthetic_contexts(2048, items[:50_000])
     pred.compute(contexts[:64])  # warm up kernels and caches
     say(f"per-event loop on {dev} ({pred.name} {pred.version} + risk {pred.risk_version})")
-    single = per_event(pred, contexts, seconds)
-    say(f"  per-event: {single['pps']:.0f}/s p50 {single['p50_ms']:.2f} ms "
-        f"p99 {single['p99_ms']:.2f} ms")
+    # The per-event loop runs before and after the batched levels and the faster run is the
+    # baseline: on a shared machine one noisy window must not inflate the ratio.
+    singles = [per_event(pred, contexts, seconds)]
+    say(f"  per-event: {singles[0]['pps']:.0f}/s p50 {singles[0]['p50_ms']:.2f} ms "
+        f"p99 {singles[0]['p99_ms']:.2f} ms")
     levels = []
     for c in concurrency:
         r = batched(pred, contexts, c, seconds)
         levels.append(r)
         say(f"  batched c={c}: {r['pps']:.0f}/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
+    singles.append(per_event(pred, contexts, seconds))
+    say(f"  per-event again: {singles[1]['pps']:.0f}/s p50 {singles[1]['p50_ms']:.2f} ms "
+        f"p99 {singles[1]['p99_ms']:.2f} ms")
+    single = max(singles, key=lambda r: r["pps"])
     ok = [r for r in levels if r["p99_ms"] < 50.0]
     head = max(ok or levels, key=lambda r: r["pps"])
     metrics = pred.metrics()
@@ -145,6 +153,7 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
             "risk_model_version": pred.risk_version, "per_event_pps": round(single["pps"], 1),
             "per_event_p50_ms": round(single["p50_ms"], 3),
             "per_event_p99_ms": round(single["p99_ms"], 3),
+            "per_event_runs_pps": [round(r["pps"], 1) for r in singles],
             "batched_pps": round(head["pps"], 1), "ratio": round(head["pps"] / single["pps"], 2),
             "p50_ms": round(head["p50_ms"], 3), "p99_ms": round(head["p99_ms"], 3),
             "concurrency": head["concurrency"], "p99_under_50ms": bool(ok),

@@ -97,9 +97,9 @@ _cache_lock = threading.Lock()
 _cache: dict[tuple[str, str, str, str], tuple[Recommender, str]] = {}
 
 
-def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str
-                      ) -> tuple[Recommender, str] | None:
-    version = reg.latest("recommender")
+def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str,
+                      version: str | None = None) -> tuple[Recommender, str] | None:
+    version = version or reg.latest("recommender")
     if version is None:
         return None
     root = reg.path("recommender", version)
@@ -118,7 +118,8 @@ def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str
     return hit
 
 
-def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto",
+def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *,
+                   recommender_version: str | None = None, risk_version: str | None = None,
                    **batcher: Any) -> Predictor:
     """The Predictor for the registry's latest versions in `data_dir`.
 
@@ -127,7 +128,8 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto",
     "baseline" (or an empty registry) gives the online BaselinePredictor. Loading is cheap
     (small files, cached per immutable version) and touches no shared state but the cache, so
     a worker may call it from any thread and swap predictors between batches; call `close()`
-    on the old ModelPredictor after the swap.
+    on the old ModelPredictor after the swap. `recommender_version` / `risk_version` pin a
+    published version (what a `model-updates` record names) instead of `latest`.
     """
     if prefer not in ("auto", "baseline", *METHODS):
         raise ValueError(f"prefer must be auto, baseline or one of {', '.join(METHODS)}")
@@ -135,9 +137,9 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto",
         return BaselinePredictor()
     dev = resolve_device(device)
     reg = ModelRegistry(Path(data_dir))
-    rec = _load_recommender(reg, dev, prefer)
+    rec = _load_recommender(reg, dev, prefer, recommender_version)
     if rec is None:
         return BaselinePredictor()
-    risk_version = reg.latest("risk")
+    risk_version = risk_version or reg.latest("risk")
     risk = RiskScorer.load(reg.path("risk", risk_version), dev) if risk_version else None
     return ModelPredictor(rec[0], risk, version=rec[1], risk_version=risk_version, **batcher)

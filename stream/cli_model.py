@@ -23,6 +23,10 @@ LayoutOpt = Annotated[str, typer.Option(help="File layout: auto, taobao, yoochoo
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Data dir holding models/ (default: $LAMSTREAM_DATA_DIR or .lamstream).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+AnnounceOpt = Annotated[bool, typer.Option(
+    "--announce/--no-announce", help="Also send a model-updates record so running workers "
+    "(LAMSTREAM_BOOTSTRAP_SERVERS, or the embedded broker's port) swap to the new version "
+    "between batches.")]
 
 
 def _data_dir(value: Path | None) -> Path:
@@ -32,6 +36,27 @@ def _data_dir(value: Path | None) -> Path:
 
 def _say(message: str) -> None:
     typer.echo(message, err=True)
+
+
+def _announce(name: str, version: str, action: str = "publish") -> bool:
+    """model-updates record for running workers; the registry is the source of truth, so a
+    broker that cannot be reached is a warning (announce again later), not a failure."""
+    from stream.client import announce_model
+    from stream.errors import LamstreamError
+    from stream.settings import load_settings
+
+    try:
+        settings = load_settings()
+        announce_model(settings, name, version, "rollback" if action == "rollback" else
+                       "publish")
+    except (LamstreamError, OSError, ValueError) as e:
+        typer.secho(f"warning: {name} {version} is in the registry but was not announced: {e}"
+                    f" (run `lamstream model announce {name} --version {version}` when the "
+                    "broker is up)", fg=typer.colors.YELLOW, err=True)
+        return False
+    _say(f"announced {name} {version} on {settings.topic_prefix}model-updates "
+         f"({settings.bootstrap})")
+    return True
 
 
 @contextmanager
@@ -72,12 +97,13 @@ def train_recommender(
     epochs: Annotated[int | None, typer.Option(help="Max epochs of the neural nets (default "
                                                "30, cut by --budget-s).")] = None,
     budget_s: Annotated[float, typer.Option(help="Training time per neural net, seconds.")]
-    = 75.0,
+    = 120.0,
     test: Annotated[Path | None, typer.Option(help="Separate test file (default: last 20% "
                                               "of --data's time range).")] = None,
     max_events: Annotated[int | None, typer.Option(help="Read at most this many events.")]
     = None,
     json_out: JsonOpt = False,
+    announce: AnnounceOpt = False,
 ) -> None:
     """Train popularity, co-visitation, GRU and SASRec on one temporal split, publish all to
     the registry; the method with the best NDCG@20 on the test part is the one served."""
@@ -87,6 +113,8 @@ def train_recommender(
         version, comp = run(data, _data_dir(data_dir), layout=layout, test=test,
                             cfg=_train_cfg(epochs, budget_s), max_events=max_events,
                             progress=_say)
+    if announce:
+        _announce("recommender", version)
     result = {**comp.to_json(), "version": version}
     if json_out:
         typer.echo(json.dumps(result))
@@ -105,6 +133,7 @@ def train_risk(
     base_rate: Annotated[float | None, typer.Option(help="Fraud rate where it will serve: "
                                                     "shifts the calibrated prior.")] = None,
     json_out: JsonOpt = False,
+    announce: AnnounceOpt = False,
 ) -> None:
     """Train the risk net (calibrated, with attributions) and publish it to the registry."""
     from model.train.pipeline import train_risk as run
@@ -112,6 +141,8 @@ def train_risk(
     with _errors():
         version, report = run(data, _data_dir(data_dir), epochs=epochs, split=split,
                               base_rate=base_rate, progress=_say)
+    if announce:
+        _announce("risk", version)
     if json_out:
         typer.echo(json.dumps({**report, "version": version}))
     else:
@@ -130,7 +161,7 @@ def evaluate_recommender(
     test: Annotated[Path | None, typer.Option(help="Separate test file.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Max epochs of the neural nets.")] = None,
     budget_s: Annotated[float, typer.Option(help="Training time per neural net, seconds.")]
-    = 75.0,
+    = 120.0,
     max_events: Annotated[int | None, typer.Option(help="Read at most this many events.")]
     = None,
     json_out: JsonOpt = False,
@@ -231,10 +262,33 @@ def model_list(data_dir: DataDirOpt = None) -> None:
 
 @model_app.command("rollback")
 def model_rollback(name: Annotated[str, typer.Argument(help="recommender or risk")],
-                   data_dir: DataDirOpt = None) -> None:
+                   data_dir: DataDirOpt = None, announce: AnnounceOpt = False) -> None:
     """Point `latest` of a model back one version."""
     from model.registry import ModelRegistry
 
     with _errors():
         v = ModelRegistry(_data_dir(data_dir)).rollback(name)
     typer.echo(f"{name}: latest is now {v}")
+    if announce:
+        _announce(name, v, "rollback")
+
+
+@model_app.command("announce")
+def model_announce(
+    name: Annotated[str, typer.Argument(help="recommender or risk")],
+    version: Annotated[str | None, typer.Option(help="Version to serve (default: latest).")]
+    = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Send a model-updates record: running workers load that version from their data dir
+    (it must be published there) and serve it from their next batch, dropping no events."""
+    from model.registry import ModelRegistry
+
+    with _errors():
+        reg = ModelRegistry(_data_dir(data_dir))
+        v = version or reg.latest(name)
+        if v is None:
+            raise ValueError(f"no published {name} model in {reg.root}")
+        reg.path(name, v)  # must exist
+    if not _announce(name, v):
+        raise typer.Exit(1)

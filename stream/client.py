@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from stream.admin import seek_to_end
 from stream.errors import ClientError, InfraError
-from stream.schemas import DlqRecord, Event, Recommendation, RiskAlert
+from stream.schemas import DlqRecord, Event, ModelUpdate, Recommendation, RiskAlert
 from stream.settings import Settings
 from stream.topics import topics_for
 
@@ -173,6 +173,24 @@ class EventProducer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def announce_model(settings: Settings, name: str, version: str,
+                   action: Literal["publish", "rollback"] = "publish",
+                   timeout: float = 10.0) -> ModelUpdate:
+    """Tell every worker on `settings`' cluster to serve `name` `version` (published in the
+    registry under their data dir) from their next batch: one record on `model-updates`."""
+    update = ModelUpdate(name=name, version=version, action=action,
+                         ts=int(time.time() * 1000))
+    with EventProducer(settings, topic=topics_for(settings).model_updates.name,
+                       validate=False, client_id="lamstream-model-announcer") as p:
+        future = p.send_raw(update.model_dump_json().encode(), name.encode())
+        try:
+            future.get(timeout=timeout)
+        except KafkaError as exc:
+            raise InfraError(f"model-updates record for {name} {version} not delivered to "
+                             f"{settings.bootstrap}: {exc}") from None
+    return update
 
 
 def _consumer(settings: Settings, client_id: str, **config: Any) -> KafkaConsumer:

@@ -52,6 +52,10 @@ class SeqRecNet(nn.Module):
         self.copy_q = nn.Linear(d, d)
         self.copy_k = nn.Linear(d, d)
         self.gate = nn.Linear(d, 1)
+        # recency of a past event for the copy head: events back from the query (0 = the
+        # query's own event); covisitation's repeat score decays with age and wins with it
+        self.copy_age = nn.Embedding(config.max_len, 1)
+        nn.init.zeros_(self.copy_age.weight)
         for emb in (self.item_emb, self.type_emb, self.gap_emb):
             nn.init.normal_(emb.weight, std=d ** -0.5)
             with torch.no_grad():
@@ -79,11 +83,16 @@ class SeqRecNet(nn.Module):
         x = self.embed(batch)
         return self.encode_from(x, batch), x
 
-    def copy_scores(self, h_q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    def copy_scores(self, h_q: torch.Tensor, keys: torch.Tensor, q_pos: torch.Tensor
+                    ) -> torch.Tensor:
         """(N, Q, L) attention scores of query states over past events' own embeddings
-        (keys from inputs, so serving can skip the top layer for all but the last event)."""
+        (keys from inputs, so serving can skip the top layer for all but the last event),
+        plus a learned bias by age (q_pos (N, Q): each query's position; age = q_pos - l)."""
         out: torch.Tensor = self.copy_q(h_q) @ self.copy_k(keys).transpose(1, 2)
-        return out / math.sqrt(self.config.dim)
+        steps = torch.arange(keys.shape[1], device=keys.device)
+        age = (q_pos[:, :, None] - steps[None, None, :]).clamp(0, self.config.max_len - 1)
+        bias: torch.Tensor = self.copy_age(age).squeeze(-1)
+        return out / math.sqrt(self.config.dim) + bias
 
     def mixture(self, h: torch.Tensor, explore: torch.Tensor, copy: torch.Tensor,
                 valid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -107,7 +116,10 @@ class SeqRecNet(nn.Module):
                                log_g[:, None] + torch.log(p_copy.clamp_min(1e-30)))
 
     def _out_logits(self, h: torch.Tensor, n_out: int) -> torch.Tensor:
-        logits = h @ self.item_emb.weight.T + self.item_bias
+        if h.dim() == 2:  # serving: one fused pass instead of a product then a bias pass
+            logits = torch.addmm(self.item_bias.to(h.dtype), h, self.item_emb.weight.T.to(h.dtype))
+        else:
+            logits = h @ self.item_emb.weight.T + self.item_bias
         logits[..., :2] = float("-inf")  # padding and the unknown bucket are never predicted
         if n_out > logits.shape[-1]:  # batch-local ids of unknown history items: copy only
             extra = logits.new_full((*logits.shape[:-1], n_out - logits.shape[-1]),
@@ -122,8 +134,8 @@ class SeqRecNet(nn.Module):
         ids = batch.items
         out = self._out_logits(h, self.config.n_items)
         out = out.scatter(2, ids.unsqueeze(2), float("-inf"))  # never the current item
-        copy = self.copy_scores(h, x)  # (B, L, L)
         pos = torch.arange(n, device=h.device)
+        copy = self.copy_scores(h, x, pos[None, :].expand(b, n))  # (B, L, L)
         valid = ((pos[None, None, :] <= pos[None, :, None])
                  & (pos[None, None, :] < batch.lengths[:, None, None])
                  & (ids[:, None, :] != ids[:, :, None]))
@@ -147,7 +159,7 @@ class SeqRecNet(nn.Module):
         last = (batch.lengths - 1).clamp(min=0)
         cur = ids[torch.arange(b, device=ids.device), last]
         out = self._out_logits(h, total).scatter(1, cur[:, None], float("-inf"))
-        copy = self.copy_scores(h.unsqueeze(1), x).squeeze(1)  # (B, L)
+        copy = self.copy_scores(h.unsqueeze(1), x, last[:, None]).squeeze(1)  # (B, L)
         pos = torch.arange(n, device=ids.device)
         valid = (pos[None, :] < batch.lengths[:, None]) & (ids != cur[:, None])
         return self.mixture(h, out, copy, valid, ids)
@@ -169,7 +181,7 @@ class SeqRecNet(nn.Module):
         last = (batch.lengths - 1).clamp(min=0)
         cur = ids[torch.arange(b, device=ids.device), last]
         explore = self._out_logits(h, n_items)
-        explore = explore.scatter(1, cur.clamp(max=n_items - 1)[:, None],
+        explore = explore.scatter_(1, cur.clamp(max=n_items - 1)[:, None],
                                   torch.where(cur[:, None] < n_items, float("-inf"),
                                               explore.gather(1, cur.clamp(max=n_items - 1)
                                                              [:, None])))
@@ -183,7 +195,7 @@ class SeqRecNet(nn.Module):
                                    float("-inf")) - log_z
         pos = torch.arange(n, device=ids.device)
         valid = (pos[None, :] < batch.lengths[:, None]) & (ids != cur[:, None])
-        copy = self.copy_scores(h.unsqueeze(1), x).squeeze(1)
+        copy = self.copy_scores(h.unsqueeze(1), x, last[:, None]).squeeze(1)
         has = valid.any(1)
         p_pos = torch.softmax(copy.masked_fill(~valid, -1e9), dim=1)
         p_pos = torch.where(has[:, None], p_pos, torch.zeros_like(p_pos))

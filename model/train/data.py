@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ class Split:
     info: dict[str, Any]
 
 
-def cases_between(users: Mapping[str, list[SeqItem]], t_from: int, t_to: int, max_hist: int,
+def cases_between(users: Mapping[str, Sequence[SeqItem]], t_from: int, t_to: int, max_hist: int,
                   max_cases: int | None, seed: int) -> tuple[list[Case], int]:
     """Every event in [t_from, t_to) with a previous event of the same user becomes a case,
     unless it repeats the trigger's item (never recommended, so not a fair target)."""

@@ -96,8 +96,9 @@ def compare_methods(split: Split, methods: Sequence[str] = METHODS,
             rec = CoVisitationRecommender.fit(split.train.values(), repeat_weight=w)
             notes["covisitation_repeat_weight"] = w
         elif method in ("gru", "sasrec"):
-            rec, epochs = train_sequence_model(method, split.train, train_cfg, say)
-            notes[f"{method}_epochs"] = epochs
+            rec, report = train_sequence_model(method, split.train, train_cfg, say)
+            notes[f"{method}_epochs"] = report.epochs
+            notes[f"{method}_training"] = report.to_json()
         else:
             raise ValueError(f"unknown method {method!r}")
         train_s = time.perf_counter() - t0

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from model.encoding import SeqBatch, encode_rows, seq_rows
 from model.nets import SeqRecConfig, SeqRecNet, build_recommender
 from model.neural import NeuralRecommender
+from model.train.data import Case, cases_between
+from model.train.metrics import rank_metrics
 from model.types import SeqItem
 from model.vocab import RESERVED, UNK, ItemVocab
 
@@ -33,6 +37,10 @@ class TrainConfig:
     negatives: int = 2048
     capacity: int = 200_000
     seed: int = 0
+    validate: bool = True  # choose the epoch count on the end of the training period
+    valid_frac: float = 0.15
+    valid_cases: int = 1000
+    patience: int = 2
 
 
 def build_vocab(train: Mapping[str, Sequence[SeqItem]], min_count: int, capacity: int
@@ -79,23 +87,70 @@ def sampled_loss(net: SeqRecNet, batch: SeqBatch, targets: torch.Tensor, negativ
     explore = hq @ net.item_emb(cand).T + net.item_bias[cand]
     explore = explore.masked_fill((cand < RESERVED)[None, :] | (cand[None, :] == cur[:, None]),
                                   float("-inf"))
-    copy = net.copy_scores(hq.unsqueeze(1), x[pos[0]]).squeeze(1)  # (N, L)
+    # Only the target's log-probability is needed, so the mixture is evaluated at the target
+    # alone (same value as `net.mixture(...)[target]`, see the unit test): the full (N, C)
+    # mixture costs several passes over N x C floats and dominated the training step.
+    log_explore: torch.Tensor = (explore.gather(1, tgt_c[:, None]).squeeze(1)
+                                 - torch.logsumexp(explore, 1))
+    if not net.config.repeat:
+        return -log_explore.mean()
+    copy = net.copy_scores(hq.unsqueeze(1), x[pos[0]], pos[1][:, None]).squeeze(1)  # (N, L)
     steps = torch.arange(h.shape[1])
     hist = batch.items[pos[0]]
     valid = (steps[None, :] <= pos[1][:, None]) & (hist != cur[:, None])
-    logp = net.mixture(hq, explore, copy, valid, hist_c[pos[0]])
-    return -logp.gather(1, tgt_c[:, None]).mean()
+    has = valid.any(1)
+    p_pos = torch.softmax(copy.masked_fill(~valid, -1e9), dim=1)
+    p_copy = (p_pos * ((hist_c[pos[0]] == tgt_c[:, None]) & valid & has[:, None])).sum(1)
+    g = net.gate(hq).squeeze(-1)
+    log_g = torch.where(has, torch.nn.functional.logsigmoid(g), -1e4)
+    log_1g = torch.where(has, torch.nn.functional.logsigmoid(-g), 0.0)
+    logp = torch.logaddexp(log_1g + log_explore, log_g + torch.log(p_copy.clamp_min(1e-30)))
+    return -logp.mean()
 
 
-def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],
-                         cfg: TrainConfig = TrainConfig(),
-                         progress: Callable[[str], None] | None = None
-                         ) -> tuple[NeuralRecommender, int]:
-    """Returns the model and the epochs run.
+@dataclass
+class TrainReport:
+    """What training did: epochs run on the final data, and the early-stopping trace."""
 
-    Next-item training at every position; see `sampled_loss`. Targets that are unknown items
-    or that repeat the current item are ignored (the trigger is never recommended).
-    """
+    epochs: int
+    best_epoch: int | None = None  # picked on the validation slice (None: no validation)
+    valid_ndcg: list[float] = field(default_factory=list)  # per epoch of the selection run
+    refit: bool = False  # retrained on the whole period (else: the validated model serves)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "best_epoch": self.best_epoch,
+                "valid_ndcg@20": [round(v, 4) for v in self.valid_ndcg], "refit": self.refit}
+
+
+def validation_split(train: Mapping[str, Sequence[SeqItem]], frac: float, max_cases: int,
+                     seed: int) -> tuple[dict[str, list[SeqItem]], list[Case]]:
+    """Inner training part (events before the last `frac` of the training period) and the
+    next-item cases of that last part, scored as the test period is."""
+    stamps = sorted(e.ts_ms for s in train.values() for e in s)
+    if len(stamps) < 50:
+        return {}, []
+    t_valid = stamps[min(len(stamps) - 1, int(len(stamps) * (1.0 - frac)))]
+    inner = {u: [e for e in s if e.ts_ms < t_valid] for u, s in train.items()}
+    inner = {u: s for u, s in inner.items() if s}
+    cases, _ = cases_between(train, t_valid, stamps[-1] + 1, 50, max_cases, seed)
+    return inner, cases
+
+
+def _valid_ndcg(rec: NeuralRecommender, cases: Sequence[Case], k: int = 20) -> float:
+    ranked: list[list[str]] = []
+    for b in range(0, len(cases), 256):
+        chunk = cases[b: b + 256]
+        out = rec.recommend([c.history for c in chunk], k,
+                            [frozenset({c.history[-1].item_id}) for c in chunk])
+        ranked.extend([i for i, _ in row] for row in out)
+    return rank_metrics(ranked, [c.target for c in cases], k)[f"ndcg@{k}"]
+
+
+def _fit(kind: str, train: Mapping[str, Sequence[SeqItem]], cfg: TrainConfig, epochs: int,
+         deadline: float, say: Callable[[str], None], valid: Sequence[Case] = ()
+         ) -> tuple[NeuralRecommender, TrainReport]:
+    """Train from scratch for up to `epochs` or until `deadline`; with `valid` cases, keep the
+    weights of the best validation epoch and stop after `cfg.patience` epochs without gain."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     vocab = build_vocab(train, cfg.min_count, cfg.capacity)
@@ -107,15 +162,16 @@ def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],
         raise ValueError("no training sequences with at least two events")
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     t0 = time.perf_counter()
-    say = progress or (lambda _m: None)
+    report = TrainReport(0)
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    phase = "select" if valid else "fit"
     net.train()
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epochs + 1):
         rng.shuffle(data)
         total = 0.0
         count = 0
         for b in range(0, len(data), cfg.batch_size):
-            if b and time.perf_counter() - t0 > cfg.budget_s:
+            if b and time.perf_counter() > deadline:
                 break  # budget spent mid-epoch: stop at the next batch boundary
             chunk = data[b: b + cfg.batch_size]
             batch = encode_rows([r[:-1] for r in chunk], cfg.max_len)
@@ -133,17 +189,71 @@ def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opt.step()
-            valid = int((targets >= 0).sum())
-            total += float(loss.detach()) * valid
-            count += valid
-        elapsed = time.perf_counter() - t0
-        say(f"{kind}: epoch {epoch}/{cfg.epochs} loss {total / max(1, count):.3f} "
-            f"({elapsed:.0f}s, {len(data)} windows, {len(vocab)} items)")
-        if elapsed > cfg.budget_s:
-            say(f"{kind}: stopping after epoch {epoch}: time budget {cfg.budget_s:.0f}s spent")
+            valid_n = int((targets >= 0).sum())
+            total += float(loss.detach()) * valid_n
+            count += valid_n
+        report.epochs = epoch
+        msg = (f"{kind} [{phase}]: epoch {epoch}/{epochs} loss {total / max(1, count):.3f} "
+               f"({time.perf_counter() - t0:.0f}s, {len(data)} windows, {len(vocab)} items)")
+        if valid:
+            score = _valid_ndcg(NeuralRecommender(net, vocab), valid)
+            net.train()
+            report.valid_ndcg.append(score)
+            msg += f" validation ndcg@20 {score:.4f}"
+            if best is None or score > best[0]:
+                best = (score, copy.deepcopy(net.state_dict()))
+                report.best_epoch = epoch
+        say(msg)
+        if time.perf_counter() > deadline:
+            say(f"{kind} [{phase}]: stopping after epoch {epoch}: time budget spent")
             break
+        if valid and report.best_epoch is not None and epoch - report.best_epoch >= cfg.patience:
+            break
+    if best is not None:
+        net.load_state_dict(best[1])
     net.eval()
-    return NeuralRecommender(net, vocab), epoch
+    return NeuralRecommender(net, vocab), report
 
 
-__all__ = ["TrainConfig", "train_sequence_model", "build_vocab", "UNK"]
+def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],
+                         cfg: TrainConfig = TrainConfig(),
+                         progress: Callable[[str], None] | None = None
+                         ) -> tuple[NeuralRecommender, TrainReport]:
+    """Next-item training at every position (see `sampled_loss`) within `cfg.budget_s`.
+
+    Targets that are unknown items or repeat the current item are ignored (the trigger is
+    never recommended). With `cfg.validate`, the number of epochs is chosen first: train on
+    all but the last `valid_frac` of the training period, score that part each epoch (early
+    stopping, `patience`, best weights kept), then, if the budget left allows, train afresh on
+    the whole training period for the best number of epochs. Sparse logs (most items seen
+    once or twice) overfit within a few epochs, so more epochs can lose to fewer: the count is
+    measured, not fixed.
+    """
+    say = progress or (lambda _m: None)
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.budget_s
+    inner, cases = (validation_split(train, cfg.valid_frac, cfg.valid_cases, cfg.seed)
+                    if cfg.validate else ({}, []))
+    if not cases:
+        return _fit(kind, train, cfg, cfg.epochs, deadline, say)
+    selected, sel = _fit(kind, inner, cfg, cfg.epochs, deadline, say, cases)
+    best = sel.best_epoch or sel.epochs
+    # refit only when the budget left covers `best` epochs on the larger data (with margin):
+    # a refit cut short by the budget would be worse than the validated model
+    per_epoch = (time.perf_counter() - t0) / max(1, sel.epochs)
+    n_all, n_inner = (sum(len(s) for s in d.values()) for d in (train, inner))
+    need = per_epoch * best * n_all / max(1, n_inner) * 1.2
+    left = deadline - time.perf_counter()
+    if need > left:
+        say(f"{kind}: best validation epoch {best} (ndcg@20 {max(sel.valid_ndcg):.4f}); "
+            f"serving it (a refit on the whole period needs ~{need:.0f}s, {left:.0f}s left)")
+        sel.refit = False
+        return selected, sel
+    say(f"{kind}: best validation epoch {best} (ndcg@20 {max(sel.valid_ndcg):.4f}); "
+        f"refitting on the whole training period for {best} epochs")
+    rec, final = _fit(kind, train, cfg, best, deadline, say)
+    final.best_epoch, final.valid_ndcg, final.refit = best, sel.valid_ndcg, True
+    return rec, final
+
+
+__all__ = ["TrainConfig", "TrainReport", "train_sequence_model", "build_vocab", "UNK"]

@@ -34,12 +34,12 @@ def evaluate_recommenders(data: Path, *, layout: str = "auto", test: Path | None
 
 def train_recommender(data: Path, data_dir: Path, *, layout: str = "auto",
                       test: Path | None = None, cfg: TrainConfig = TrainConfig(),
-                      max_events: int | None = None,
+                      max_events: int | None = None, methods: tuple[str, ...] = METHODS,
                       progress: Callable[[str], None] | None = None
                       ) -> tuple[str, Comparison]:
     """Evaluate every method, then publish them all; the manifest names the winner as served."""
     comp = evaluate_recommenders(data, layout=layout, test=test, cfg=cfg,
-                                 max_events=max_events, progress=progress)
+                                 max_events=max_events, methods=methods, progress=progress)
 
     def write(d: Path) -> None:
         for method, rec in comp.models.items():

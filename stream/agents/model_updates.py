@@ -1,17 +1,88 @@
-"""The model-updates agent: load a newly published model version and swap it in between batches."""
+"""The model-updates agent: load a newly announced model version and swap it in between batches."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
+from pydantic import ValidationError
+
+from stream.schemas import ModelUpdate
 
 if TYPE_CHECKING:
+    from model.predictor import Predictor
+    from stream.agents.ingest import PredictorHolder
     from stream.app import Worker
+    from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+MODEL_NAMES = ("recommender", "risk")
+Loader = Callable[[ModelUpdate], "Predictor | None"]
+
+
+def decode_update(raw: bytes | None) -> ModelUpdate | None:
+    """The record, or None for anything malformed (logged; the agent goes on)."""
+    try:
+        update = ModelUpdate.model_validate_json(raw or b"")
+    except ValidationError as exc:
+        log.warning("ignoring a malformed model-updates record: %s",
+                    exc.errors()[0]["msg"] if exc.errors() else exc)
+        return None
+    if update.name not in MODEL_NAMES:
+        log.warning("ignoring a model-updates record for unknown model %r", update.name)
+        return None
+    return update
+
+
+def registry_loader(settings: Settings) -> Loader:
+    """Load the announced version (and the latest of the other model) from the registry."""
+
+    def load(update: ModelUpdate) -> Predictor | None:
+        from model.baseline import BaselinePredictor
+        from model.serving import load_predictor
+
+        pinned = {"recommender_version" if update.name == "recommender" else "risk_version":
+                  update.version}
+        predictor = load_predictor(settings.data_dir, device=settings.device,
+                                   prefer=settings.model_name, **pinned)
+        if isinstance(predictor, BaselinePredictor):
+            # nothing servable (no recommender, or model_name=baseline): keep the current
+            # predictor, which for the baseline holds what it learned online
+            return None
+        return predictor
+    return load
+
+
+async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader
+                       ) -> Predictor | None:
+    """Decode one record, load the predictor off the event loop, offer it to the holder.
+
+    Returns the offered predictor, or None when the record was ignored or loading failed: a
+    broken artifact or a bad record must never stop the worker.
+    """
+    update = decode_update(raw)
+    if update is None:
+        return None
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    try:
+        predictor = await loop.run_in_executor(None, load, update)
+    except Exception as exc:  # noqa: BLE001 - logged, the current model keeps serving
+        log.error("model-updates: cannot load %s %s: %s", update.name, update.version, exc)
+        return None
+    if predictor is None:
+        log.info("model-updates: %s %s gives nothing to serve; keeping %s %s", update.name,
+                 update.version, holder.current.name, holder.current.version)
+        return None
+    holder.offer(predictor)
+    log.info("model-updates: %s %s (%s %s) loaded in %.2fs; serves from the next batch",
+             update.name, update.version, predictor.name, predictor.version,
+             time.perf_counter() - t0)
+    return predictor
 
 
 def attach_model_updates(worker: Worker) -> None:
@@ -19,31 +90,11 @@ def attach_model_updates(worker: Worker) -> None:
     settings = worker.settings
     topic = app.topic(worker.topics.model_updates.name, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw", partitions=1)
+    load = registry_loader(settings)
 
     @app.agent(topic, name=f"{settings.topic_prefix}model-updates")
     async def model_updates(stream: Any) -> None:
         async for raw in stream:
-            try:
-                update = orjson.loads(raw)
-                name, version = update["name"], update["version"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                log.warning("ignoring a malformed model-updates record")
-                continue
-            if name not in ("recommender", "risk"):
-                continue
-            try:
-                from model.serving import load_predictor
-            except ImportError:
-                log.warning("model-updates: no model serving package installed; ignored")
-                continue
-            loop = asyncio.get_running_loop()
-            try:
-                predictor = await loop.run_in_executor(
-                    None, lambda: load_predictor(settings.data_dir, device=settings.device,
-                                                 prefer=settings.model_name))
-            except Exception as exc:  # a broken artifact must not stop the worker
-                log.error("model-updates: cannot load %s %s: %s", name, version, exc)
-                continue
-            worker.ingest.holder.offer(predictor)
-            worker.metrics.set_model(predictor.name, predictor.version)
-            log.info("model-updates: %s %s will serve from the next batch", name, version)
+            predictor = await apply_update(raw, worker.ingest.holder, load)
+            if predictor is not None:
+                worker.metrics.set_model(predictor.name, predictor.version)

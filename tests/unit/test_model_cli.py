@@ -42,3 +42,12 @@ def test_evaluate_prints_stored_evaluation_and_registry_commands(tmp_path: Path)
     assert r.exit_code == 0 and reg.latest("recommender") == "v1"
     r = runner.invoke(model_app, ["rollback", "recommender", "--data-dir", str(tmp_path)])
     assert r.exit_code == 2 and "oldest" in r.output
+
+
+def test_announce_refuses_a_version_that_is_not_published(tmp_path: Path) -> None:
+    r = runner.invoke(model_app, ["announce", "recommender", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "no published recommender" in r.output
+    ModelRegistry(tmp_path).publish("recommender", lambda d: (d / "x").write_text("x"))
+    r = runner.invoke(model_app, ["announce", "recommender", "--version", "v9",
+                                  "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "v9 not found" in r.output and "Traceback" not in r.output

@@ -12,7 +12,7 @@ import torch
 from model.device import resolve_device
 from model.encoding import SeqBatch, encode_sequences
 from model.neighbors import CoVisitationRecommender, PopularityRecommender
-from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
+from model.nets import RiskConfig, RiskNet, SeqRecConfig, SeqRecNet, build_recommender
 from model.neural import NeuralRecommender
 from model.recommender import Recommender, load_recommender
 from model.types import FEATURE_NAMES, SeqItem
@@ -53,8 +53,9 @@ def _batch(seqs: list[list[SeqItem]], device: torch.device) -> SeqBatch:
 
 def _rec_case(kind: str) -> NetCase:
     def build() -> torch.nn.Module:
-        return build_recommender(kind, SeqRecConfig(n_items=_vocab().size, dim=16, layers=2,
-                                                    heads=2, max_len=16, dropout=0.1))
+        net = build_recommender(kind, SeqRecConfig(n_items=_vocab().size, dim=16, layers=2,
+                                                   heads=2, max_len=16, dropout=0.1))
+        return _random_age_bias(net)
 
     def run(m: torch.nn.Module, seqs: list[list[SeqItem]], dev: torch.device) -> torch.Tensor:
         out: torch.Tensor = m.logits_last(_batch(seqs, dev))  # type: ignore[operator]
@@ -151,10 +152,17 @@ def _train_seqs() -> list[list[SeqItem]]:
     return _seqs() + [[SeqItem(ITEMS[j % 7], "view", j * 1000) for j in range(12)]]
 
 
+def _random_age_bias(net: SeqRecNet) -> SeqRecNet:
+    """The copy head's age bias starts at zero; random values make every path that must
+    agree on event ages (training, full, last-position, top-k) show it if they do not."""
+    torch.nn.init.normal_(net.copy_age.weight, std=1.0)
+    return net
+
+
 def _neural(kind: str) -> Recommender:
     torch.manual_seed(0)
     net = build_recommender(kind, SeqRecConfig(n_items=_vocab().size, dim=16, max_len=16))
-    return NeuralRecommender(net, _vocab())
+    return NeuralRecommender(_random_age_bias(net), _vocab())
 
 
 REC_FACTORIES: dict[str, Callable[[], Recommender]] = {

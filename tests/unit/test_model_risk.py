@@ -10,7 +10,14 @@ import torch
 
 from model.encoding import feature_matrix
 from model.risk_model import RiskScorer
-from model.train.risk import Labelled, load_labelled, purchase_features, train_and_evaluate_risk
+from model.train.metrics import roc_auc
+from model.train.risk import (
+    Labelled,
+    _split,
+    load_labelled,
+    purchase_features,
+    train_and_evaluate_risk,
+)
 from model.types import FEATURE_NAMES, PredictionContext, SeqItem
 
 
@@ -31,11 +38,24 @@ def _planted(n: int = 1500, seed: int = 0) -> Labelled:
     return Labelled("fraud-ecommerce", FEATURE_NAMES, feats, seqs, labels, ts)
 
 
+def _bayes_auc(ds: Labelled, seed: int = 0) -> float:
+    """ROC-AUC of the best possible score on the test rows the trainer holds out: the planted
+    signal is only "bought within a minute of sign-up", so the Bayes score is that flag."""
+    _, _, test = _split(ds, "random", seed)
+    return roc_auc([ds.labels[i] for i in test],
+                   [float(ds.features[i]["gap_s"] <= 50) for i in test])
+
+
 def test_risk_net_beats_rules_on_a_planted_signal_and_explains_it() -> None:
     torch.manual_seed(0)
-    scorer, report = train_and_evaluate_risk(_planted(), epochs=40)
+    ds = _planted()
+    scorer, report = train_and_evaluate_risk(ds, epochs=40)
     net = report["methods"]["risk_net"]
-    assert net["roc_auc"] > 0.75
+    # A fixed bar (it was 0.75) is unsound: with ~45 test frauds even the Bayes-optimal score
+    # reads 0.75 on these rows (0.80-0.89 on other draws). Compare with it on the same rows.
+    best = _bayes_auc(ds)
+    assert best > 0.7  # the planted signal is there to find
+    assert net["roc_auc"] >= best - 0.03
     assert net["roc_auc"] > report["methods"]["baseline-rules"]["roc_auc"]
     assert net["ece"] < 0.1  # Platt-calibrated on the validation part
     ctx = PredictionContext(
