@@ -73,9 +73,27 @@ class RiskOutput:
 
 
 @dataclass(slots=True)
+class PolicyTrace:
+    """How an exploration policy chose the shown items (model.exploration), for the log.
+
+    `candidates` is the ranked pool the policy chose from, each with the logging policy's
+    inclusion probability as `propensity`; the shadow fields say what a candidate policy
+    would have shown and its inclusion probability for every pool item (same order).
+    """
+
+    policy: str
+    explored: bool
+    candidates: tuple[ScoredItem, ...]
+    shadow_policy: str | None = None
+    shadow_items: tuple[str, ...] = ()
+    shadow_inclusion: tuple[float, ...] = ()
+
+
+@dataclass(slots=True)
 class Prediction:
     items: tuple[ScoredItem, ...]  # empty when context.recommend is False
     risk: RiskOutput
     model: str
     model_version: str
     risk_model_version: str
+    trace: PolicyTrace | None = None  # set by an exploring predictor

@@ -128,25 +128,67 @@ class RiskAlert(Record):
     latency_ms: float
 
 
+class Decision(Record):
+    """One published recommendation as the worker decided it (`decisions`, internal, key:
+    user_id): the shown items, the ranked pool with the logging policy's inclusion
+    probabilities, an optional shadow policy's would-be slate, and the point-in-time
+    features and item sequence the model saw. The feedback join reads it; nothing recomputes
+    features later."""
+
+    rec_id: str
+    user_id: str
+    event_id: str
+    event_ts: int = Field(description="Event time of the trigger (epoch ms).")
+    ts: int = Field(description="Epoch ms when published.")
+    items: list[RecItem]
+    model: str
+    model_version: str
+    policy: str = Field(description="Policy and its parameters at decision time.")
+    explored: bool = Field(description="The slate differs from the greedy top k.")
+    candidates: list[RecItem] = Field(description="The ranked pool; propensity = inclusion "
+                                      "probability under the logging policy.")
+    shadow_policy: str | None = None
+    shadow_items: list[str] | None = None
+    shadow_inclusion: list[float] | None = Field(
+        None, description="Shadow policy's inclusion probability per candidate (same order).")
+    features: dict[str, float]
+    sequence: list[tuple[str, str, int]] = Field(description="(item_id, type, ts) oldest "
+                                                 "first, the trigger last.")
+
+
 class ShownItem(Record):
     item_id: str
+    score: float = 0.0
     propensity: float
 
 
 class Feedback(Record):
-    """The outcome of one recommendation, for training (`feedback`, key: pseudonymous user)."""
+    """The outcome of one recommendation, for training (`feedback`, key: user_key).
+
+    No raw user id, IP or device id: the user is `user_key`, a keyed HMAC of the user id
+    (`key_id` names the key, so a rotation is visible in the data)."""
 
     rec_id: str
     user_key: str
+    key_id: str
     features: dict[str, float]
     sequence: list[tuple[str, str, int]]
     shown: list[ShownItem]
+    candidates: list[ShownItem] = Field(description="The ranked pool with the logging "
+                                        "policy's inclusion probabilities.")
     engaged_item: str | None
+    engaged_type: str | None
     reward: float
+    model: str
     model_version: str
     policy: str
-    decision_ts: int
-    outcome_ts: int
+    explored: bool
+    shadow_policy: str | None = None
+    shadow_inclusion: list[float] | None = None
+    decision_ts: int = Field(description="Event time of the decision's trigger (epoch ms).")
+    outcome_ts: int = Field(description="Event time of the rewarding engagement, or the "
+                            "window's end when there was none.")
+    emitted_at: int = Field(description="Epoch ms when the join emitted this record.")
 
 
 class ModelUpdate(Record):
@@ -173,6 +215,7 @@ WIRE_RECORDS: dict[str, type[Record]] = {
     "dlq": DlqRecord,
     "recommendation": Recommendation,
     "risk_alert": RiskAlert,
+    "decision": Decision,
     "feedback": Feedback,
     "model_update": ModelUpdate,
     "risk_label": RiskLabel,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stream.schemas import (
+    Decision,
     DlqRecord,
     Event,
     Feedback,
@@ -37,10 +38,11 @@ class Topics:
     feedback: TopicSpec
     model_updates: TopicSpec
     risk_labels: TopicSpec
+    decisions: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [self.events, self.dlq, self.recommendations, self.risk_alerts, self.feedback,
-                self.model_updates, self.risk_labels]
+                self.model_updates, self.risk_labels, self.decisions]
 
     def by_name(self, name: str) -> TopicSpec:
         for spec in self.all():
@@ -66,6 +68,9 @@ def topics_for(settings: Settings) -> Topics:
                                 doc="model versions published / rolled back"),
         risk_labels=TopicSpec(f"{p}risk-labels", RiskLabel, n,
                               doc="ground-truth fraud/legit labels"),
+        decisions=TopicSpec(f"{p}decisions", Decision, n,
+                            doc="decision log: shown items, pool, propensities, point-in-time "
+                            "features (internal, key: user_id)"),
     )
 
 

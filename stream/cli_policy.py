@@ -1,0 +1,68 @@
+"""`lamstream evaluate policy`: off-policy estimates of a candidate policy from feedback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+
+def _load(source: str) -> list[dict[str, Any]]:
+    """Feedback records from a JSONL file (records, or `lamstream tail` lines) or a topic."""
+    path = Path(source)
+    rows: list[Any]
+    if path.is_file():
+        rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    else:
+        from stream.client import tail
+        from stream.settings import load_settings
+        from stream.topics import topics_for
+
+        settings = load_settings()
+        names = {s.name.removeprefix(settings.topic_prefix): s.name
+                 for s in topics_for(settings).all()}
+        rows = [v for _, v in tail(settings, names.get(source, source), from_beginning=True,
+                                   timeout=3.0)]
+    out = [r["value"] if isinstance(r, dict) and "value" in r and "key" in r else r
+           for r in rows]
+    return [r for r in out if isinstance(r, dict) and "rec_id" in r]
+
+
+def evaluate_policy(
+    feedback: Annotated[str, typer.Option(help="Feedback JSONL file, or a topic name "
+                                          "(e.g. feedback) read from the beginning.")],
+    policy: Annotated[str, typer.Option(help="Candidate policy: shadow (as logged by "
+                                        "LAMSTREAM_POLICY_SHADOW), greedy, "
+                                        "epsilon_greedy:EPS or softmax:T (recomputed from the "
+                                        "logged candidate scores).")] = "shadow",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and cross-fitting.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """IPS, self-normalised IPS and doubly-robust estimates (95% bootstrap CIs) of a candidate
+    policy's mean reward per recommendation, next to the logged policy's observed value."""
+    from model.ope import evaluate, policy_target, shadow_target
+    from model.policy import parse_policy
+    from stream.errors import LamstreamError
+
+    try:
+        records = _load(feedback)
+        target = shadow_target if policy == "shadow" else policy_target(parse_policy(policy))
+        result = evaluate(records, target, bootstrap=bootstrap, seed=seed)
+    except (LamstreamError, ValueError, OSError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    result["policy"] = policy
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['n']} logged recommendations, candidate policy {policy} "
+               f"(max weight {result['max_weight']}, effective n "
+               f"{result['effective_sample_size']})")
+    for key in ("logged", "ips", "snips", "dr"):
+        r = result[key]
+        name = "logged (observed)" if key == "logged" else key.upper()
+        typer.echo(f"{name:>18}: {r['value']:.4f}  [{r['ci_low']:.4f}, {r['ci_high']:.4f}]")

@@ -1,0 +1,37 @@
+"""The decision log: what the worker showed, why, and what it knew (`decisions` topic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from model.types import Prediction, PredictionContext
+
+
+def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Prediction) -> bytes:
+    """The `decisions` record of one published recommendation: what was shown and why, and
+    the features and item sequence exactly as the model saw them (never recomputed later)."""
+    trace = pred.trace
+    d: dict[str, Any] = {
+        "rec_id": rec["rec_id"], "user_id": rec["user_id"], "event_id": rec["event_id"],
+        "event_ts": rec["event_ts"], "ts": rec["ts"], "items": rec["items"],
+        "model": rec["model"], "model_version": rec["model_version"],
+        "features": ctx.features,
+        # SeqItem is a tuple: orjson writes plain tuples as [item, type, ts] arrays
+        "sequence": list(map(tuple, ctx.sequence)),
+    }
+    if trace is not None:
+        d["policy"] = trace.policy
+        d["explored"] = trace.explored
+        d["candidates"] = [{"item_id": c[0], "score": c[1], "propensity": c[2]}
+                           for c in trace.candidates]
+        if trace.shadow_policy is not None:
+            d["shadow_policy"] = trace.shadow_policy
+            d["shadow_items"] = list(trace.shadow_items)
+            d["shadow_inclusion"] = list(trace.shadow_inclusion)
+    else:
+        d["policy"] = "greedy"
+        d["explored"] = False
+        d["candidates"] = rec["items"]
+    return orjson.dumps(d)
