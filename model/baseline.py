@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,9 @@ RISK_RULES: tuple[RiskRule, ...] = (
     RiskRule("new_ip", 0.5, 0.0, 1.0),
 )
 _RISK_BIAS = -5.0
+_RULE_TUPLES = tuple((r.feature, r.weight, r.offset, r.cap) for r in RISK_RULES)
+_second = operator.itemgetter(1)
+_third = operator.itemgetter(2)
 # weight of the user's own item at each age (0 = the event just seen): recency decay
 _RECENCY = tuple(0.3 / (1 + age) ** 0.5 for age in range(20))
 
@@ -90,6 +94,7 @@ class BaselinePredictor:
         self.pop: dict[str, float] = {}
         self.covis: dict[str, dict[str, float]] = {}
         self._top_pop: list[tuple[str, float]] = []
+        self._top_items: list[ScoredItem] = []
         self._top_n = 200  # grows to the largest k + exclusions asked for
         self._since_decay = 0
         self._since_top = 0
@@ -156,7 +161,10 @@ class BaselinePredictor:
 
     def _refresh_top(self) -> None:
         self._since_top = 0
-        self._top_pop = heapq.nlargest(self._top_n, self.pop.items(), key=lambda kv: kv[1])
+        self._top_pop = heapq.nlargest(self._top_n, self.pop.items(), key=_second)
+        # popularity only fills after the personal candidates: scaled far below them
+        top = self._top_pop[0][1] if self._top_pop else 1.0
+        self._top_items = [ScoredItem(b, 1e-3 * c / top, 1.0) for b, c in self._top_pop]
 
     # -- prediction -----------------------------------------------------------------
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
@@ -178,56 +186,63 @@ class BaselinePredictor:
                           model_version=self.version, risk_model_version="rules-v1")
 
     def recommend(self, ctx: PredictionContext) -> tuple[ScoredItem, ...]:
-        exclude = ctx.exclude_items | {ctx.item_id}
+        k = ctx.k
+        exclude = ctx.exclude_items
+        trigger = ctx.item_id
         scores: dict[str, float] = {}
         seq = ctx.sequence
         n = len(seq)
+        covis = self.covis
         # co-visitation neighbours of the last few items, most recent weighted highest
-        for rank, j in enumerate(range(n - 1, max(-1, n - 1 - self.window), -1)):
-            nb = self.covis.get(seq[j].item_id)
+        for rank in range(min(n, self.window)):
+            nb = covis.get(seq[n - 1 - rank].item_id)
             if not nb:
                 continue
-            total = sum(nb.values()) or 1.0
-            decay = 1.0 / (1 + rank)
+            f = 1.0 / ((1 + rank) * (sum(nb.values()) or 1.0))
             for b, c in nb.items():
-                scores[b] = scores.get(b, 0.0) + decay * c / total
+                scores[b] = scores.get(b, 0.0) + f * c
         # the user's own recent items (re-consumption), by recency and intent
+        weight = _TYPE_WEIGHT
         for age in range(min(n, len(_RECENCY))):
             e = seq[n - 1 - age]
-            w = _RECENCY[age] * _TYPE_WEIGHT.get(e.event_type, 1.0)
-            scores[e.item_id] = scores.get(e.item_id, 0.0) + w
+            scores[e.item_id] = scores.get(e.item_id, 0.0) + _RECENCY[age] * weight.get(
+                e.event_type, 1.0)
+        scores.pop(trigger, None)
         for b in exclude:
             scores.pop(b, None)
-        ranked = heapq.nlargest(ctx.k, scores.items(), key=lambda kv: kv[1])
-        if len(ranked) < ctx.k:
-            need = ctx.k + len(exclude)
-            if len(self._top_pop) < min(need, len(self.pop)):
-                # the cached list is from when fewer items were known, or too short for this
-                # k: refresh it now rather than return fewer than k items (rare)
-                self._top_n = max(self._top_n, need)
-                self._refresh_top()
-            have = {b for b, _ in ranked} | exclude
-            top = self._top_pop[0][1] if self._top_pop else 1.0
-            for b, c in self._top_pop:
-                if b not in have:
-                    ranked.append((b, 1e-3 * c / top))
-                    if len(ranked) >= ctx.k:
-                        break
         new = tuple.__new__  # NamedTuple's own constructor is several times slower
-        return tuple([new(ScoredItem, (b, s, 1.0)) for b, s in ranked])
+        if len(scores) >= k:
+            ranked = heapq.nlargest(k, scores.items(), key=_second)
+            return tuple([new(ScoredItem, (b, s, 1.0)) for b, s in ranked])
+        out = [new(ScoredItem, (b, s, 1.0))
+               for b, s in sorted(scores.items(), key=_second, reverse=True)]
+        # popularity fills the rest (cold users, unknown items)
+        if len(self._top_items) < min(k + len(exclude) + 1, len(self.pop)):
+            # the cached list is from when fewer items were known, or too short for this k:
+            # refresh it now rather than return fewer than k items (rare)
+            self._top_n = max(self._top_n, k + len(exclude) + 1)
+            self._refresh_top()
+        for item in self._top_items:
+            b = item.item_id
+            if b not in scores and b != trigger and b not in exclude:
+                out.append(item)
+                if len(out) >= k:
+                    break
+        return tuple(out)
 
     def risk(self, features: dict[str, float]) -> RiskOutput:
-        spend_z = self._spend.z(features.get("spend_1h", 0.0))
+        get = features.get
         logit = _RISK_BIAS
         reasons = []
-        for rule in RISK_RULES:
-            v = spend_z if rule.feature == "spend_z_1h" else features.get(rule.feature, 0.0)
-            if v <= rule.offset:
+        for feature, weight, offset, cap in _RULE_TUPLES:
+            v = self._spend.z(get("spend_1h", 0.0)) if feature == "spend_z_1h" else get(
+                feature, 0.0)
+            if v <= offset:
                 continue
-            c = rule.weight * min(v - rule.offset, rule.cap)
-            reasons.append(Reason(rule.feature, v, c))
+            c = weight * min(v - offset, cap)
+            reasons.append(Reason(feature, v, c))
             logit += c
         if len(reasons) > 1:
-            reasons.sort(key=lambda r: r.contribution, reverse=True)
+            reasons.sort(key=_third, reverse=True)
         score = 1.0 / (1.0 + math.exp(-logit))
         return RiskOutput(score=score, reasons=tuple(reasons))

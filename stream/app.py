@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker
     # Imported here so that importing stream.app stays cheap and side-effect free.
     from stream.agents.ingest import IngestAgent
     from stream.agents.model_updates import attach_model_updates
+    from stream.exploration import install_exploration
+    from stream.recovery import install_exact_highwaters
     from stream.web import attach_views
 
     fastpath.install()
@@ -115,8 +118,35 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker
     ingest = IngestAgent(app=app, settings=settings, topics=topics, table=table,
                          features=features, metrics=metrics, events_topic=events_topic,
                          predictor=predictor)
+    install_exploration(ingest, settings)
     worker = Worker(app=app, settings=settings, topics=topics, table=table, features=features,
                     metrics=metrics, ingest=ingest)
     attach_model_updates(worker)
     attach_views(worker)
+    install_exact_highwaters(app, settings)
+    _install_fetch_wait(app, settings.fetch_max_wait_ms)
     return worker
+
+
+_FETCH_WAIT_MS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _install_fetch_wait(app: Any, wait_ms: int) -> None:
+    """Faust builds its consumer with fetch_max_wait_ms=1500 hard-coded; use the setting."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    _FETCH_WAIT_MS[app] = wait_ms
+    cls: Any = AIOKafkaConsumerThread
+    if getattr(cls, "_lamstream_fetch_wait", False):
+        return
+    original = cls._create_worker_consumer
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        ms = _FETCH_WAIT_MS.get(self.app)
+        if ms is not None:
+            consumer._fetch_max_wait_ms = ms  # read when the consumer starts its fetcher
+        return consumer
+
+    cls._create_worker_consumer = create
+    cls._lamstream_fetch_wait = True

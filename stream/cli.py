@@ -131,6 +131,21 @@ def worker(
         run_worker(s)
 
 
+@app.command()
+def feedback() -> None:
+    """Run the delayed-reward join: decisions + later events -> one `feedback` record per
+    recommendation (attribution window LAMSTREAM_FEEDBACK_WINDOW_S, default 1800 s of event
+    time; rewards LAMSTREAM_FEEDBACK_REWARDS, default click=1,add_to_cart=2,purchase=5).
+    Needs LAMSTREAM_PSEUDONYM_KEY; with LAMSTREAM_BOOTSTRAP_SERVERS unset it starts an
+    embedded broker, which only makes sense for a try-out."""
+    from stream.agents.feedback import run_feedback
+
+    settings = _settings()
+    setup_logging(settings)
+    with _errors(), broker_for(settings) as s:
+        run_feedback(s)
+
+
 def build_predictor(settings: Settings) -> Any:
     """The predictor the worker starts with: the registry's latest, else the online baseline."""
     from model.baseline import BaselinePredictor
@@ -295,14 +310,16 @@ def demo(
     data: Annotated[str | None, typer.Option(help="Event file (default: Taobao stream in "
                                              "../shared/data, else the bundled sample).")] = None,
     events: Annotated[int, typer.Option(help="How many events to replay.")] = 20000,
-    rate: Annotated[float, typer.Option(help="Events per second.")] = 4000.0,
+    rate: Annotated[float, typer.Option(help="Events per second.")] = 2000.0,
+    hold: Annotated[float, typer.Option(help="Keep the worker and its dashboard up this many "
+                                        "seconds after the summary (-1: until Ctrl-C).")] = 0.0,
 ) -> None:
     """Start broker + worker, replay real events, show decisions live, print a summary."""
     from stream.demo import run_demo
 
     settings = _settings()
     with _errors():
-        run_demo(settings, data=data, events=events, rate=rate)
+        run_demo(settings, data=data, events=events, rate=rate, hold=hold)
 
 
 @bench_app.command("pipeline")
@@ -326,11 +343,43 @@ def bench_pipeline(
             typer.echo(f"{k:>16}: {v}")
 
 
+@bench_app.command("scale")
+def bench_scale(
+    workers: Annotated[str, typer.Option(help="Worker counts to run, comma-separated.")]
+    = "1,2,3",
+    events: Annotated[int, typer.Option(help="Events per configuration.")] = 40000,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    data: Annotated[str | None, typer.Option(help="Event file (default: Taobao stream).")]
+    = None,
+) -> None:
+    """1, 2, 3 ... workers in one group drain the same events: throughput and exact counts."""
+    from stream.bench_scale import parse_workers, run_scale_bench
+
+    settings = _settings()
+    with _errors():
+        result = run_scale_bench(settings, workers=parse_workers(workers), n_events=events,
+                                 data=data, log=lambda m: typer.echo(m, err=True))
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        for run in result["runs"]:
+            typer.echo(f"{run['workers']} worker(s): {run['eps']:>10,.0f} ev/s   counts match: "
+                       f"{run['counts_match']}   events per worker: "
+                       f"{run['events_per_worker']}")
+        typer.echo(result["explanation"])
+    if not all(r["counts_match"] for r in result["runs"]):
+        raise _fail("per-user counts differ between configurations or from the offline counts")
+
+
 def _register_model_commands() -> None:
     try:
         from stream import cli_model
     except ImportError:  # the model side is optional at this layer
         return
+    evaluate_app = getattr(cli_model, "evaluate_app", None)
+    if evaluate_app is not None:  # issue #5: off-policy evaluation from logged feedback
+        from stream.cli_policy import evaluate_policy
+        evaluate_app.command("policy")(evaluate_policy)
     for name in ("train_app", "evaluate_app"):
         sub = getattr(cli_model, name, None)
         if sub is not None:

@@ -107,7 +107,8 @@ def _injected(now_ms: int) -> list[tuple[bytes | None, bytes, str]]:
     return bad
 
 
-def run_demo(settings: Settings, *, data: str | None, events: int, rate: float) -> None:
+def run_demo(settings: Settings, *, data: str | None, events: int, rate: float,
+             hold: float = 0.0) -> None:
     from model.datasets import iter_payloads
     from stream.admin import ensure_topics
     from stream.cli import broker_for
@@ -219,5 +220,19 @@ def run_demo(settings: Settings, *, data: str | None, events: int, rate: float) 
             console.print("[bold]summary[/]")
             for name, v in summary.items():
                 console.print(f"  {name:>24}: {v}")
+            if hold:
+                _hold(console, base, hold)
         finally:
             stop_worker(proc)
+
+
+def _hold(console: Console, base: str, seconds: float) -> None:
+    """Keep broker and worker up after the replay so the dashboard can still be explored."""
+    until = "Ctrl-C" if seconds < 0 else f"{seconds:.0f} s or Ctrl-C"
+    console.print(f"dashboard stays up at {base}/ until {until}")
+    try:
+        deadline = time.monotonic() + (seconds if seconds > 0 else float("inf"))
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import bisect
 import hashlib
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import cached_property
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -17,8 +21,10 @@ _KMV_K = 256  # distinct counts are exact below this many, estimated (k-1)/max a
 _MAX_KEYS_24H = 256  # distinct devices / IPs remembered per user
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
-_STATE_VERSION = 2  # 2: sequence entries as [item, type name, ts]; window rows carry min tile
-_NAMES_CACHE: dict[Any, Any] = {}
+# 2: sequence entries as [item, type name, ts]; window rows carry min tile
+# 3: event-id hashes and distinct-count sketches as base64 of packed little-endian uint64;
+#    the sequence by column: [[items], [types], [ts]]
+_STATE_VERSION = 3
 _ZERO5 = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
@@ -52,7 +58,7 @@ def _h64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FeatureConfig:
     """The feature settings, decoupled from Settings so unit tests can build one directly."""
 
@@ -77,30 +83,37 @@ class FeatureConfig:
     def labels(self) -> tuple[str, ...]:
         return tuple(window_label(w) for w in self.windows_s)
 
-    @property
+    # cached_property: read per event, and a frozen dataclass re-hashes itself on every
+    # lookup in an outside cache
+    @cached_property
     def feature_names(self) -> tuple[tuple[int, tuple[str, ...], float, bool], ...]:
         """Per window: (index, names of its 4 counts + spend + purchase rate, hours, is 1h)."""
-        names = _NAMES_CACHE.get(self)
-        if names is None:
-            names = tuple(
-                (w, tuple(f"count_{t}_{label}" for t in EVENT_TYPES)
-                 + (f"spend_{label}", f"purchase_rate_{label}"),
-                 self.windows_s[w] / 3600, self.windows_s[w] == 3600)
-                for w, label in enumerate(self.labels))
-            _NAMES_CACHE[self] = names
-        return names
+        return tuple(
+            (w, tuple(f"count_{t}_{label}" for t in EVENT_TYPES)
+             + (f"spend_{label}", f"purchase_rate_{label}"),
+             self.windows_s[w] / 3600, self.windows_s[w] == 3600)
+            for w, label in enumerate(self.labels))
 
     def tile_ms(self, w: int) -> int:
         return max(1, self.windows_s[w] * 1000 // self.window_buckets)
 
+    @cached_property
+    def tiles_ms(self) -> tuple[int, ...]:
+        """tile_ms of every window (apply() needs them per event)."""
+        return tuple(self.tile_ms(w) for w in range(len(self.windows_s)))
 
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
+
+class ApplyResult(NamedTuple):
     """What applying one event did: duplicates change nothing; late events skip windows."""
 
     duplicate: bool
     late: bool
     expired_reset: bool = False
+
+
+# apply() runs per event: hand out shared results rather than build one each time
+_RESULTS = {(d, la, r): ApplyResult(d, la, r)
+            for d in (False, True) for la in (False, True) for r in (False, True)}
 
 
 class UserState:
@@ -131,11 +144,11 @@ class UserState:
         self.seq: list[SeqItem] = []  # sorted by event time, newest last
         # [session number, start ts, last ts, length, external session id or ""]
         self.sess: list[Any] = [0, -1, -1, 0, ""]
-        self.items: list[int] = []  # KMV sketch (sorted smallest hashes)
-        self.cats: list[int] = []
+        self.items: array[int] = array("Q")  # KMV sketch (sorted smallest hashes)
+        self.cats: array[int] = array("Q")
         self.devices: dict[str, int] = {}  # hashed device id -> last event ts
         self.ips: dict[str, int] = {}
-        self.ids: list[int] = []  # hashes of the most recent event ids, oldest first
+        self.ids: array[int] = array("Q")  # hashes of the latest event ids, oldest first
         self._idset: set[int] | None = None
         self.late = 0
         self.dups = 0
@@ -150,23 +163,28 @@ class UserState:
             _STATE_VERSION, self.user_id, self.total, self.counts, self.spend_total,
             self.first_ts, self.max_ts, self.seen_ms,
             [[[k, *v] for k, v in t.items()] for t in self.tiles],
-            self.seq, self.sess, self.items, self.cats, self.devices, self.ips, self.ids,
+            list(zip(*self.seq, strict=True)), self.sess, _pack(self.items), _pack(self.cats),
+            self.devices, self.ips,
+            _pack(self.ids),
             self.late, self.dups, self.prev_gap_ms,
-        ], default=_as_list)
+        ])
 
     @classmethod
     def from_bytes(cls, raw: bytes, n_windows: int) -> UserState:
         d = orjson.loads(raw)
         if not isinstance(d, list) or d[0] != _STATE_VERSION:
             raise ValueError("unknown user state format")
-        st = cls(d[1], n_windows)
-        (st.total, st.counts, st.spend_total, st.first_ts, st.max_ts, st.seen_ms) = d[2:8]
-        tiles = d[8]
-        for w in range(min(n_windows, len(tiles))):
-            st.tiles[w] = {row[0]: row[1:] for row in tiles[w]}
-        (seq, st.sess, st.items, st.cats, st.devices, st.ips, st.ids,
-         st.late, st.dups, st.prev_gap_ms) = d[9:19]
-        st.seq = [SeqItem(*e) for e in seq]
+        st = cls.__new__(cls)  # every field is set below: skip __init__'s empty containers
+        (_, st.user_id, st.total, st.counts, st.spend_total, st.first_ts, st.max_ts,
+         st.seen_ms, tiles, seq, st.sess, items, cats, st.devices, st.ips, ids,
+         st.late, st.dups, st.prev_gap_ms) = d
+        st.items, st.cats, st.ids = _unpack(items), _unpack(cats), _unpack(ids)
+        st.tiles = [{row[0]: row[1:] for row in tiles[w]} if w < len(tiles) else {}
+                    for w in range(n_windows)]
+        new = tuple.__new__  # NamedTuple's own constructor is several times slower
+        st.seq = [new(SeqItem, e) for e in zip(*seq, strict=True)]  # by column
+        st._idset = None
+        st.new_device = st.new_ip = False
         return st
 
     # -- updates ------------------------------------------------------------------
@@ -185,7 +203,7 @@ class UserState:
             idset = self._idset = set(self.ids)
         if h in idset:
             self.dups += 1
-            return ApplyResult(duplicate=True, late=False, expired_reset=reset)
+            return _RESULTS[True, False, reset]
         self.ids.append(h)
         idset.add(h)
         if len(self.ids) > cfg.dedupe_ids:
@@ -213,8 +231,8 @@ class UserState:
             self.max_ts = ts
 
         if not late:
-            for w in range(len(cfg.windows_s)):
-                self._add_to_window(w, cfg, ts, t, spend)
+            for w, tile_ms in enumerate(cfg.tiles_ms):
+                self._add_to_window(w, tile_ms, cfg.window_buckets, ts, t, spend)
 
         # sequence: sorted by event time, newest last, bounded
         entry = SeqItem(ev.item_id, ev.type, ts)
@@ -232,17 +250,17 @@ class UserState:
             _kmv_add(self.cats, _h64(ev.category))
         self.new_device = _touch(self.devices, ev.device_id, ts, self.max_ts)
         self.new_ip = _touch(self.ips, ev.ip, ts, self.max_ts)
-        return ApplyResult(duplicate=False, late=late, expired_reset=reset)
+        return _RESULTS[False, late, reset]
 
-    def _add_to_window(self, w: int, cfg: FeatureConfig, ts: int, t: int, spend: float) -> None:
+    def _add_to_window(self, w: int, tile_ms: int, buckets: int, ts: int, t: int,
+                       spend: float) -> None:
         """Count the event in its tile, then drop tiles that fell out of the window.
 
         Tiles are pruned eagerly whenever the user's latest event time moves, so the retained
         tiles are exactly the window ending at max_ts and their sum is kept in row -1.
         """
-        tile_ms = cfg.tile_ms(w)
         tiles = self.tiles[w]
-        oldest = self.max_ts // tile_ms - cfg.window_buckets
+        oldest = self.max_ts // tile_ms - buckets
         idx = ts // tile_ms
         # row -1 holds the window's sums and, at [5], the lowest tile index it contains, so
         # the common case (nothing fell out of the window) costs no scan of the tiles
@@ -389,14 +407,26 @@ class UserState:
         }
 
 
-def _as_list(obj: Any) -> list[Any]:
-    """orjson cannot encode NamedTuples (SeqItem): store them as arrays."""
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+def _pack(values: array[int]) -> str:
+    """uint64s as base64 of their little-endian bytes: a third of their JSON decimal size."""
+    if _BIG_ENDIAN:
+        values = array("Q", values)
+        values.byteswap()
+    return base64.b64encode(values.tobytes()).decode("ascii")
 
 
-def _kmv_add(sketch: list[int], h: int) -> None:
+def _unpack(text: str) -> array[int]:
+    values = array("Q", base64.b64decode(text))
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _kmv_add(sketch: array[int], h: int) -> None:
     if len(sketch) >= _KMV_K and h >= sketch[-1]:
         return
     pos = bisect.bisect_left(sketch, h)
@@ -407,7 +437,7 @@ def _kmv_add(sketch: list[int], h: int) -> None:
         sketch.pop()
 
 
-def _kmv_estimate(sketch: list[int]) -> int:
+def _kmv_estimate(sketch: array[int]) -> int:
     if len(sketch) < _KMV_K:
         return len(sketch)
     return int((_KMV_K - 1) * (2**64) / (sketch[-1] + 1))

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
+
+from stream.errors import InfraError
 
 
 class BatchPublisher:
@@ -24,7 +27,7 @@ class BatchPublisher:
         self._counts: dict[tuple[str, int], int] = {}
         self._futures: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
         self._parts: dict[str, int] = {}
-        self._key_part: dict[tuple[int, bytes], int] = {}
+        self._key_part: dict[int, dict[bytes, int]] = {}
 
     def partitions(self, topic: str) -> int:
         n = self._parts.get(topic)
@@ -37,12 +40,16 @@ class BatchPublisher:
 
     def partition_for(self, topic: str, key: bytes) -> int:
         n = self.partitions(topic)
-        cache_key = (n, key)
-        p = self._key_part.get(cache_key)
+        # one cache per partition count, keyed by the bytes themselves: tuple keys would be
+        # 200k containers for the garbage collector to scan, bytes and ints are not tracked
+        cache = self._key_part.get(n)
+        if cache is None:
+            cache = self._key_part[n] = {}
+        p = cache.get(key)
         if p is None:
-            if len(self._key_part) > 200_000:
-                self._key_part.clear()
-            p = self._key_part[cache_key] = (murmur2(key) & 0x7FFFFFFF) % n
+            if len(cache) > 200_000:
+                cache.clear()
+            p = cache[key] = (murmur2(key) & 0x7FFFFFFF) % n
         return p
 
     async def add(self, topic: str, key: bytes | None, value: bytes | None,
@@ -65,8 +72,17 @@ class BatchPublisher:
     async def _send(self, tp: tuple[str, int]) -> None:
         builder = self._builders.pop(tp)
         count = self._counts.pop(tp)
-        fut = await self._producer.send_batch(builder, tp[0], partition=tp[1])
+        try:
+            fut = await self._producer.send_batch(builder, tp[0], partition=tp[1])
+        except KafkaError as exc:  # the broker's trouble, not the records': retried
+            raise InfraError(f"sending to {tp[0]}[{tp[1]}] failed: {exc!r}") from exc
         self._futures.append((tp, count, fut))
+
+    def discard(self) -> None:
+        """Forget what this batch collected (after a failure: the batch is processed again)."""
+        self._builders.clear()
+        self._counts.clear()
+        self._futures.clear()
 
     async def flush(self) -> dict[tuple[str, int], int]:
         """Send everything and wait for the broker's acks; returns the last offset per tp."""

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
+PolicyName = Literal["greedy", "epsilon_greedy", "softmax"]
 
 
 class SettingsError(ValueError):
@@ -50,6 +51,10 @@ class Settings(BaseSettings):
         None, description="Token required by /features when set (Bearer or ?token=).")
     batch_max: int = Field(1000, ge=1, le=100_000, description="Max events per batch.")
     batch_within_ms: int = Field(5, ge=1, le=10_000, description="Max wait to fill a batch.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, le=30_000, description="Longest a consumer fetch waits on the broker when no "
+        "data is there yet (Kafka answers as soon as data arrives; tansu holds a fetch this "
+        "long, so it bounds latency there). Faust's own default is 1500.")
     max_event_bytes: int = Field(65536, ge=256, description="Larger events go to the DLQ.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -76,6 +81,37 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device.")
     model_name: str = Field("auto", description="Recommender to serve: auto (latest trained, "
                             "else baseline) or baseline.")
+
+    # --- exploration and feedback (issue #5) --------------------------------
+    policy: PolicyName = Field(
+        "epsilon_greedy", description="How the shown items are picked from the ranked pool: "
+        "greedy (top k), epsilon_greedy (decaying epsilon) or softmax (Boltzmann).")
+    policy_pool: int = Field(30, ge=1, le=1000, description="Ranked candidates the policy "
+                             "chooses the top_k shown items from.")
+    policy_epsilon_start: float = Field(0.3, ge=0.0, le=1.0, description="epsilon_greedy: "
+                                        "epsilon at the first decision.")
+    policy_epsilon_floor: float = Field(0.05, ge=0.0, le=1.0, description="epsilon_greedy: "
+                                        "epsilon never decays below this.")
+    policy_epsilon_decay: float = Field(10_000.0, gt=0, description="epsilon_greedy: "
+                                        "decisions until epsilon has halved.")
+    policy_temperature: float = Field(1.0, gt=0, description="softmax: temperature, in the "
+                                      "ranker's score units.")
+    policy_seed: int = Field(0, description="Seed of the policy's randomness (each decision "
+                             "draws from hash(seed, event id): reproducible).")
+    policy_shadow: PolicyName | None = Field(
+        None, description="A candidate policy computed on the same pool and logged in the "
+        "decision log (never shown), for off-policy evaluation.")
+    decision_log: bool = Field(True, description="Publish each recommendation's point-in-time "
+                               "features, sequence and candidate pool to the decisions topic "
+                               "(what the feedback join needs).")
+    feedback_window_s: int = Field(1800, ge=1, description="Attribution window: event time "
+                                   "after a recommendation in which an engagement counts.")
+    feedback_rewards: Annotated[dict[str, float], NoDecode] = Field(
+        {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}, description="Reward per "
+        "engagement type (type=weight,...); the highest within the window counts once.")
+    feedback_max_pending: int = Field(200, ge=1, le=100_000, description="Pending "
+                                      "recommendations kept per user; beyond it the oldest "
+                                      "closes early with the reward it has.")
 
     # --- privacy -------------------------------------------------------------
     pseudonym_key: SecretStr | None = Field(
@@ -107,12 +143,35 @@ class Settings(BaseSettings):
             return tuple(x.strip() for x in v.split(",") if x.strip())
         return v
 
+    @field_validator("feedback_rewards", mode="before")
+    @classmethod
+    def _split_rewards(cls, v: object) -> object:
+        if isinstance(v, str):
+            try:
+                pairs = [x.split("=", 1) for x in v.split(",") if x.strip()]
+                return {k.strip(): float(w) for k, w in pairs}
+            except ValueError as exc:
+                raise ValueError(f"expected type=weight,..., got {v!r}") from exc
+        return v
+
+    @field_validator("feedback_rewards")
+    @classmethod
+    def _check_rewards(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = set(v) - {"view", "click", "add_to_cart", "purchase"}
+        if bad or not v or any(w <= 0 for w in v.values()):
+            raise ValueError("rewards need event types and positive weights, e.g. "
+                             "click=1,add_to_cart=2,purchase=5")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         # cross-field checks have no field location: name the variables in the message
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL"):
             raise ValueError("LAMSTREAM_SASL_MECHANISM needs LAMSTREAM_SECURITY_PROTOCOL "
                              "SASL_PLAINTEXT or SASL_SSL")
+        if self.policy_epsilon_floor > self.policy_epsilon_start:
+            raise ValueError("LAMSTREAM_POLICY_EPSILON_FLOOR must not exceed "
+                             "LAMSTREAM_POLICY_EPSILON_START")
         if self.security_protocol.startswith("SASL"):
             missing = [f"LAMSTREAM_{name.upper()}" for name in
                        ("sasl_mechanism", "sasl_username", "sasl_password")

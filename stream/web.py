@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
+import logging
 import time
 from collections import deque
 from pathlib import Path
@@ -19,6 +21,8 @@ _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; 
                   ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml",
                   ".txt": "text/plain; charset=utf-8"}
 LATENCY_WINDOW_S = 5.0  # the dashboard's p50/p99 are over this many seconds
+TABLE_COUNT_EVERY_S = 10.0  # /metrics recounts the table's users at most this often
+log = logging.getLogger(__name__)
 
 
 def _authorized(worker: Worker, request: Request) -> bool:
@@ -160,9 +164,9 @@ def models_report(worker: Worker) -> list[dict[str, Any]]:
     cur = ingest.holder.current
     data_dir = str(worker.settings.data_dir)
     risk_version = getattr(cur, "risk_version", None)
-    newest = ingest.last_prediction or ingest._last_prediction_old
-    if newest:  # what the latest prediction actually used
-        risk_version = next(reversed(newest.values()))[3].risk_model_version
+    newest = ingest.newest_decision()
+    if newest is not None:  # what the latest prediction actually used
+        risk_version = newest.risk_model_version
     rows = [{"role": "recommender", "name": cur.name, "version": cur.version,
              "metrics": offline_metrics(data_dir, "recommender", cur.version, cur.name)}]
     if risk_version:
@@ -185,15 +189,15 @@ def user_report(worker: Worker, user_id: str) -> dict[str, Any] | None:
     threshold = worker.settings.risk_threshold
     latest = risk = None
     if last is not None:
-        event_id, kind, ts, pred = last
-        latest = {"event_id": event_id, "type": kind, "event_ts": ts, "model": pred.model,
-                  "model_version": pred.model_version,
-                  "items": [{"item_id": i.item_id, "score": i.score} for i in pred.items]}
-        risk = {"event_id": event_id, "event_ts": ts, "score": pred.risk.score,
-                "threshold": threshold, "alert": pred.risk.score >= threshold,
-                "model_version": pred.risk_model_version,
-                "reasons": [{"feature": r.feature, "value": r.value,
-                             "contribution": r.contribution} for r in pred.risk.reasons]}
+        latest = {"event_id": last.event_id, "type": last.event_type,
+                  "event_ts": last.event_ts, "model": last.model,
+                  "model_version": last.model_version,
+                  "items": [{"item_id": i[0], "score": i[1]} for i in last.items]}
+        risk = {"event_id": last.event_id, "event_ts": last.event_ts, "score": last.risk_score,
+                "threshold": threshold, "alert": last.risk_score >= threshold,
+                "model_version": last.risk_model_version,
+                "reasons": [{"feature": f, "value": v, "contribution": c}
+                            for f, v, c in last.reasons]}
     return {
         "user_id": user_id,
         "features": (state.snapshot(worker.features, int(time.time() * 1000))
@@ -217,6 +221,30 @@ def learning_report(worker: Worker) -> dict[str, Any]:
     return {"available": True, "topic": worker.topics.feedback.name, **report}
 
 
+class TableSize:
+    """Users in the table partitions this worker owns, for lamstream_table_keys.
+
+    Counted exactly (RocksDB's estimate-num-keys counts every overwrite still in the memtable,
+    so a busy worker would report several times its users); counting reads every key of the
+    owned partitions, so it runs in a thread, at most once per TABLE_COUNT_EVERY_S, and
+    scrapes in between reuse the last count.
+    """
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+        self._at = float("-inf")
+
+    async def refresh(self, worker: Worker) -> int | None:
+        if time.monotonic() - self._at >= TABLE_COUNT_EVERY_S:
+            self._at = time.monotonic()
+            try:
+                self.value = await asyncio.get_running_loop().run_in_executor(
+                    None, len, worker.table.data)
+            except Exception as exc:  # a rebalance opening/closing partitions meanwhile
+                log.debug("table size not counted this time: %r", exc)
+        return self.value
+
+
 def _static(name: str) -> tuple[bytes, str] | None:
     path = (_STATIC / name).resolve()
     kind = _CONTENT_TYPES.get(path.suffix)
@@ -234,10 +262,15 @@ def attach_views(worker: Worker) -> None:
             report = health_report(worker)
             return self.json(report, status=200 if report["status"] == "ok" else 503)
 
+    table_size = TableSize()
+
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             update_lag(worker)
+            users = await table_size.refresh(worker)
+            if users is not None:
+                worker.metrics.table_keys.set(users)
             # aiohttp refuses a charset in content_type=, so the header is set as it is
             return self.bytes(worker.metrics.render(), headers={
                 "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -7,6 +7,7 @@ import base64
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections import OrderedDict, deque
@@ -22,6 +23,7 @@ from mode import Service
 from model.baseline import BaselinePredictor
 from model.predictor import Predictor
 from model.types import Prediction, PredictionContext
+from stream.decision_log import decision_record
 from stream.errors import InfraError, PoisonMessage
 from stream.fastpath import BatchSink, register_sink
 from stream.features import FeatureConfig, UserState
@@ -113,6 +115,25 @@ class _Pending:
 
 
 @dataclass
+class LastDecision:
+    """A user's latest event with its prediction, as kept for the dashboard."""
+
+    event_id: str
+    event_type: str
+    event_ts: int
+    model: str
+    model_version: str
+    risk_model_version: str
+    risk_score: float
+    reasons: list[tuple[str, float, float]]  # (feature, value, contribution)
+    items: list[tuple[str, float, float]]  # (item_id, score, propensity)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LastDecision:
+        return cls(*orjson.loads(raw))
+
+
+@dataclass
 class BatchStats:
     events: int = 0
     dlq: int = 0
@@ -133,13 +154,25 @@ class PredictorHolder:
         self._next: Predictor | None = None
 
     def offer(self, predictor: Predictor) -> None:
-        self._next = predictor
+        replaced, self._next = self._next, predictor
+        if replaced is not None and replaced is not predictor:
+            _close_later(replaced)  # superseded before it ever served
 
     def swap_if_offered(self) -> bool:
+        """Called between batches only, so the old predictor has nothing in flight."""
         if self._next is None:
             return False
-        self.current, self._next = self._next, None
+        old, self.current, self._next = self.current, self._next, None
+        if old is not self.current:
+            _close_later(old)
         return True
+
+
+def _close_later(predictor: Predictor) -> None:
+    """Release a retired predictor's resources (its batcher thread) off the event loop."""
+    close = getattr(predictor, "close", None)
+    if callable(close):
+        threading.Thread(target=close, name="close-predictor", daemon=True).start()
 
 
 class IngestAgent(Service):
@@ -171,13 +204,15 @@ class IngestAgent(Service):
         self.recent: list[dict[str, Any]] = []  # latest decisions, for the dashboard
         # also for the dashboard (stream.web): latest latencies as (monotonic s, ms), the
         # remembered decisions per user (bounded LRU), and per user the latest event with its
-        # prediction: (event id, type, ts, prediction) in two generations of plain dicts, so
-        # the per-event cost is one dict store and memory stays bounded
+        # prediction as one orjson blob (see last_decision) in two generations of plain dicts,
+        # so the per-event cost is one small dumps and one dict store, memory stays bounded,
+        # and nothing here is a container the garbage collector must scan (keeping the
+        # Prediction objects alive cost more in GC passes than the rest of the decision)
         self.e2e_recent: deque[tuple[float, float]] = deque(maxlen=20_000)
         self.inference_recent: deque[tuple[float, float]] = deque(maxlen=2_000)
         self.recent_by_user: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self.last_prediction: dict[str, tuple[str, str, int, Prediction]] = {}
-        self._last_prediction_old: dict[str, tuple[str, str, int, Prediction]] = {}
+        self.last_prediction: dict[str, bytes] = {}
+        self._last_prediction_old: dict[str, bytes] = {}
         self.stats = BatchStats()
         self.started_at = time.time()
         self._sweep_cursor = 0
@@ -229,6 +264,7 @@ class IngestAgent(Service):
                 await self.process(batch)
                 return
             except InfraError as exc:
+                self._publisher().discard()  # nothing of the failed attempt is sent later
                 log.warning("batch failed (%s), retry %d in %.1fs", exc, attempt + 1, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -309,25 +345,30 @@ class IngestAgent(Service):
             self.metrics.inference.observe(dt)
             self.inference_recent.append((time.monotonic(), dt * 1000))
 
-        # 4. state: local store write + changelog record (same partition as the source)
+        # 4. state: changelog records now (same partition as the source); the local store
+        # is written only once the broker has everything (step 6), so a batch that fails to
+        # publish leaves no trace and its retry decides again instead of seeing duplicates
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
         for partition, key, st in states:
             value = st.to_bytes()
             by_partition.setdefault(partition, []).append((key, value))
             await out.add(changelog, key, value, partition)
-        for partition, items in by_partition.items():
-            table.write(partition, items)
 
         # 5. decisions
         threshold = settings.risk_threshold
         rec_topic = self.topics.recommendations.name
+        decisions_topic = self.topics.decisions.name if settings.decision_log else None
         alert_topic = self.topics.risk_alerts.name
         dumps = orjson.dumps
         latest = self.last_prediction
         for p, pred in zip(pending, predictions, strict=True):
             ev = p.event
             key = ev.user_id.encode()
-            latest[ev.user_id] = (ev.event_id, ev.type, ev.ts, pred)
+            risk = pred.risk
+            latest[ev.user_id] = dumps((
+                ev.event_id, ev.type, ev.ts, pred.model, pred.model_version,
+                pred.risk_model_version, risk.score, list(map(tuple, risk.reasons)),
+                list(map(tuple, pred.items))))
             if p.ctx.recommend:  # cold start: may be empty until the model knows items
                 lat = (time.monotonic() - p.recv) * 1000
                 rec = {
@@ -340,6 +381,8 @@ class IngestAgent(Service):
                     "latency_ms": round(lat, 3),
                 }
                 await out.add(rec_topic, key, dumps(rec))
+                if decisions_topic is not None:  # issue #5: the feedback join's input
+                    await out.add(decisions_topic, key, decision_record(rec, p.ctx, pred))
                 stats.recommendations += 1
                 stats.latencies_ms.append(lat)
                 if stats.recommendations % 50 == 1:
@@ -362,11 +405,14 @@ class IngestAgent(Service):
         if len(latest) > 5000:
             self._last_prediction_old, self.last_prediction = latest, {}
 
-        # 6. every record of this batch acknowledged by the broker -> ack the inputs
+        # 6. every record of this batch acknowledged by the broker -> write the local state,
+        # ack the inputs
         try:
             last = await out.flush()
         except Exception as exc:  # broker trouble: not the input's fault
             raise InfraError(f"publishing a batch failed: {exc!r}") from exc
+        for partition, items in by_partition.items():
+            table.write(partition, items)
         for (topic, partition), offset in last.items():
             if topic == changelog:
                 store.set_persisted_offset(TP(changelog, partition), offset)
@@ -407,9 +453,16 @@ class IngestAgent(Service):
         if len(self.recent_by_user) > 2000:
             self.recent_by_user.popitem(last=False)
 
-    def last_decision(self, user_id: str) -> tuple[str, str, int, Prediction] | None:
-        """The user's latest event (id, type, ts) and its prediction, if still kept."""
-        return self.last_prediction.get(user_id) or self._last_prediction_old.get(user_id)
+    def last_decision(self, user_id: str) -> LastDecision | None:
+        """The user's latest event and what was decided for it, if still kept."""
+        raw = self.last_prediction.get(user_id) or self._last_prediction_old.get(user_id)
+        return LastDecision.from_bytes(raw) if raw else None
+
+    def newest_decision(self) -> LastDecision | None:
+        for gen in (self.last_prediction, self._last_prediction_old):
+            if gen:
+                return LastDecision.from_bytes(next(reversed(gen.values())))
+        return None
 
     def _account(self, s: BatchStats) -> None:
         m = self.metrics
@@ -502,5 +555,4 @@ class IngestAgent(Service):
                                                         None))
         if futures:
             await asyncio.gather(*futures)
-        self.metrics.table_keys.set(seen - len(expired))
         return len(expired)
