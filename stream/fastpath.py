@@ -31,12 +31,24 @@ _SINKS_ATTR = "_lamstream_sinks"
 
 
 class BatchSink:
-    """A bounded hand-over buffer of (message, receipt time) between consumer and agent."""
+    """A bounded hand-over buffer of (message, receipt time) between consumer and agent.
+
+    It is registered with Faust's flow control, which calls `clear()` in two places: when a
+    rebalance revokes partitions (flow suspended: whatever is buffered may belong to another
+    worker now, so it is dropped), and again when flow resumes after recovery. The second
+    call comes *after* Faust has seeked every partition to its committed offset, so records
+    fetched in between are already at the right position and must not be dropped: the
+    consumer has moved past them and would never fetch them again (a moved partition then
+    silently stopped at its first post-recovery fetch). So `clear()` only drops while flow
+    is suspended; `drop_all()` drops unconditionally (worker shutdown).
+    """
 
     def __init__(self, maxsize: int = 50_000,
-                 on_drop: Callable[[list[Message]], None] | None = None) -> None:
+                 on_drop: Callable[[list[Message]], None] | None = None,
+                 flow_active: Callable[[], bool] | None = None) -> None:
         self.maxsize = maxsize
         self.on_drop = on_drop
+        self.flow_active = flow_active
         self.epoch = 0
         self._buf: collections.deque[tuple[Message, float]] = collections.deque()
         self._not_empty = asyncio.Event()
@@ -46,13 +58,15 @@ class BatchSink:
     def __len__(self) -> int:
         return len(self._buf)
 
-    async def put_many(self, messages: list[Message]) -> None:
+    async def put_many(self, messages: list[Message], epoch: int | None = None) -> None:
         """Called by the consumer's drain loop; waits while the buffer is full (backpressure).
 
-        Messages fetched before a rebalance cleared the buffer are dropped, not delivered:
-        their partitions may belong to another worker now.
+        `epoch` is the sink's epoch when the messages were fetched: if a rebalance cleared
+        the buffer since, they are dropped, not delivered (their partitions may belong to
+        another worker now; the ones still ours are fetched again from the committed offset).
         """
-        epoch = self.epoch
+        if epoch is None:
+            epoch = self.epoch
         while len(self._buf) >= self.maxsize:
             self._not_full.clear()
             await self._not_full.wait()
@@ -88,7 +102,13 @@ class BatchSink:
         return out
 
     def clear(self) -> None:
-        """Drop everything buffered (Faust's flow control calls this at a rebalance)."""
+        """Faust's flow control: drop everything buffered, unless flow is running (resume)."""
+        if self.flow_active is not None and self.flow_active():
+            return
+        self.drop_all()
+
+    def drop_all(self) -> None:
+        """Drop everything buffered and whatever is still on its way in."""
         self.epoch += 1
         dropped = [m for m, _ in self._buf]
         self._buf.clear()
@@ -126,12 +146,14 @@ async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: 
     acks_enabled_for = self.app.topics.acks_enabled_for
     suspend_flow = self.suspend_flow
     commit_every = self._commit_every
+    flow_control = self.app.flow_control
     sleep = asyncio.sleep
     yield_every = 100
     num_since_yield = 0
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             sinks: dict[str, BatchSink] = getattr(self, _SINKS_ATTR, {})
+            epochs = {topic: sink.epoch for topic, sink in sinks.items()}  # at fetch time
             ait = cast(Any, getmany(timeout=1.0))
             await self.sleep(0)
             if self.should_stop:
@@ -165,7 +187,10 @@ async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: 
                     await callback(message)
                 set_read_offset(tp, offset)
             for topic, messages in pending.items():
-                await sinks[topic].put_many(messages)
+                # hold them while flow is suspended (rebalance, recovery), like Faust's own
+                # delivery path does; a rebalance in the meantime makes put_many drop them
+                await flow_control.acquire()
+                await sinks[topic].put_many(messages, epochs[topic])
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
             self.log.info("Broker stopped consumer, shutting down...")

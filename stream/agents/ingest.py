@@ -197,7 +197,8 @@ class IngestAgent(Service):
         self.metrics = metrics
         self.events_topic = events_topic
         self.holder = PredictorHolder(predictor or BaselinePredictor())
-        self.sink = BatchSink(maxsize=max(4 * settings.batch_max, 2000), on_drop=self._untrack)
+        self.sink = BatchSink(maxsize=max(4 * settings.batch_max, 2000), on_drop=self._untrack,
+                              flow_active=app.flow_control.is_active)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
         self._batch_lock = asyncio.Lock()
         self._closing = False
@@ -241,7 +242,7 @@ class IngestAgent(Service):
             pass
         # what is still buffered was never acked: forget it so Faust's shutdown does not
         # wait for it; it is re-delivered to whoever owns the partition next
-        self.sink.clear()
+        self.sink.drop_all()
         self._pool.shutdown(wait=True)
 
     @Service.task

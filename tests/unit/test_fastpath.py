@@ -1,0 +1,74 @@
+"""The batch hand-over buffer between Faust's consumer and the ingest agent (stream.fastpath)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from stream.fastpath import BatchSink
+
+
+class Flow:
+    """Stands in for Faust's flow control: suspended during a rebalance, active otherwise."""
+
+    def __init__(self) -> None:
+        self.active = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_rebalance_drops_what_is_buffered_and_what_was_fetched_before_it() -> None:
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        flow, dropped = Flow(), []
+        sink = BatchSink(maxsize=100, on_drop=dropped.extend, flow_active=flow.is_active)
+        await sink.put_many(["a", "b"])  # type: ignore[list-item]
+        fetched_at = sink.epoch  # a fetch starts before the rebalance ...
+        flow.active = False  # ... Faust suspends flow and clears its queues ...
+        sink.clear()
+        flow.active = True
+        await sink.put_many(["c"], fetched_at)  # type: ignore[list-item]  # ... then hands over
+        await sink.put_many(["d"], sink.epoch)  # type: ignore[list-item]  # fetched after
+        batch = await sink.get_batch(10, 0.0)
+        return [m for m, _ in batch], dropped
+
+    delivered, dropped = run(scenario())
+    assert delivered == ["d"]
+    assert dropped == ["a", "b", "c"]
+
+
+def test_resuming_flow_after_recovery_keeps_what_was_fetched_after_the_seek() -> None:
+    """Faust clears its queues again when flow resumes, after seeking to the committed
+    offsets: records fetched in between are at the right position and the consumer has
+    moved past them, so dropping them lost them for good (a moved partition stalled)."""
+    async def scenario() -> list[Any]:
+        flow, dropped = Flow(), []
+        sink = BatchSink(maxsize=100, on_drop=dropped.extend, flow_active=flow.is_active)
+        await sink.put_many(["after-seek-1", "after-seek-2"])  # type: ignore[list-item]
+        flow.active = True  # FlowControlEvent.resume(): active first, then clear()
+        sink.clear()
+        batch = await sink.get_batch(10, 0.0)
+        assert not dropped
+        return [m for m, _ in batch]
+
+    assert run(scenario()) == ["after-seek-1", "after-seek-2"]
+
+
+def test_drop_all_always_drops_and_get_batch_never_returns_more_than_asked() -> None:
+    async def scenario() -> tuple[int, int, list[Any]]:
+        dropped: list[Any] = []
+        sink = BatchSink(maxsize=100, on_drop=dropped.extend, flow_active=lambda: True)
+        await sink.put_many(list(range(7)))  # type: ignore[arg-type]
+        first = await sink.get_batch(5, 0.0)
+        sink.drop_all()
+        await sink.put_many([99])  # type: ignore[list-item]
+        rest = await sink.get_batch(5, 0.0)
+        return len(first), len(rest), dropped
+
+    first, rest, dropped = run(scenario())
+    assert (first, rest) == (5, 1)
+    assert dropped == [5, 6]
