@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/lamstream demo
+	$(BIN)/lamstream demo --hold 30
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream model tests
