@@ -135,10 +135,46 @@ def register_sink(consumer: Consumer, topic: str, sink: BatchSink) -> None:
     sinks[topic] = sink
 
 
+async def fetch(consumer: Consumer, timeout: float) -> list[tuple[TP, Message]]:
+    """Faust's Consumer.getmany, except that records it cannot deliver are fetched again.
+
+    getmany drops the rest of a fetch when flow stops, the generation changes or a partition
+    is paused while it iterates; the consumer's position has already moved past those
+    records and Faust's seek to the committed offsets does not bring them back for a
+    partition that has no committed offset yet. A partition taken over from a worker that
+    died before its first commit then skipped everything up to its next fetch. Here such a
+    partition is seeked back to the first record not delivered.
+    """
+    c: Any = consumer
+    app = c.app
+    generation = app.consumer_generation_id
+    records, active = await c._wait_next_records(timeout)
+    if records is None or c.should_stop:
+        return []
+    deliver = c.flow_active and app.consumer_generation_id == generation
+    buffered = c._buffered_partitions
+    to_message = c._to_message
+    out: list[tuple[TP, Message]] = []
+    rewind: dict[TP, int] = {}
+    for tp, recs in records.items():
+        if not recs:
+            continue
+        if deliver and (active is None or tp in active or tp in buffered):
+            app.monitor.track_tp_end_offset(tp, c.highwater(tp))
+            out.extend([(tp, to_message(tp, r)) for r in recs])
+        else:
+            rewind[tp] = recs[0].offset
+    if rewind:
+        assigned = c.assignment()
+        for tp, offset in rewind.items():
+            if tp in assigned:
+                await c.seek(tp, offset)
+    return out
+
+
 async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: no cover
     """Faust's Consumer._drain_messages with batch hand-over for registered topics."""
     callback = self.callback
-    getmany = self.getmany
     consumer_should_stop = cast(Service, self)._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
     get_read_offset = self._read_offset.__getitem__
@@ -154,12 +190,12 @@ async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: 
         while not (consumer_should_stop() or fetcher_should_stop()):
             sinks: dict[str, BatchSink] = getattr(self, _SINKS_ATTR, {})
             epochs = {topic: sink.epoch for topic, sink in sinks.items()}  # at fetch time
-            ait = cast(Any, getmany(timeout=1.0))
+            fetched = await fetch(self, 1.0)
             await self.sleep(0)
             if self.should_stop:
                 continue
             pending: dict[str, list[Message]] = {}
-            async for tp, message in ait:
+            for tp, message in fetched:
                 offset = message.offset
                 r_offset = get_read_offset(tp)
                 if r_offset is not None and offset < r_offset:

@@ -72,3 +72,67 @@ def test_drop_all_always_drops_and_get_batch_never_returns_more_than_asked() -> 
     first, rest, dropped = run(scenario())
     assert (first, rest) == (5, 1)
     assert dropped == [5, 6]
+
+
+class FakeConsumer:
+    """Just what stream.fastpath.fetch reads of Faust's consumer."""
+
+    def __init__(self, records: dict[str, list[Any]], *, active: set[str] | None,
+                 flow_active: bool = True, new_generation: bool = False) -> None:
+        self._records = records
+        self._active = active
+        self.flow_active = flow_active
+        self._new_generation = new_generation
+        self._buffered_partitions: set[str] = set()
+        self.should_stop = False
+        self.seeks: list[tuple[str, int]] = []
+        self.app = type("App", (), {"consumer_generation_id": 1,
+                                    "monitor": type("M", (), {
+                                        "track_tp_end_offset": lambda *a: None})()})()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        if self._new_generation:  # a rebalance happened while the fetch was waiting
+            self.app.consumer_generation_id += 1
+        return self._records, self._active
+
+    def _to_message(self, tp: str, record: Any) -> Any:
+        return (tp, record.offset)
+
+    def highwater(self, tp: str) -> int:
+        return 0
+
+    def assignment(self) -> set[str]:
+        return {"p0", "p1"}
+
+    async def seek(self, tp: str, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+class Rec:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
+def recs(*offsets: int) -> list[Rec]:
+    return [Rec(o) for o in offsets]
+
+
+def test_fetch_delivers_records_of_active_partitions() -> None:
+    from stream.fastpath import fetch
+    c = FakeConsumer({"p0": recs(5, 6), "p1": recs(9)}, active={"p0", "p1"})
+    out = run(fetch(c, 1.0))  # type: ignore[arg-type]
+    assert [m for _, m in out] == [("p0", 5), ("p0", 6), ("p1", 9)]
+    assert c.seeks == []
+
+
+def test_fetch_seeks_back_what_it_cannot_deliver_instead_of_skipping_it() -> None:
+    from stream.fastpath import fetch
+    paused = FakeConsumer({"p0": recs(5, 6), "p1": recs(9, 10)}, active={"p0"})
+    assert [m for _, m in run(fetch(paused, 1.0))] == [("p0", 5), ("p0", 6)]  # type: ignore[arg-type]
+    assert paused.seeks == [("p1", 9)]
+    stopped = FakeConsumer({"p0": recs(5), "p2": recs(1)}, active=None, flow_active=False)
+    assert run(fetch(stopped, 1.0)) == []  # type: ignore[arg-type]
+    assert stopped.seeks == [("p0", 5)]  # p2 is no longer assigned here: left alone
+    moved = FakeConsumer({"p1": recs(0, 1, 2)}, active=None, new_generation=True)
+    assert run(fetch(moved, 1.0)) == []  # type: ignore[arg-type]
+    assert moved.seeks == [("p1", 0)]
