@@ -58,6 +58,43 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
                                  ssl_context=ctx, mechanism=mech)
 
 
+def new_faust_app(settings: Settings, app_id: str, datadir: str, **conf: Any) -> faust.App:
+    """A Faust app with what every lamstream app shares: broker and credentials, table store
+    under DATA_DIR/`datadir`, topics declared from settings, and group timing tuned for quick
+    rebalances (see the README on the embedded broker). `conf` adds or overrides settings."""
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shared: dict[str, Any] = {
+        "broker": [f"kafka://{h.strip()}" for h in settings.bootstrap.split(",")],
+        "broker_credentials": faust_credentials(settings),
+        "store": "rocksdb://" if settings.store == "rocksdb" else "memory://",
+        "datadir": str(data_dir / datadir),
+        "autodiscover": False,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "topic_allow_declare": True,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_rebalance_timeout": 6.0,
+        "broker_heartbeat_interval": 1.0,
+        "broker_commit_interval": 1.0,
+        "producer_linger_ms": 2,
+        "table_standby_replicas": 0,
+        "logging_config": None,
+    }
+    return faust.App(app_id, **{**shared, **conf})
+
+
+def run_until_stopped(app: faust.App, settings: Settings) -> None:
+    """Run a Faust app in this process until SIGTERM / Ctrl-C; a clean stop is not an error."""
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, override_logging=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+
+
 def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker:
     """Build the worker's Faust app: topics, the features table, agents and web views."""
     # Imported here so that importing stream.app stays cheap and side-effect free.
@@ -69,29 +106,12 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker
 
     fastpath.install()
     topics = topics_for(settings)
-    store = "rocksdb://" if settings.store == "rocksdb" else "memory://"
-    data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.app_id,
-        broker=[f"kafka://{h.strip()}" for h in settings.bootstrap.split(",")],
-        broker_credentials=faust_credentials(settings),
-        store=store,
-        datadir=str(data_dir / "faust"),
-        autodiscover=False,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=6.0,
-        broker_heartbeat_interval=1.0,
+    app = new_faust_app(
+        settings, settings.app_id, "faust",
         # the broker counts a member idle when it stops polling; a poll returns at most
         # max_poll_records, and the sink bounds what waits, so polls are never far apart
         broker_max_poll_interval=60.0,
         broker_max_poll_records=max(500, settings.batch_max),
-        broker_commit_interval=1.0,
-        producer_linger_ms=2,
         producer_max_batch_size=256 * 1024,
         producer_max_request_size=4 * 1024 * 1024,
         stream_wait_empty=True,
@@ -99,8 +119,6 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
-        table_standby_replicas=0,
-        logging_config=None,
     )
     app.conf.table_cleanup_interval = 3600.0
     table = app.Table(

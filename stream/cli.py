@@ -173,10 +173,9 @@ def tune_gc() -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    import faust
 
     from stream.admin import ensure_topics
-    from stream.app import create_app
+    from stream.app import create_app, run_until_stopped
 
     ensure_topics(settings)
     w = create_app(settings, predictor=build_predictor(settings))
@@ -184,13 +183,7 @@ def run_worker(settings: Settings) -> None:
     typer.echo(f"worker {settings.app_id}: http://{settings.web_host}:{settings.web_port} "
                f"(model {w.ingest.holder.current.name} {w.ingest.holder.current.version})",
                err=True)
-    fw = faust.Worker(w.app, loglevel=settings.log_level, quiet=True,
-                      override_logging=False)
-    try:
-        fw.execute_from_commandline()
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
+    run_until_stopped(w.app, settings)
 
 
 @app.command()

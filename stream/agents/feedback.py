@@ -26,7 +26,6 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -349,35 +348,15 @@ class FeedbackWorker:
 
 def create_feedback_app(settings: Settings) -> FeedbackWorker:
     """The feedback join as its own Faust app (consumer group `<app_id>-feedback`)."""
-    from stream.app import faust_credentials
+    from stream.app import new_faust_app
     from stream.recovery import install_exact_highwaters
 
     topics = topics_for(settings)
     if settings.pseudonym_key is None:
         raise LamstreamError("LAMSTREAM_PSEUDONYM_KEY must be set: feedback records carry a "
                              "keyed pseudonym instead of the user id")
-    data_dir = Path(settings.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        f"{settings.app_id}-feedback",
-        broker=[f"kafka://{h.strip()}" for h in settings.bootstrap.split(",")],
-        broker_credentials=faust_credentials(settings),
-        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
-        datadir=str(data_dir / "faust-feedback"),
-        autodiscover=False,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-        broker_commit_interval=1.0,
-        producer_linger_ms=2,
-        web_enabled=False,
-        table_standby_replicas=0,
-        logging_config=None,
-    )
+    app = new_faust_app(settings, f"{settings.app_id}-feedback", "faust-feedback",
+                        web_enabled=False)
     table = app.Table(f"{settings.topic_prefix}feedback-join", partitions=settings.partitions,
                       key_type=bytes, value_type=bytes,
                       help="user id -> pending decisions, engagements, emitted rec ids")
@@ -403,11 +382,6 @@ def run_feedback(settings: Settings) -> None:
     from stream.admin import ensure_topics
 
     ensure_topics(settings)
-    w = create_feedback_app(settings)
-    worker = faust.Worker(w.app, loglevel=settings.log_level, quiet=True,
-                          override_logging=False)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
+    from stream.app import run_until_stopped
+
+    run_until_stopped(create_feedback_app(settings).app, settings)
