@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 
+from stream.cli_export import export_app
 from stream.errors import LamstreamError
 from stream.settings import Settings, SettingsError, load_settings
 
@@ -32,6 +33,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (ratios against b
 app.add_typer(topics_app, name="topics")
 app.add_typer(schema_app, name="schema")
 app.add_typer(bench_app, name="bench")
+app.add_typer(export_app, name="export")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 import typer
 
-
-def _load(source: str) -> list[dict[str, Any]]:
-    """Feedback records from a JSONL file (records, or `lamstream tail` lines) or a topic."""
-    path = Path(source)
-    rows: list[Any]
-    if path.is_file():
-        rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    else:
-        from stream.client import tail
-        from stream.settings import load_settings
-        from stream.topics import topics_for
-
-        settings = load_settings()
-        names = {s.name.removeprefix(settings.topic_prefix): s.name
-                 for s in topics_for(settings).all()}
-        rows = [v for _, v in tail(settings, names.get(source, source), from_beginning=True,
-                                   timeout=3.0)]
-    out = [r["value"] if isinstance(r, dict) and "value" in r and "key" in r else r
-           for r in rows]
-    return [r for r in out if isinstance(r, dict) and "rec_id" in r]
+from stream.feedback_source import load_feedback
 
 
 def evaluate_policy(
@@ -49,7 +28,7 @@ def evaluate_policy(
     from stream.errors import LamstreamError
 
     try:
-        records = _load(feedback)
+        records = load_feedback(feedback)
         target = shadow_target if policy == "shadow" else policy_target(parse_policy(policy))
         result = evaluate(records, target, bootstrap=bootstrap, seed=seed)
     except (LamstreamError, ValueError, OSError) as exc:

@@ -1,0 +1,29 @@
+"""Feedback records for offline commands, from a JSONL file or a topic read from the start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def load_feedback(source: str) -> list[dict[str, Any]]:
+    """Feedback records from a JSONL file (records, or `lamstream tail` lines) or a topic."""
+    path = Path(source)
+    rows: list[Any]
+    if path.is_file():
+        rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    else:
+        from stream.client import tail
+        from stream.settings import load_settings
+        from stream.topics import topics_for
+
+        settings = load_settings()
+        names = {s.name.removeprefix(settings.topic_prefix): s.name
+                 for s in topics_for(settings).all()}
+        rows = [v for _, v in tail(settings, names.get(source, source), from_beginning=True,
+                                   timeout=3.0)]
+    out = [r["value"] if isinstance(r, dict) and "value" in r and "key" in r else r
+           for r in rows]
+    return [r for r in out if isinstance(r, dict) and "rec_id" in r]
