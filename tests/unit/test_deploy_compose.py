@@ -21,7 +21,7 @@ COMPOSE = REPO / "docker-compose.yml"
 SCHEMA = REPO / "deploy" / "schemas" / "compose-spec.json"
 PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = REPO / "deploy" / "grafana"
-LAMSTREAM_COMMANDS = {"worker", "trainer", "topics", "produce"}
+LAMSTREAM_COMMANDS = {"worker", "feedback", "trainer", "topics", "produce"}
 
 # What the worker exports at /metrics (issue 6, item 5).
 METRICS = {
@@ -143,7 +143,7 @@ def test_topic_init_creates_topics_from_settings(
     min_isr = int(next(iter(brokers.values()))["KAFKA_MIN_INSYNC_REPLICAS"])
     assert settings.replication_factor == len(brokers) == 3
     assert min_isr < settings.replication_factor, "min ISR must leave room for one broker down"
-    for name in ("worker", "trainer", "worker-gpu", "demo-producer"):
+    for name in ("worker", "feedback", "trainer", "worker-gpu", "demo-producer"):
         assert services[name]["depends_on"]["topic-init"] == {
             "condition": "service_completed_successfully"}
 
@@ -153,7 +153,8 @@ def test_topic_init_creates_topics_from_settings(
 
 def test_lamstream_services_build_this_repo(services: dict[str, dict[str, Any]]) -> None:
     mine = lamstream_services(services)
-    assert {"topic-init", "worker", "trainer", "worker-gpu", "demo-producer"} <= set(mine)
+    assert {"topic-init", "worker", "feedback", "trainer", "worker-gpu", "demo-producer"} \
+        <= set(mine)
     for name, svc in mine.items():
         build = svc["build"]
         assert build["context"] == "."
@@ -197,6 +198,42 @@ def test_worker_scales_with_its_own_state(
         assert models["source"] == "models"
     trainer = {v.split(":")[1]: v.split(":")[0] for v in services["trainer"]["volumes"]}
     assert trainer["/var/lib/lamstream/models"] == "models", "trainer publishes elsewhere"
+
+
+def test_feedback_join_scales_with_its_own_state(
+        services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = services["feedback"]
+    assert svc["command"] == ["feedback"]
+    assert "container_name" not in svc and "profiles" not in svc
+    assert "ports" not in svc, "the feedback join serves no HTTP"
+    settings = settings_from(env_of(svc), monkeypatch)
+    (state,) = svc["volumes"]  # no models: the join never loads one
+    # Anonymous: each replica owns the RocksDB join table of its partitions.
+    assert state == {"type": "volume", "target": str(settings.data_dir)}
+    assert settings.pseudonym_key is not None, "`lamstream feedback` refuses to start without"
+    worker = settings_from(env_of(services["worker"]), monkeypatch)
+    # Same topics, co-partitioned, and a group of its own next to the workers' one.
+    assert (settings.app_id, settings.topic_prefix, settings.partitions) == (
+        worker.app_id, worker.topic_prefix, worker.partitions)
+    assert worker.decision_log, "the workers must publish `decisions` for the join"
+
+
+# Importing the join imports kafka-python, whose import warns about importlib.resources.
+@pytest.mark.filterwarnings("ignore:.* is deprecated. Use files\\(\\) instead:DeprecationWarning")
+def test_feedback_join_has_no_http_server(
+        services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """Why the feedback service has no port and its healthcheck is off (the image's
+    HEALTHCHECK calls /health): the app it runs has Faust's web server disabled."""
+    from stream.agents.feedback import create_feedback_app
+
+    settings = settings_from(env_of(services["feedback"]), monkeypatch)
+    app = create_feedback_app(settings.model_copy(update={"data_dir": tmp_path})).app
+    assert app.conf.web_enabled is False
+    assert services["feedback"]["healthcheck"] == {"disable": True}
+    assert app.conf.id == f"{settings.app_id}-feedback"
+    # Its table state lives under DATA_DIR, i.e. on the replica's own volume.
+    assert Path(app.conf.datadir).is_relative_to(tmp_path)
 
 
 def test_gpu_profile_runs_the_cuda_worker(services: dict[str, dict[str, Any]]) -> None:

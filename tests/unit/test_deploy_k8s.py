@@ -73,6 +73,10 @@ def worker(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return only(docs, "StatefulSet", "lamstream-worker")
 
 
+def feedback(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return only(docs, "StatefulSet", "lamstream-feedback")
+
+
 def container(pod_spec: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in pod_spec["containers"] + pod_spec.get("initContainers", [])
                 if c["name"] == name)
@@ -247,9 +251,93 @@ def test_headless_service_and_pdb_select_the_workers(
     (port,) = svc["spec"]["ports"]
     assert port["targetPort"] in {p["name"] for p in container(
         sts["spec"]["template"]["spec"], "worker")["ports"]}
-    pdb = only(docs, "PodDisruptionBudget")
+    pdb = only(docs, "PodDisruptionBudget", sts["metadata"]["name"])
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+# ------------------------------------------------------------------ feedback join
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_feedback_statefulset_has_state_and_limits(
+        rendered: dict[str, list[dict[str, Any]]], overlay: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = rendered[overlay]
+    sts = feedback(docs)
+    spec = sts["spec"]["template"]["spec"]
+    main = container(spec, "feedback")
+    assert main["args"] == ["feedback"]
+    settings = settings_from(container_env(docs, main), monkeypatch)
+    assert settings.pseudonym_key is not None, "`lamstream feedback` refuses to start without"
+    assert any("secretRef" in s for s in main["envFrom"]), "the pseudonym key is a secret"
+
+    # One PersistentVolumeClaim per pod for the RocksDB join table, at DATA_DIR.
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert qty(claim["spec"]["resources"]["requests"]["storage"]) >= 2**30
+    mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    assert mounts[str(settings.data_dir)] == claim["metadata"]["name"]
+    assert f"{settings.data_dir}/models" not in mounts, "the join loads no model"
+
+    # No HTTP server in the join (Faust web off): no port to probe, so no probes.
+    assert "ports" not in main
+    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(main)
+    for key in ("cpu", "memory"):
+        assert main["resources"]["limits"][key] and main["resources"]["requests"][key]
+
+    # A peer group next to the workers': same app id (group <app_id>-feedback), same
+    # topics with the same partitions (decisions and events are co-partitioned).
+    wmain = container(worker(docs)["spec"]["template"]["spec"], "worker")
+    wset = settings_from(container_env(docs, wmain), monkeypatch)
+    assert (settings.app_id, settings.topic_prefix, settings.partitions) == (
+        wset.app_id, wset.topic_prefix, wset.partitions)
+    assert wset.decision_log, "the workers must publish `decisions` for the join"
+    assert 1 <= sts["spec"]["replicas"] <= settings.partitions
+    assert not main["image"].endswith("-cu128"), "the join needs no GPU"
+    assert "nvidia.com/gpu" not in main["resources"]["limits"]
+
+    grace = spec["terminationGracePeriodSeconds"]
+    assert 20 <= grace <= 120, "SIGTERM shutdown: commit, flush, close the table"
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"
+
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    svc = only(docs, "Service", sts["spec"]["serviceName"])
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"].items() <= labels.items()
+    pdb = only(docs, "PodDisruptionBudget", sts["metadata"]["name"])
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # Neither the worker's Service nor its PDB may select the join's pods, and vice versa.
+    wlabels = worker(docs)["spec"]["template"]["metadata"]["labels"]
+    assert not svc["spec"]["selector"].items() <= wlabels.items()
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= wlabels.items()
+    wpdb = only(docs, "PodDisruptionBudget", "lamstream-worker")
+    assert not wpdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_dev_overlay_shrinks_every_lamstream_pod(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    base = dict(lamstream_pods(rendered["base"]))
+    dev = dict(lamstream_pods(rendered["dev"]))
+    assert set(dev) == set(base) == {"lamstream-worker", "lamstream-feedback",
+                                     "lamstream-trainer"}
+    for pod, spec in dev.items():
+        (main,) = spec["containers"]
+        (big,) = base[pod]["containers"]
+        for kind in ("requests", "limits"):
+            for key in ("cpu", "memory"):
+                assert qty(main["resources"][kind][key]) < qty(big["resources"][kind][key]), \
+                    f"{pod} {kind}.{key}: dev is not smaller than base"
+    for name in ("lamstream-worker", "lamstream-feedback"):
+        small = only(rendered["dev"], "StatefulSet", name)
+        big = only(rendered["base"], "StatefulSet", name)
+        assert small["spec"]["replicas"] < big["spec"]["replicas"], name
+        (claim,) = small["spec"]["volumeClaimTemplates"]
+        (big_claim,) = big["spec"]["volumeClaimTemplates"]
+        assert qty(claim["spec"]["resources"]["requests"]["storage"]) < qty(
+            big_claim["spec"]["resources"]["requests"]["storage"]), name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -285,13 +373,13 @@ def test_every_lamstream_container_gets_valid_settings(
     for _pod, spec in lamstream_pods(docs):
         for c in spec["containers"] + spec.get("initContainers", []):
             assert c["image"].startswith("lamstream:"), c["image"]
-            assert c["args"][0] in {"worker", "trainer", "topics"}
+            assert c["args"][0] in {"worker", "feedback", "trainer", "topics"}
             for src in c["envFrom"]:  # every referenced ConfigMap is rendered
                 if "configMapRef" in src:
                     only(docs, "ConfigMap", src["configMapRef"]["name"])
             settings_from(container_env(docs, c), monkeypatch)  # raises when invalid
             seen += 1
-    assert seen == 4  # worker + its topics init, trainer + its topics init
+    assert seen == 6  # worker, feedback join and trainer, each with its topics init
 
 
 def test_dev_overlay_is_self_contained(
@@ -328,6 +416,9 @@ def test_gpu_overlay_puts_workers_on_gpus(
     assert not trainer["image"].endswith("-cu128"), "the trainer stays on the CPU image"
     assert "nvidia.com/gpu" not in trainer["resources"]["limits"]
     assert settings_from(container_env(docs, trainer), monkeypatch).device == "cpu"
+    join = feedback(docs)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in join and "tolerations" not in join, "the join stays on CPU"
+    assert not container(join, "feedback")["image"].endswith("-cu128")
     # Production shape: credentials come from a Secret created out of band.
     assert not find(docs, "Secret")
     cfg = settings_from(container_env(docs, trainer), monkeypatch)
