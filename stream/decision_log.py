@@ -9,9 +9,12 @@ import orjson
 from model.types import Prediction, PredictionContext
 
 
-def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Prediction) -> bytes:
+def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Prediction,
+                    risk_threshold: float) -> bytes:
     """The `decisions` record of one published recommendation: what was shown and why, and
-    the features and item sequence exactly as the model saw them (never recomputed later)."""
+    the features and item sequence exactly as the model saw them (never recomputed later).
+    It is also the risk model's point-in-time snapshot of the event (its score, version and
+    the alert threshold ride along), which the risk-label join reads (stream.label_join)."""
     trace = pred.trace
     d: dict[str, Any] = {
         "rec_id": rec["rec_id"], "user_id": rec["user_id"], "event_id": rec["event_id"],
@@ -20,12 +23,16 @@ def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Predictio
         "features": ctx.features,
         # SeqItem is a tuple: orjson writes plain tuples as [item, type, ts] arrays
         "sequence": list(map(tuple, ctx.sequence)),
+        "risk_score": pred.risk.score, "risk_model_version": pred.risk_model_version,
+        "risk_threshold": risk_threshold,
     }
     if trace is not None:
         d["policy"] = trace.policy
         d["explored"] = trace.explored
         d["candidates"] = [{"item_id": c[0], "score": c[1], "propensity": c[2]}
                            for c in trace.candidates]
+        if trace.base_scores:
+            d["base_scores"] = list(trace.base_scores)
         if trace.shadow_policy is not None:
             d["shadow_policy"] = trace.shadow_policy
             d["shadow_items"] = list(trace.shadow_items)

@@ -55,7 +55,19 @@ class BatchPublisher:
     async def add(self, topic: str, key: bytes | None, value: bytes | None,
                   partition: int | None = None) -> None:
         if partition is None:
-            partition = self.partition_for(topic, key) if key is not None else 0
+            if key is None:
+                partition = 0
+            else:
+                try:
+                    partition = self.partition_for(topic, key)
+                except LookupError:
+                    # not in the producer's metadata (its first record here, after the
+                    # metadata narrowed to other topics): fetch it, as send() would
+                    try:
+                        await self._producer.client._wait_on_metadata(topic)
+                    except KafkaError as exc:
+                        raise InfraError(f"no metadata for topic {topic!r}: {exc!r}") from exc
+                    partition = self.partition_for(topic, key)
         tp = (topic, partition)
         builder = self._builders.get(tp)
         if builder is None:

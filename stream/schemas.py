@@ -87,6 +87,17 @@ class DlqRecord(Record):
         return base64.b64decode(self.raw)
 
 
+def dlq_record(bad: PoisonMessage, raw: bytes | None, key: bytes | None, topic: str,
+               partition: int, offset: int, received_at: int) -> bytes:
+    """The DlqRecord of one rejected input record, ready to send (any agent, any topic)."""
+    return orjson.dumps({
+        "error": bad.message, "error_kind": bad.kind,
+        "raw": base64.b64encode(raw or b"").decode(),
+        "key": base64.b64encode(key).decode() if key is not None else None,
+        "topic": topic, "partition": partition, "offset": offset, "received_at": received_at,
+    })
+
+
 class RecItem(Record):
     item_id: str
     score: float
@@ -105,6 +116,8 @@ class Recommendation(Record):
     ts: int = Field(description="Epoch ms when published.")
     event_ts: int = Field(description="Event time of the trigger (epoch ms).")
     latency_ms: float = Field(description="Event receipt to publish, ms.")
+    explored: bool = Field(False, description="The exploration policy deviated from the "
+                           "greedy top k for this slate.")
 
 
 class RiskReason(Record):
@@ -126,6 +139,10 @@ class RiskAlert(Record):
     ts: int
     event_ts: int
     latency_ms: float
+    # the point-in-time snapshot the risk model scored (alerts are rare, so it costs little);
+    # the risk-label join needs it for events that have no decision record (issue #5)
+    features: dict[str, float] | None = None
+    sequence: list[tuple[str, str, int]] | None = None
 
 
 class Decision(Record):
@@ -151,9 +168,16 @@ class Decision(Record):
     shadow_items: list[str] | None = None
     shadow_inclusion: list[float] | None = Field(
         None, description="Shadow policy's inclusion probability per candidate (same order).")
+    base_scores: list[float] | None = Field(
+        None, description="With a reranker serving: the base recommender's score per "
+        "candidate (same order; candidates then carry the reranker's scores).")
     features: dict[str, float]
     sequence: list[tuple[str, str, int]] = Field(description="(item_id, type, ts) oldest "
                                                  "first, the trigger last.")
+    # the risk model's verdict on the same event (absent in records of older workers)
+    risk_score: float | None = None
+    risk_model_version: str | None = None
+    risk_threshold: float | None = None
 
 
 class ShownItem(Record):
@@ -185,6 +209,7 @@ class Feedback(Record):
     explored: bool
     shadow_policy: str | None = None
     shadow_inclusion: list[float] | None = None
+    base_scores: list[float] | None = None
     decision_ts: int = Field(description="Event time of the decision's trigger (epoch ms).")
     outcome_ts: int = Field(description="Event time of the rewarding engagement, or the "
                             "window's end when there was none.")
@@ -201,13 +226,43 @@ class ModelUpdate(Record):
 
 
 class RiskLabel(Record):
-    """A ground-truth label for a user or event (`risk-labels`)."""
+    """A ground-truth label for one event of a user, or for the user (`risk-labels`, key:
+    user_id). `user_id` is required even with an `event_id`: labels are joined per user, on
+    the partition that holds the user's scored events."""
 
-    user_id: str | None = None
-    event_id: str | None = None
+    user_id: Id
+    event_id: Id | None = Field(None, description="The labelled event; absent: the label "
+                                "applies to the user's events in the window before `ts`.")
     label: Literal["fraud", "legit"]
-    source: str
-    ts: EpochMs
+    source: Annotated[str, Field(min_length=1, max_length=128)]
+    ts: EpochMs = Field(description="When the label holds, on the events' clock: epoch ms "
+                        "or ISO-8601 with timezone.")
+
+
+class RiskFeedback(Record):
+    """One scored event with its ground-truth label, for training the risk model
+    (`risk-feedback`, key: user_key). No raw user id: the user is `user_key`, a keyed HMAC
+    of the user id (as in Feedback)."""
+
+    feedback_id: str = Field(description="Stable id of (event, label scope, label, source, "
+                             "label ts): drop repeats (delivery is at least once).")
+    user_key: str
+    key_id: str
+    event_id: str
+    event_ts: int = Field(description="Event time of the scored event (epoch ms).")
+    features: dict[str, float] = Field(description="As the risk model saw them.")
+    sequence: list[tuple[str, str, int]]
+    score: float = Field(ge=0, le=1)
+    model_version: str = Field(description="The risk model's version.")
+    threshold: float
+    alerted: bool = Field(description="score >= threshold: a risk alert was published.")
+    label: Literal["fraud", "legit"]
+    label_scope: Literal["event", "user"] = Field(
+        description="event: the label named this event; user: it named the user, and every "
+        "scored event of the user in the window before `label_ts` carries it.")
+    label_source: str
+    label_ts: int
+    emitted_at: int = Field(description="Epoch ms when the join emitted this record.")
 
 
 WIRE_RECORDS: dict[str, type[Record]] = {
@@ -219,6 +274,7 @@ WIRE_RECORDS: dict[str, type[Record]] = {
     "feedback": Feedback,
     "model_update": ModelUpdate,
     "risk_label": RiskLabel,
+    "risk_feedback": RiskFeedback,
 }
 
 
@@ -254,6 +310,29 @@ def decode_event(raw: bytes | None, key: bytes | None, max_bytes: int) -> Event:
         raise PoisonMessage(
             "key_mismatch", f"record key {shown!r} differs from user_id {event.user_id[:64]!r}")
     return event
+
+
+def decode_risk_label(raw: bytes | None, key: bytes | None, max_bytes: int) -> RiskLabel:
+    """Bytes from `risk-labels` to a valid RiskLabel, or PoisonMessage saying why not. The
+    record key must be the user id: the join finds the user's scored events on the partition
+    the key selects (a label keyed otherwise would land where they are not)."""
+    if not raw:
+        raise PoisonMessage("empty", "record has no value (tombstone)" if raw is None
+                            else "record value is empty (0 bytes)")
+    if len(raw) > max_bytes:
+        raise PoisonMessage("oversized", f"record is {len(raw)} bytes, limit is {max_bytes}")
+    try:
+        label = RiskLabel.model_validate_json(raw)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise PoisonMessage("not_json", f"value is not JSON: {exc.errors()[0]['msg']}"
+                                ) from None
+        raise PoisonMessage("schema", _first_error(exc)) from None
+    if key != label.user_id.encode():
+        shown = "no key" if key is None else repr(key[:64].decode("utf-8", "replace"))
+        raise PoisonMessage("key_mismatch", f"label record key ({shown}) must be its user_id "
+                            f"{label.user_id[:64]!r}")
+    return label
 
 
 def export_json_schemas(out_dir: Path) -> list[Path]:

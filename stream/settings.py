@@ -112,6 +112,31 @@ class Settings(BaseSettings):
     feedback_max_pending: int = Field(200, ge=1, le=100_000, description="Pending "
                                       "recommendations kept per user; beyond it the oldest "
                                       "closes early with the reward it has.")
+    label_window_s: int = Field(7 * 86400, ge=1, description="Risk-label join: scored events "
+                                "are kept this long (event time) for labels to find, and a "
+                                "label naming only the user covers their events this far "
+                                "back from its ts.")
+    label_max_snapshots: int = Field(100, ge=1, le=10_000, description="Risk-label join: "
+                                     "scored events kept per user; beyond it the oldest "
+                                     "without an alert go first.")
+
+    # --- continuous trainer (lamstream trainer) ---------------------------------
+    trainer_gate_every: int = Field(1000, ge=1, description="Trainer: feedback records "
+                                    "between two gate checks (publish if the candidate wins).")
+    trainer_window: int = Field(2000, ge=10, description="Trainer: held-out recent feedback "
+                                "records (scored before trained on) the gate compares on.")
+    trainer_min_window: int = Field(400, ge=1, description="Trainer: no gate decision on "
+                                    "fewer held-out records.")
+    trainer_margin: float = Field(0.02, ge=0.0, description="Trainer: the candidate's value "
+                                  "must exceed the serving model's by this fraction.")
+    trainer_confidence: float = Field(0.9, ge=0.0, le=1.0, description="Trainer: paired "
+                                      "bootstrap P(candidate better) needed to publish.")
+    trainer_replay: int = Field(20_000, ge=0, description="Trainer: replay buffer size "
+                                "(feedback records, newest kept).")
+    trainer_lr: float = Field(0.05, gt=0.0, description="Trainer: Adagrad learning rate.")
+    trainer_checkpoint_s: float = Field(10.0, gt=0.0, description="Trainer: seconds between "
+                                        "checkpoints (state dir DATA_DIR/trainer), offsets "
+                                        "committed after each.")
 
     # --- privacy -------------------------------------------------------------
     pseudonym_key: SecretStr | None = Field(

@@ -13,6 +13,7 @@ from stream.schemas import (
     Recommendation,
     Record,
     RiskAlert,
+    RiskFeedback,
     RiskLabel,
 )
 from stream.settings import Settings
@@ -39,10 +40,11 @@ class Topics:
     model_updates: TopicSpec
     risk_labels: TopicSpec
     decisions: TopicSpec
+    risk_feedback: TopicSpec
 
     def all(self) -> list[TopicSpec]:
         return [self.events, self.dlq, self.recommendations, self.risk_alerts, self.feedback,
-                self.model_updates, self.risk_labels, self.decisions]
+                self.model_updates, self.risk_labels, self.decisions, self.risk_feedback]
 
     def by_name(self, name: str) -> TopicSpec:
         for spec in self.all():
@@ -67,10 +69,13 @@ def topics_for(settings: Settings) -> Topics:
         model_updates=TopicSpec(f"{p}model-updates", ModelUpdate, 1,
                                 doc="model versions published / rolled back"),
         risk_labels=TopicSpec(f"{p}risk-labels", RiskLabel, n,
-                              doc="ground-truth fraud/legit labels"),
+                              doc="ground-truth fraud/legit labels (key: user_id)"),
         decisions=TopicSpec(f"{p}decisions", Decision, n,
                             doc="decision log: shown items, pool, propensities, point-in-time "
                             "features (internal, key: user_id)"),
+        risk_feedback=TopicSpec(f"{p}risk-feedback", RiskFeedback, n,
+                                doc="scored events joined with their risk labels, for "
+                                "training (key: user pseudonym)"),
     )
 
 

@@ -35,6 +35,7 @@ from kafka import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from stream.agents.ingest import TableAccess
+from stream.agents.risk_labels import RiskLabelJoin, attach_risk_labels
 from stream.client import _consumer
 from stream.errors import InfraError, LamstreamError
 from stream.privacy import Pseudonymizer
@@ -95,6 +96,7 @@ def feedback_record(o: Outcome, user_key: str, key_id: str, now_ms: int) -> dict
         "model": d["model"], "model_version": d["model_version"], "policy": d["policy"],
         "explored": bool(d.get("explored", False)),
         "shadow_policy": d.get("shadow_policy"), "shadow_inclusion": d.get("shadow_inclusion"),
+        "base_scores": d.get("base_scores"),
         "decision_ts": d["event_ts"], "outcome_ts": o.outcome_ts, "emitted_at": now_ms,
     }
 
@@ -344,10 +346,12 @@ def _write(access: TableAccess, p: int, items: list[tuple[bytes, bytes | None]])
 class FeedbackWorker:
     app: faust.App
     join: FeedbackJoin
+    risk: RiskLabelJoin
 
 
 def create_feedback_app(settings: Settings) -> FeedbackWorker:
-    """The feedback join as its own Faust app (consumer group `<app_id>-feedback`)."""
+    """The feedback join as its own Faust app (consumer group `<app_id>-feedback`), with the
+    risk-label join (stream.agents.risk_labels) beside it."""
     from stream.app import new_faust_app
     from stream.recovery import install_exact_highwaters
 
@@ -374,7 +378,8 @@ def create_feedback_app(settings: Settings) -> FeedbackWorker:
     async def _revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         join.forget({tp.partition for tp in revoked if tp.topic == topics.decisions.name})
 
-    return FeedbackWorker(app=app, join=join)
+    risk = attach_risk_labels(app, settings, topics, join.pseudo)
+    return FeedbackWorker(app=app, join=join, risk=risk)
 
 
 def run_feedback(settings: Settings) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import logging
@@ -29,7 +28,7 @@ from stream.fastpath import BatchSink, register_sink
 from stream.features import FeatureConfig, UserState
 from stream.metrics import Metrics
 from stream.publish import BatchPublisher
-from stream.schemas import Event, decode_event
+from stream.schemas import Event, decode_event, dlq_record
 from stream.settings import Settings
 from stream.topics import Topics
 
@@ -337,7 +336,9 @@ class IngestAgent(Service):
         # 3. one model call for the whole batch, off the event loop
         predictions: list[Prediction] = []
         if pending:
-            self.holder.swap_if_offered()
+            if self.holder.swap_if_offered():
+                cur = self.holder.current
+                self.metrics.set_model(cur.name, cur.version)
             t0 = time.perf_counter()
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(
@@ -380,10 +381,12 @@ class IngestAgent(Service):
                     "model": pred.model, "model_version": pred.model_version,
                     "ts": int(time.time() * 1000), "event_ts": ev.ts,
                     "latency_ms": round(lat, 3),
+                    "explored": pred.trace is not None and pred.trace.explored,
                 }
                 await out.add(rec_topic, key, dumps(rec))
                 if decisions_topic is not None:  # issue #5: the feedback join's input
-                    await out.add(decisions_topic, key, decision_record(rec, p.ctx, pred))
+                    await out.add(decisions_topic, key, decision_record(rec, p.ctx, pred,
+                                                                          threshold))
                 stats.recommendations += 1
                 stats.latencies_ms.append(lat)
                 if stats.recommendations % 50 == 1:
@@ -399,6 +402,10 @@ class IngestAgent(Service):
                     "model_version": pred.risk_model_version,
                     "ts": int(time.time() * 1000), "event_ts": ev.ts,
                     "latency_ms": round(lat, 3),
+                    # the snapshot the risk model scored: events that trigger no
+                    # recommendation have no decision record, and the risk-label join needs
+                    # one for every alerted event (alerts are rare: this costs little)
+                    "features": p.ctx.features, "sequence": list(map(tuple, p.ctx.sequence)),
                 }
                 await out.add(alert_topic, key, dumps(alert))
                 stats.alerts += 1
@@ -435,13 +442,7 @@ class IngestAgent(Service):
         return out
 
     def _dlq_record(self, m: Message, bad: PoisonMessage, now_ms: int) -> bytes:
-        return orjson.dumps({
-            "error": bad.message, "error_kind": bad.kind,
-            "raw": base64.b64encode(m.value or b"").decode(),
-            "key": base64.b64encode(m.key).decode() if m.key is not None else None,
-            "topic": m.topic, "partition": m.partition, "offset": m.offset,
-            "received_at": now_ms,
-        })
+        return dlq_record(bad, m.value, m.key, m.topic, m.partition, m.offset, now_ms)
 
     def _remember(self, kind: str, record: dict[str, Any]) -> None:
         entry = {"kind": kind, **record}
