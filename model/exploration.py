@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.policy import KeyedRandom, Policy
 from model.predictor import Predictor
-from model.types import PolicyTrace, Prediction, PredictionContext, ScoredItem
+from model.types import PolicyTrace, Prediction, PredictionContext, RerankInput, ScoredItem
+
+if TYPE_CHECKING:  # torch is imported only where a reranker is actually served
+    from model.reranker import Reranker
 
 
 class ExplorationPredictor:
@@ -17,6 +20,10 @@ class ExplorationPredictor:
 
     The shadow policy is computed on the same pool and logged, never shown. Randomness is
     keyed by (seed, event id): the same event always gets the same slate.
+
+    With a `reranker` (trained from feedback by `lamstream trainer`), the pool is reordered
+    by the reranker's expected-reward scores before the policy chooses, the base scores are
+    logged next to them, and the predictions name both versions ("v3+rerank-v2").
     """
 
     def __init__(self, inner: Predictor, policy: Policy, *, pool: int = 30, seed: int = 0,
@@ -28,8 +35,35 @@ class ExplorationPredictor:
         self.shadow = shadow
         self.pool = pool
         self.seed = seed
-        self.name = inner.name
-        self.version = inner.version
+        self.reranker: Reranker | None = None
+
+    @property
+    def name(self) -> str:
+        return self.inner.name if self.reranker is None else f"{self.inner.name}+rerank"
+
+    @property
+    def version(self) -> str:
+        r = self.reranker
+        return self.inner.version if r is None else f"{self.inner.version}+rerank-{r.version}"
+
+    def _rerank(self, contexts: Sequence[PredictionContext], preds: Sequence[Prediction],
+                reranker: Reranker) -> dict[int, tuple[float, ...]]:
+        """Reorder each pool in place by the reranker; returns the base scores per row."""
+        rows = [i for i, (c, p) in enumerate(zip(contexts, preds, strict=True))
+                if c.recommend and p.items]
+        scores = reranker.score([RerankInput(contexts[i].sequence,
+                                             [c[0] for c in preds[i].items],
+                                             [c[1] for c in preds[i].items]) for i in rows])
+        name, version = self.name, self.version
+        base: dict[int, tuple[float, ...]] = {}
+        for i, new in zip(rows, scores, strict=True):
+            pool = preds[i].items
+            order = sorted(range(len(pool)), key=lambda j: (-new[j], j))
+            preds[i].items = tuple(ScoredItem(pool[j][0], new[j], 1.0) for j in order)
+            base[i] = tuple(pool[j][1] for j in order)
+        for p in preds:
+            p.model, p.model_version = name, version
+        return base
 
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
         # this runs for every event: widen k in place for the inner call (and put it back)
@@ -44,8 +78,10 @@ class ExplorationPredictor:
         finally:
             for c, k in zip(contexts, asked, strict=True):
                 c.k = k
+        reranker = self.reranker  # read once: a swap never lands within a batch
+        base = self._rerank(contexts, preds, reranker) if reranker is not None else {}
         new = tuple.__new__
-        for ctx, pred in zip(contexts, preds, strict=True):
+        for row, (ctx, pred) in enumerate(zip(contexts, preds, strict=True)):
             if not ctx.recommend or not pred.items:
                 continue
             pool = pred.items
@@ -55,7 +91,8 @@ class ExplorationPredictor:
             trace = PolicyTrace(
                 policy=label, explored=choice.explored,
                 candidates=tuple([new(ScoredItem, (c[0], c[1], p))
-                                  for c, p in zip(pool, choice.inclusion, strict=True)]))
+                                  for c, p in zip(pool, choice.inclusion, strict=True)]),
+                base_scores=base.get(row, ()))
             if self.shadow is not None:
                 alt = self.shadow.choose(pool, k, KeyedRandom(self.seed + 1, ctx.event_id))
                 trace.shadow_policy = self.shadow.label()

@@ -17,8 +17,11 @@ class Predictor(Protocol):
     Both are called from one thread at a time.
     """
 
-    name: str
-    version: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]: ...
 

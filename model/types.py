@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -87,6 +88,9 @@ class PolicyTrace:
     shadow_policy: str | None = None
     shadow_items: tuple[str, ...] = ()
     shadow_inclusion: tuple[float, ...] = ()
+    # the base recommender's score of each candidate when a reranker reordered the pool
+    # (`candidates` then carry the reranker's scores): what the trainer learns from
+    base_scores: tuple[float, ...] = ()
 
 
 @dataclass(slots=True)
@@ -97,3 +101,16 @@ class Prediction:
     model_version: str
     risk_model_version: str
     trace: PolicyTrace | None = None  # set by an exploring predictor
+
+
+RERANKER = "reranker"  # the feedback-trained reranker: registry name, model-updates name
+
+
+@dataclass(frozen=True, slots=True)
+class RerankInput:
+    """One decision as the reranker sees it: the user's recent items (oldest first, the
+    trigger last, as logged in a decision) and the base recommender's ranked pool."""
+
+    sequence: Sequence[Sequence[object]]  # (item_id, event_type, ts) each
+    candidates: Sequence[str]
+    base_scores: Sequence[float]

@@ -137,7 +137,9 @@ def worker(
 def feedback() -> None:
     """Run the delayed-reward join: decisions + later events -> one `feedback` record per
     recommendation (attribution window LAMSTREAM_FEEDBACK_WINDOW_S, default 1800 s of event
-    time; rewards LAMSTREAM_FEEDBACK_REWARDS, default click=1,add_to_cart=2,purchase=5).
+    time; rewards LAMSTREAM_FEEDBACK_REWARDS, default click=1,add_to_cart=2,purchase=5),
+    and the risk-label join: decisions + risk-alerts + risk-labels -> one `risk-feedback`
+    record per labelled scored event (LAMSTREAM_LABEL_WINDOW_S, default 7 days).
     Needs LAMSTREAM_PSEUDONYM_KEY; with LAMSTREAM_BOOTSTRAP_SERVERS unset it starts an
     embedded broker, which only makes sense for a try-out."""
     from stream.agents.feedback import run_feedback
@@ -224,7 +226,8 @@ def produce(
 @app.command()
 def tail(
     topic: Annotated[str, typer.Argument(help="events|events.dlq|recommendations|risk-alerts|"
-                                         "feedback|model-updates (prefix added) or a name")],
+                                         "feedback|risk-feedback|model-updates (prefix "
+                                         "added) or a name")],
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record.")] = False,
     max_records: Annotated[int, typer.Option(help="Stop after N records (0 = never).")] = 0,
     timeout: Annotated[float, typer.Option(help="Stop after S idle seconds (0 = never).")] = 0,
@@ -364,6 +367,16 @@ def bench_scale(
         typer.echo(result["explanation"])
     if not all(r["counts_match"] for r in result["runs"]):
         raise _fail("per-user counts differ between configurations or from the offline counts")
+
+
+def _register_learning_commands() -> None:
+    from stream.cli_learn import simulate, trainer
+
+    app.command()(trainer)
+    app.command()(simulate)
+
+
+_register_learning_commands()
 
 
 def _register_model_commands() -> None:

@@ -261,9 +261,10 @@ def model_list(data_dir: DataDirOpt = None) -> None:
 
 
 @model_app.command("rollback")
-def model_rollback(name: Annotated[str, typer.Argument(help="recommender or risk")],
-                   data_dir: DataDirOpt = None, announce: AnnounceOpt = False) -> None:
-    """Point `latest` of a model back one version."""
+def model_rollback(name: Annotated[str, typer.Argument(help="recommender, risk or reranker")],
+                   data_dir: DataDirOpt = None, announce: AnnounceOpt = True) -> None:
+    """Point `latest` of a model back one version and announce it on model-updates, so
+    running workers serve it from their next batch (--no-announce: registry only)."""
     from model.registry import ModelRegistry
 
     with _errors():
@@ -275,7 +276,7 @@ def model_rollback(name: Annotated[str, typer.Argument(help="recommender or risk
 
 @model_app.command("announce")
 def model_announce(
-    name: Annotated[str, typer.Argument(help="recommender or risk")],
+    name: Annotated[str, typer.Argument(help="recommender, risk or reranker")],
     version: Annotated[str | None, typer.Option(help="Version to serve (default: latest).")]
     = None,
     data_dir: DataDirOpt = None,

@@ -52,7 +52,9 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes] | None, timeout: float
 
 
 def start_worker(settings: Settings, data_dir: Path, log: Path,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                 extra_env: dict[str, str] | None = None, command: str = "worker"
+                 ) -> subprocess.Popen[bytes]:
+    """`lamstream <command>` (worker, feedback, trainer) in a new session, logging to `log`."""
     env = dict(os.environ)
     env.update({
         "LAMSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
@@ -65,7 +67,7 @@ def start_worker(settings: Settings, data_dir: Path, log: Path,
     })
     env.update(extra_env or {})
     out = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", command], env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.exploration import ExplorationPredictor
 from model.policy import Policy, make_policy
 from model.predictor import Predictor
+from model.types import RERANKER
+
+if TYPE_CHECKING:
+    from model.reranker import Reranker
 from stream.agents.ingest import PredictorHolder
 from stream.settings import Settings
 
@@ -37,16 +41,57 @@ def exploration_wrapper(settings: Settings) -> Wrap:
 
 
 class ExploringHolder(PredictorHolder):
-    """The ingest agent's predictor holder, wrapping every offered model in the policy."""
+    """The ingest agent's predictor holder, wrapping every offered model in the policy.
 
-    def __init__(self, predictor: Predictor, wrap: Wrap) -> None:
+    It also holds the feedback-trained reranker, which outlives recommender swaps: a new
+    reranker (or none, after a rollback past the first) is offered like a model and takes
+    effect between batches."""
+
+    _UNSET: tuple[Reranker | None] | None = None
+
+    def __init__(self, predictor: Predictor, wrap: Wrap,
+                 reranker: Reranker | None = None) -> None:
         super().__init__(wrap(predictor))
         self.wrap = wrap
+        self.reranker = reranker
+        self._next_reranker = self._UNSET
+        self._attach()
 
     def offer(self, predictor: Predictor) -> None:
         super().offer(self.wrap(predictor))
 
+    def offer_reranker(self, reranker: Reranker | None) -> None:
+        self._next_reranker = (reranker,)
+
+    def swap_if_offered(self) -> bool:
+        swapped = super().swap_if_offered()
+        if self._next_reranker is not None:
+            (self.reranker,), self._next_reranker = self._next_reranker, None
+            swapped = True
+        if swapped:
+            self._attach()
+        return swapped
+
+    def _attach(self) -> None:
+        if isinstance(self.current, ExplorationPredictor):
+            self.current.reranker = self.reranker
+
+
+def load_reranker(settings: Settings, version: str | None = None) -> Reranker | None:
+    """The registry's reranker `version` (default: latest), or None when none is published."""
+    from model.registry import ModelRegistry
+
+    reg = ModelRegistry(settings.data_dir)
+    version = version or reg.latest(RERANKER)
+    if version is None:
+        return None
+    from model.reranker import Reranker
+
+    return Reranker.load(reg.path(RERANKER, version), version)
+
 
 def install_exploration(ingest: Any, settings: Settings) -> None:
-    """Give the ingest agent a holder whose models explore (see model.policy)."""
-    ingest.holder = ExploringHolder(ingest.holder.current, exploration_wrapper(settings))
+    """Give the ingest agent a holder whose models explore (see model.policy), with the
+    latest published reranker if there is one."""
+    ingest.holder = ExploringHolder(ingest.holder.current, exploration_wrapper(settings),
+                                    load_reranker(settings))

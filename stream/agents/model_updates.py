@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from model.types import RERANKER
 from stream.schemas import ModelUpdate
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("recommender", "risk")
+MODEL_NAMES = ("recommender", "risk", RERANKER)
 Loader = Callable[[ModelUpdate], "Predictor | None"]
 
 
@@ -55,6 +56,27 @@ def registry_loader(settings: Settings) -> Loader:
             return None
         return predictor
     return load
+
+
+async def apply_reranker(update: ModelUpdate, holder: PredictorHolder, settings: Settings
+                         ) -> bool:
+    """Load the announced reranker off the event loop and offer it (between batches)."""
+    from stream.exploration import ExploringHolder, load_reranker
+
+    if not isinstance(holder, ExploringHolder):
+        log.warning("model-updates: reranker %s ignored: this worker does not explore",
+                    update.version)
+        return False
+    loop = asyncio.get_running_loop()
+    try:
+        reranker = await loop.run_in_executor(None, load_reranker, settings, update.version)
+    except Exception as exc:  # noqa: BLE001 - logged, the current reranker keeps serving
+        log.error("model-updates: cannot load reranker %s: %s", update.version, exc)
+        return False
+    holder.offer_reranker(reranker)
+    log.info("model-updates: reranker %s (%s) serves from the next batch", update.version,
+             update.action)
+    return True
 
 
 async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader
@@ -95,6 +117,10 @@ def attach_model_updates(worker: Worker) -> None:
     @app.agent(topic, name=f"{settings.topic_prefix}model-updates")
     async def model_updates(stream: Any) -> None:
         async for raw in stream:
+            update = decode_update(raw)
+            if update is not None and update.name == RERANKER:
+                await apply_reranker(update, worker.ingest.holder, settings)
+                continue
             predictor = await apply_update(raw, worker.ingest.holder, load)
             if predictor is not None:
                 worker.metrics.set_model(predictor.name, predictor.version)

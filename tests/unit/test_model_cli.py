@@ -38,9 +38,11 @@ def test_evaluate_prints_stored_evaluation_and_registry_commands(tmp_path: Path)
     assert out["source"] == "registry recommender v2"
     r = runner.invoke(model_app, ["list", "--data-dir", str(tmp_path)])
     assert "recommender: v1 v2*" in r.output
-    r = runner.invoke(model_app, ["rollback", "recommender", "--data-dir", str(tmp_path)])
+    r = runner.invoke(model_app, ["rollback", "recommender", "--no-announce", "--data-dir",
+                                      str(tmp_path)])
     assert r.exit_code == 0 and reg.latest("recommender") == "v1"
-    r = runner.invoke(model_app, ["rollback", "recommender", "--data-dir", str(tmp_path)])
+    r = runner.invoke(model_app, ["rollback", "recommender", "--no-announce", "--data-dir",
+                                      str(tmp_path)])
     assert r.exit_code == 2 and "oldest" in r.output
 
 

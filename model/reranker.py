@@ -1,0 +1,162 @@
+"""The feedback-trained reranker: reorders a recommender's candidate pool by expected reward."""
+
+from __future__ import annotations
+
+import copy
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from model.nets.reranker import RerankConfig, RerankNet
+from model.types import EVENT_TYPE_INDEX, RERANKER, RerankInput
+
+__all__ = ["RERANKER", "RerankInput", "Reranker", "featurize"]
+
+_SEP = b"\x1f"
+
+
+@dataclass(slots=True)
+class RerankBatch:
+    dense: torch.Tensor
+    items: torch.Tensor
+    pairs: torch.Tensor
+    pair_w: torch.Tensor
+    hist: torch.Tensor
+    hist_rows: torch.Tensor
+    offsets: list[int]  # row offset of each input; offsets[-1] == number of rows
+
+    def to(self, device: torch.device) -> RerankBatch:
+        return RerankBatch(self.dense.to(device), self.items.to(device),
+                           self.pairs.to(device), self.pair_w.to(device),
+                           self.hist.to(device), self.hist_rows.to(device), self.offsets)
+
+
+_ONEHOT = torch.eye(4)
+
+
+def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
+              rows: Sequence[Sequence[int]] | None = None) -> RerankBatch:
+    """Hash every (decision, candidate) pair into the net's inputs (CPU tensors).
+
+    rows: per input, the candidate indices to keep (training needs only the shown ones);
+    ranks and score normalisation still see the whole pool.
+    """
+    item_h: list[int] = []
+    score_n: list[float] = []
+    inv_rank: list[float] = []
+    row_ctx: list[int] = []
+    trig: list[int] = []
+    prefixes: list[list[int]] = []
+    hist: list[list[int]] = []
+    offsets = [0]
+    cache: dict[str, int] = {}
+    n_recent = max(cfg.history, cfg.pair_history)
+    ib = cfg.item_buckets - 1
+    for c, inp in enumerate(inputs):
+        recent: list[bytes] = []  # distinct recent items, most recent first
+        for entry in reversed(inp.sequence):
+            b = str(entry[0]).encode()
+            if b not in recent:
+                recent.append(b)
+                if len(recent) >= n_recent:
+                    break
+        trig.append(EVENT_TYPE_INDEX.get(str(inp.sequence[-1][1]), 0) if inp.sequence else 0)
+        h_row = [1 + zlib.crc32(b) % ib for b in recent[: cfg.history]]
+        hist.append(h_row + [0] * (cfg.history - len(h_row)))
+        pre = [zlib.crc32(b + _SEP) for b in recent[: cfg.pair_history]]
+        prefixes.append(pre + [-1] * (cfg.pair_history - len(pre)))
+        scores = inp.base_scores
+        top = max((abs(s) for s in scores), default=0.0) or 1.0
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        rank = [0] * len(scores)
+        for r, i in enumerate(order):
+            rank[i] = r
+        keep = range(len(inp.candidates)) if rows is None else rows[c]
+        for j in keep:
+            cand = inp.candidates[j]
+            h = cache.get(cand)
+            if h is None:
+                h = cache[cand] = zlib.crc32(str(cand).encode())
+            item_h.append(h)
+            score_n.append(scores[j] / top)
+            inv_rank.append(1.0 / (1 + rank[j]))
+        row_ctx.extend([c] * len(keep))
+        offsets.append(len(item_h))
+    n_rows = len(item_h)
+    hc = torch.tensor(item_h, dtype=torch.long)
+    ctx = torch.tensor(row_ctx, dtype=torch.long)
+    hp = torch.tensor(prefixes, dtype=torch.long).reshape(len(inputs), cfg.pair_history)[ctx]
+    pairs = (hp * 1_000_003 + hc[:, None]) % (cfg.pair_buckets - 1) + 1
+    pad = hp < 0
+    pairs = pairs.masked_fill(pad, 0)
+    weights = 1.0 / torch.arange(1, cfg.pair_history + 1, dtype=torch.float32)
+    pair_w = weights.expand(n_rows, -1).masked_fill(pad, 0.0)
+    onehot = _ONEHOT[torch.tensor(trig, dtype=torch.long)][ctx]
+    dense = torch.cat([torch.tensor(score_n, dtype=torch.float32)[:, None],
+                       torch.tensor(inv_rank, dtype=torch.float32)[:, None], onehot], 1)
+    return RerankBatch(dense=dense, items=hc % ib + 1, pairs=pairs, pair_w=pair_w,
+                       hist=torch.tensor(hist, dtype=torch.long).reshape(len(inputs),
+                                                                         cfg.history),
+                       hist_rows=ctx, offsets=offsets)
+
+
+class Reranker:
+    """A RerankNet with its version: scores pools, saves to and loads from a registry dir."""
+
+    method = "rerank"
+
+    def __init__(self, net: RerankNet, version: str = "unpublished",
+                 device: torch.device | None = None) -> None:
+        self.net = net
+        self.version = version
+        self.device = device or torch.device("cpu")
+        self.net.to(self.device)
+
+    @classmethod
+    def fresh(cls, config: RerankConfig | None = None, seed: int = 0) -> Reranker:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(RerankNet(config or RerankConfig()))
+
+    @property
+    def config(self) -> RerankConfig:
+        return self.net.config
+
+    def logits(self, batch: RerankBatch) -> torch.Tensor:
+        b = batch.to(self.device)
+        out: torch.Tensor = self.net(b.dense, b.items, b.pairs, b.pair_w, b.hist, b.hist_rows)
+        return out
+
+    def score(self, inputs: Sequence[RerankInput]) -> list[list[float]]:
+        """Expected-reward logits of every candidate, per input (same order)."""
+        if not inputs:
+            return []
+        batch = featurize(inputs, self.config)
+        was_training = self.net.training
+        self.net.eval()
+        with torch.inference_mode():
+            flat = self.logits(batch).float().cpu().tolist()
+        self.net.train(was_training)
+        o = batch.offsets
+        return [flat[o[i]:o[i + 1]] for i in range(len(inputs))]
+
+    def copy(self, version: str | None = None) -> Reranker:
+        return Reranker(copy.deepcopy(self.net), version or self.version, self.device)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), directory / "reranker.pt")
+        (directory / "config.json").write_text(json.dumps(self.config.to_dict()), "utf-8")
+
+    @classmethod
+    def load(cls, directory: Path, version: str = "unpublished",
+             device: torch.device | None = None) -> Reranker:
+        cfg = RerankConfig(**json.loads((directory / "config.json").read_text("utf-8")))
+        net = RerankNet(cfg)
+        net.load_state_dict(torch.load(directory / "reranker.pt", map_location="cpu",
+                                       weights_only=True))
+        return cls(net, version, device)
