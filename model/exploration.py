@@ -53,7 +53,8 @@ class ExplorationPredictor:
                 if c.recommend and p.items]
         scores = reranker.score([RerankInput(contexts[i].sequence,
                                              [c[0] for c in preds[i].items],
-                                             [c[1] for c in preds[i].items]) for i in rows])
+                                             [c[1] for c in preds[i].items],
+                                             contexts[i].category) for i in rows])
         name, version = self.name, self.version
         base: dict[int, tuple[float, ...]] = {}
         for i, new in zip(rows, scores, strict=True):

@@ -17,6 +17,7 @@ from model.types import EVENT_TYPE_INDEX, RERANKER, RerankInput
 __all__ = ["RERANKER", "RerankInput", "Reranker", "featurize"]
 
 _SEP = b"\x1f"
+_CAT = b"\x1ecat:"
 
 
 @dataclass(slots=True)
@@ -68,7 +69,11 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
         h_row = [1 + zlib.crc32(b) % ib for b in recent[: cfg.history]]
         hist.append(h_row + [0] * (cfg.history - len(h_row)))
         pre = [zlib.crc32(b + _SEP) for b in recent[: cfg.pair_history]]
-        prefixes.append(pre + [-1] * (cfg.pair_history - len(pre)))
+        pre += [-1] * (cfg.pair_history - len(pre))
+        # the trigger's category -> candidate: what users browsing a category take
+        pre.append(zlib.crc32(_CAT + str(inp.category).encode() + _SEP)
+                   if inp.category is not None else -1)
+        prefixes.append(pre)
         scores = inp.base_scores
         top = max((abs(s) for s in scores), default=0.0) or 1.0
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
@@ -89,11 +94,13 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
     n_rows = len(item_h)
     hc = torch.tensor(item_h, dtype=torch.long)
     ctx = torch.tensor(row_ctx, dtype=torch.long)
-    hp = torch.tensor(prefixes, dtype=torch.long).reshape(len(inputs), cfg.pair_history)[ctx]
+    width = cfg.pair_history + 1
+    hp = torch.tensor(prefixes, dtype=torch.long).reshape(len(inputs), width)[ctx]
     pairs = (hp * 1_000_003 + hc[:, None]) % (cfg.pair_buckets - 1) + 1
     pad = hp < 0
     pairs = pairs.masked_fill(pad, 0)
-    weights = 1.0 / torch.arange(1, cfg.pair_history + 1, dtype=torch.float32)
+    weights = torch.cat([1.0 / torch.arange(1, cfg.pair_history + 1, dtype=torch.float32),
+                         torch.ones(1)])
     pair_w = weights.expand(n_rows, -1).masked_fill(pad, 0.0)
     onehot = _ONEHOT[torch.tensor(trig, dtype=torch.long)][ctx]
     dense = torch.cat([torch.tensor(score_n, dtype=torch.float32)[:, None],
@@ -126,9 +133,12 @@ class Reranker:
     def config(self) -> RerankConfig:
         return self.net.config
 
-    def logits(self, batch: RerankBatch) -> torch.Tensor:
+    def logits(self, batch: RerankBatch, positions: torch.Tensor | None = None
+               ) -> torch.Tensor:
         b = batch.to(self.device)
-        out: torch.Tensor = self.net(b.dense, b.items, b.pairs, b.pair_w, b.hist, b.hist_rows)
+        pos = positions.to(self.device) if positions is not None else None
+        out: torch.Tensor = self.net(b.dense, b.items, b.pairs, b.pair_w, b.hist,
+                                     b.hist_rows, pos)
         return out
 
     def score(self, inputs: Sequence[RerankInput]) -> list[list[float]]:

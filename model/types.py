@@ -114,3 +114,4 @@ class RerankInput:
     sequence: Sequence[Sequence[object]]  # (item_id, event_type, ts) each
     candidates: Sequence[str]
     base_scores: Sequence[float]
+    category: str | None = None  # the trigger's category, if the event had one

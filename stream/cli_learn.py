@@ -53,8 +53,8 @@ def simulate(
                                         "otto, jsonl, csv).")] = "auto",
     users: Annotated[int, typer.Option(min=1, help="Concurrent synthetic users.")] = 300,
     rounds: Annotated[int, typer.Option(min=2, help="Rounds (one event per user each).")]
-    = 80,
-    windows: Annotated[int, typer.Option(min=2, help="Windows of the learning curve.")] = 8,
+    = 100,
+    windows: Annotated[int, typer.Option(min=2, help="Windows of the learning curve.")] = 10,
     arms: Annotated[str, typer.Option(help="Comma-separated: learning, frozen, random.")]
     = "learning,frozen,random",
     seed: Annotated[int, typer.Option(help="Seed of users, answers and policies.")] = 0,

@@ -274,6 +274,41 @@ def model_rollback(name: Annotated[str, typer.Argument(help="recommender, risk o
         _announce(name, v, "rollback")
 
 
+@model_app.command("gate")
+def model_gate(
+    name: Annotated[str, typer.Argument(help="reranker (the model the trainer gates)")],
+    candidate: Annotated[Path, typer.Option(help="Candidate artifact dir (reranker.pt + "
+                                            "config.json): a registry version, the trainer's "
+                                            "DATA_DIR/trainer/candidate, ...")],
+    feedback: Annotated[str, typer.Option(help="Feedback JSONL file, or a topic name "
+                                          "(e.g. feedback) read from the beginning.")],
+    data_dir: DataDirOpt = None, announce: AnnounceOpt = True, json_out: JsonOpt = False,
+) -> None:
+    """Compare a candidate with the serving version on logged feedback, exactly as the
+    trainer's gate does (LAMSTREAM_TRAINER_MARGIN, _CONFIDENCE), and publish + announce it
+    only if it wins. Exit code 1 when the gate refuses it."""
+    from stream.feedback_source import load_feedback
+    from stream.settings import load_settings
+    from stream.trainer import gate_candidate
+
+    with _errors():
+        if name != "reranker":
+            raise ValueError("only the reranker is gated (the trainer's model)")
+        settings = load_settings()
+        settings = settings.model_copy(update={"data_dir": _data_dir(data_dir)})
+        result = gate_candidate(settings, candidate, load_feedback(feedback))
+    gate = result["gate"]
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        verdict = "published as " + result["published"] if "published" in result else "refused"
+        typer.echo(f"{verdict}: {gate['reason']} (n={gate['n']}, serving {result['serving']})")
+    if "published" in result and announce:
+        _announce(name, result["published"])
+    if "published" not in result:
+        raise typer.Exit(1)
+
+
 @model_app.command("announce")
 def model_announce(
     name: Annotated[str, typer.Argument(help="recommender, risk or reranker")],

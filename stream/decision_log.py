@@ -23,6 +23,7 @@ def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Predictio
         "features": ctx.features,
         # SeqItem is a tuple: orjson writes plain tuples as [item, type, ts] arrays
         "sequence": list(map(tuple, ctx.sequence)),
+        "category": ctx.category,
         "risk_score": pred.risk.score, "risk_model_version": pred.risk_model_version,
         "risk_threshold": risk_threshold,
     }

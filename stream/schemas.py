@@ -174,6 +174,7 @@ class Decision(Record):
     features: dict[str, float]
     sequence: list[tuple[str, str, int]] = Field(description="(item_id, type, ts) oldest "
                                                  "first, the trigger last.")
+    category: str | None = Field(None, description="Category of the trigger event, if sent.")
     # the risk model's verdict on the same event (absent in records of older workers)
     risk_score: float | None = None
     risk_model_version: str | None = None
@@ -197,6 +198,7 @@ class Feedback(Record):
     key_id: str
     features: dict[str, float]
     sequence: list[tuple[str, str, int]]
+    category: str | None = None
     shown: list[ShownItem]
     candidates: list[ShownItem] = Field(description="The ranked pool with the logging "
                                         "policy's inclusion probabilities.")

@@ -123,9 +123,9 @@ class Settings(BaseSettings):
     # --- continuous trainer (lamstream trainer) ---------------------------------
     trainer_gate_every: int = Field(1000, ge=1, description="Trainer: feedback records "
                                     "between two gate checks (publish if the candidate wins).")
-    trainer_window: int = Field(2000, ge=10, description="Trainer: held-out recent feedback "
+    trainer_window: int = Field(3000, ge=10, description="Trainer: held-out recent feedback "
                                 "records (scored before trained on) the gate compares on.")
-    trainer_min_window: int = Field(400, ge=1, description="Trainer: no gate decision on "
+    trainer_min_window: int = Field(1500, ge=1, description="Trainer: no gate decision on "
                                     "fewer held-out records.")
     trainer_margin: float = Field(0.02, ge=0.0, description="Trainer: the candidate's value "
                                   "must exceed the serving model's by this fraction.")
@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     trainer_replay: int = Field(20_000, ge=0, description="Trainer: replay buffer size "
                                 "(feedback records, newest kept).")
     trainer_lr: float = Field(0.05, gt=0.0, description="Trainer: Adagrad learning rate.")
+    trainer_threads: int = Field(1, ge=1, le=256, description="Trainer: torch CPU threads "
+                                 "(1 leaves the other cores to workers and joins on a small "
+                                 "host; more for a dedicated one).")
     trainer_checkpoint_s: float = Field(10.0, gt=0.0, description="Trainer: seconds between "
                                         "checkpoints (state dir DATA_DIR/trainer), offsets "
                                         "committed after each.")

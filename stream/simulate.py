@@ -43,16 +43,17 @@ class SimConfig:
     data: Path = DEFAULT_DATA
     layout: str = "auto"
     users: int = 300
-    rounds: int = 80
-    windows: int = 8
+    rounds: int = 100
+    windows: int = 10
     round_s: int = 60
     pool: int = 100
     k: int = 10
     epsilon_start: float = 0.3
-    epsilon_floor: float = 0.1
+    epsilon_floor: float = 0.05
     seed: int = 0
     arms: tuple[str, ...] = ARMS
     round_timeout_s: float = 60.0
+    keep_up_timeout_s: float = 30.0
     world: WorldConfig = WorldConfig()
 
 
@@ -121,10 +122,9 @@ def arm_env(arm: str, cfg: SimConfig, settings: Settings) -> dict[str, str]:
         "LAMSTREAM_FEEDBACK_WINDOW_S": str(window_s), "LAMSTREAM_ALLOWED_LATENESS_S": "0",
         "LAMSTREAM_PSEUDONYM_KEY": settings.pseudonym_key.get_secret_value()
         if settings.pseudonym_key else secrets.token_hex(16),
-        "LAMSTREAM_TRAINER_GATE_EVERY": str(max(200, cfg.users)),
-        "LAMSTREAM_TRAINER_MIN_WINDOW": str(max(200, cfg.users)),
-        "LAMSTREAM_TRAINER_WINDOW": str(max(1000, 4 * cfg.users)),
-        "LAMSTREAM_TRAINER_CHECKPOINT_S": "5",
+        # the trainer's defaults (gate every 1000 records on 1500..3000 held-out ones)
+
+        "LAMSTREAM_TRAINER_CHECKPOINT_S": "2", "LAMSTREAM_TRAINER_REPLAY": "10000",
     }
 
 
@@ -212,6 +212,7 @@ def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir:
                 explored[r].append(bool(rec.get("explored")))
                 u.pending = answer
                 versions.append(rec.get("model_version", "?"))
+            _keep_up(s, arm, cfg)
             for slot, u in enumerate(active):
                 u.steps_left -= 1
                 if u.steps_left <= 0 and u.pending is None:
@@ -237,6 +238,24 @@ def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir:
             "reranker_versions": ModelRegistry(workdir).versions("reranker"),
             "last_model_version": versions[-1] if versions else None,
             "feedback_records": feedback, "feedback_file": str(workdir / "feedback.jsonl")}
+
+
+def _keep_up(s: Settings, arm: str, cfg: SimConfig) -> None:
+    """Pace the users to the service, as real time would: wait (bounded) until the feedback
+    join, and the trainer for the learning arm, are within two rounds of the stream. Without
+    it a fast simulator would finish before the first feedback is trained on."""
+    from stream.admin import consumer_lag
+    from stream.topics import topics_for
+
+    t = topics_for(s)
+    groups = [(f"{s.app_id}-feedback", t.decisions.name)]
+    if arm == "learning":
+        groups.append((f"{s.app_id}-trainer", t.feedback.name))
+    deadline = time.monotonic() + cfg.keep_up_timeout_s
+    while time.monotonic() < deadline:
+        if all(sum(consumer_lag(s, g, topic).values()) <= 2 * cfg.users for g, topic in groups):
+            return
+        time.sleep(0.3)
 
 
 def _mean(xs: list[float]) -> float:
@@ -288,7 +307,7 @@ def simulate(cfg: SimConfig, settings: Settings, workdir: Path, png: Path, log: 
              ) -> dict[str, Any]:
     import logging
 
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
     unknown = set(cfg.arms) - set(ARMS)
     if unknown:
         raise ValueError(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")

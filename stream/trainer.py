@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ class ContinuousTrainer:
     """OnlineTrainer + registry + checkpoint; no Kafka (run_trainer feeds it)."""
 
     def __init__(self, settings: Settings, announce: Announce | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(settings.trainer_threads)  # OMP spin-waits starve co-tenants
         self.settings = settings
         self.announce = announce
         self.registry = ModelRegistry(settings.data_dir)
@@ -167,6 +171,29 @@ def train_from_file(settings: Settings, source: str, chunk: int = 500) -> Contin
         ct.check_gate()
     ct.checkpoint()
     return ct
+
+
+def gate_candidate(settings: Settings, candidate_dir: Path, records: Sequence[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """Compare a reranker artifact (a registry version dir, the trainer's checkpoint
+    `DATA_DIR/trainer/candidate`, or any dir with reranker.pt + config.json) with the serving
+    version on logged feedback, the trainer's gate, nothing trained; publish it if it wins."""
+    registry = ModelRegistry(settings.data_dir)
+    serving_version = registry.latest(RERANKER)
+    serving = (Reranker.load(registry.path(RERANKER, serving_version), serving_version)
+               if serving_version else None)
+    candidate = Reranker.load(Path(candidate_dir), "candidate")
+    cfg = online_config(settings)
+    trainer = OnlineTrainer(replace(cfg, window=max(cfg.window, len(records))), candidate,
+                            serving)
+    trainer.observe(records, train=False)
+    gate = trainer.gate()
+    out: dict[str, Any] = {"gate": gate.to_dict(), "serving": serving_version or "base",
+                           "records": len(records), "skipped": trainer.skipped}
+    if gate.passed:
+        out["published"] = registry.publish(RERANKER, candidate.save, metadata={
+            "gate": gate.to_dict(), "source": str(candidate_dir)})
+    return out
 
 
 def decode(raw: bytes | None) -> dict[str, Any] | None:

@@ -32,11 +32,11 @@ _HISTORY_KEEP = 10  # sequence entries kept per record (the reranker reads the l
 @dataclass(frozen=True)
 class OnlineConfig:
     replay_size: int = 20_000  # records kept for replay (newest)
-    replay_ratio: float = 1.0  # replayed records mixed into each step, per new record
+    replay_ratio: float = 2.0  # replayed records mixed into each step, per new record
     step_records: int = 128  # new records per gradient step
     lr: float = 0.05
-    window: int = 2000  # held-out recent records the gate compares on
-    min_window: int = 400  # no decision below this
+    window: int = 3000  # held-out recent records the gate compares on
+    min_window: int = 1500  # no decision below this
     margin: float = 0.02  # candidate must beat serving by this fraction
     confidence: float = 0.9  # paired-bootstrap P(candidate > serving) needed
     bootstrap: int = 200
@@ -58,13 +58,14 @@ class Example:
     mu: list[float]  # logged inclusion probability of each candidate
     engaged: int  # candidate index of the engaged item, -1 if none
     reward: float
+    category: str | None = None
 
     def input(self) -> RerankInput:
-        return RerankInput(self.seq, self.cands, self.base)
+        return RerankInput(self.seq, self.cands, self.base, self.category)
 
     def to_json(self) -> list[Any]:
         return [self.seq, self.cands, self.base, self.shown, self.mu, self.engaged,
-                self.reward]
+                self.reward, self.category]
 
     @classmethod
     def from_json(cls, row: list[Any]) -> Example:
@@ -92,8 +93,9 @@ def example_from_feedback(rec: dict[str, Any]) -> Example | None:
     if engaged < 0 or engaged not in shown:
         engaged, reward = -1, 0.0  # a reward for an item not shown is not this slate's
     seq = [[str(s[0]), str(s[1])] for s in (rec.get("sequence") or [])[-_HISTORY_KEEP:]]
+    cat = rec.get("category")
     return Example(seq, [str(c["item_id"]) for c in cands], [float(x) for x in base], shown,
-                   mu, engaged, reward)
+                   mu, engaged, reward, str(cat) if cat is not None else None)
 
 
 def slate_terms(ex: Example, scores: Sequence[float]) -> tuple[float, float]:
@@ -149,8 +151,10 @@ class OnlineTrainer:
             return [ex.base for ex in examples]
         return self.serving.score([ex.input() for ex in examples])
 
-    def observe(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Evaluate the new records (held out), then train on them with replay."""
+    def observe(self, records: Sequence[dict[str, Any]], *, train: bool = True
+                ) -> dict[str, Any]:
+        """Evaluate the new records (held out), then train on them with replay (unless
+        `train` is False: a fixed candidate is only being compared)."""
         examples = []
         for rec in records:
             ex = example_from_feedback(rec)
@@ -165,6 +169,8 @@ class OnlineTrainer:
         serv = self.serving_scores(examples)
         for ex, c, s in zip(examples, cand, serv, strict=True):
             self.window.append((*slate_terms(ex, c), *slate_terms(ex, s)))
+        if not train:
+            return self.stats()
         step = self.cfg.step_records
         for i in range(0, len(examples), step):
             chunk = examples[i:i + step]
@@ -179,9 +185,12 @@ class OnlineTrainer:
                           rows=[ex.shown for ex in examples])
         target = [min(ex.reward, self.cfg.max_reward) / self.cfg.max_reward
                   if j == ex.engaged else 0.0 for ex in examples for j in ex.shown]
+        # the slot each shown item had: the position effect is fit apart from the items
+        positions = torch.tensor([pos for ex in examples for pos in range(len(ex.shown))],
+                                 dtype=torch.long)
         net = self.candidate.net
         net.train()
-        logits = self.candidate.logits(batch)
+        logits = self.candidate.logits(batch, positions)
         y = torch.tensor(target, dtype=torch.float32, device=logits.device)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
         self.opt.zero_grad(set_to_none=True)

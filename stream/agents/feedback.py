@@ -90,7 +90,7 @@ def feedback_record(o: Outcome, user_key: str, key_id: str, now_ms: int) -> dict
     d = o.decision
     return {
         "rec_id": d["rec_id"], "user_key": user_key, "key_id": key_id,
-        "features": d["features"], "sequence": d["sequence"],
+        "features": d["features"], "sequence": d["sequence"], "category": d.get("category"),
         "shown": d["items"], "candidates": d.get("candidates") or d["items"],
         "engaged_item": o.engaged_item, "engaged_type": o.engaged_type, "reward": o.reward,
         "model": d["model"], "model_version": d["model_version"], "policy": d["policy"],

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import torch
 
@@ -55,7 +56,7 @@ def test_featurize_keeps_rows_and_batch_of_one_equals_row_of_batch() -> None:
               RerankInput([], ["y"], [0.5])]
     batch = featurize(inputs, r.config)
     assert batch.offsets == [0, 3, 4] and batch.items.shape == (4,)
-    assert batch.pairs.shape == (4, r.config.pair_history)
+    assert batch.pairs.shape == (4, r.config.pair_history + 1)
     sub = featurize(inputs, r.config, rows=[[1], [0]])
     assert sub.offsets == [0, 1, 2]
     assert torch.equal(sub.items, batch.items[[1, 3]])
@@ -172,3 +173,34 @@ def test_exploration_predictor_reranks_logs_base_scores_and_names_both_versions(
     assert trace is not None and len(trace.base_scores) == 30
     assert [c.item_id for c in trace.candidates][:3] == ["i29", "i28", "i27"]
     assert sum(c.propensity for c in trace.candidates) == pytest.approx(5.0)
+
+
+def test_model_gate_cli_refuses_a_degraded_candidate_and_publishes_a_better_one(
+        tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from model.registry import ModelRegistry
+    from stream.cli_model import model_app
+
+    good = Reranker.fresh(seed=0)
+    t = OnlineTrainer(cfg(), good)
+    for b in range(6):
+        t.observe(world(500, 600 + b))
+    bad = good.copy()
+    tb = OnlineTrainer(cfg(), bad)
+    for b in range(4):
+        tb.observe(world(500, 700 + b, flip=True))
+    bad.save(tmp_path / "bad")
+    good.save(tmp_path / "good")
+    logged = tmp_path / "feedback.jsonl"
+    logged.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in world(1500, 800)))
+    run = CliRunner().invoke
+    args = ["--feedback", str(logged), "--data-dir", str(tmp_path / "d"), "--no-announce"]
+    r = run(model_app, ["gate", "reranker", "--candidate", str(tmp_path / "good"), *args])
+    assert r.exit_code == 0 and "published as v1" in r.output, r.output  # beats the base
+    r = run(model_app, ["gate", "reranker", "--candidate", str(tmp_path / "bad"), *args,
+                        "--json"])
+    assert r.exit_code == 1, r.output
+    out = orjson.loads(r.stdout)
+    assert out["serving"] == "v1" and not out["gate"]["passed"]
+    assert ModelRegistry(tmp_path / "d").versions("reranker") == ["v1"]

@@ -1,0 +1,96 @@
+"""The trainer consumes feedback, publishes a gated reranker, and the worker follows it (and a
+rollback) between batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from model.registry import ModelRegistry
+from stream.admin import ensure_topics
+from stream.cli_model import model_app
+from stream.client import EventProducer, PredictionSubscriber
+from stream.schemas import Recommendation
+from stream.settings import Settings
+from stream.topics import topics_for
+from stream.trainer import run_trainer
+from tests.helpers import poll_until
+from tests.integration.test_worker import encode, get_json, send, worker
+from tests.unit.test_online_trainer import ITEMS, world
+
+pytestmark = pytest.mark.integration
+
+
+def _events(n: int, start: int) -> list[dict[str, Any]]:
+    return [{"event_id": f"t-{start + i}", "user_id": f"u{i % 7}", "type": "view",
+             "item_id": ITEMS[(start + i) % len(ITEMS)], "ts": 1_700_000_000_000 + start + i}
+            for i in range(n)]
+
+
+def test_trainer_publishes_and_worker_follows_publish_and_rollback(
+        settings_factory: Callable[..., Settings], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings_factory(trainer_gate_every=1000, trainer_min_window=300,
+                         policy_pool=30, top_k=5)
+    ensure_topics(s)
+    # feedback as the join would write it: users engage with GOOD items when shown
+    with EventProducer(s, topic=topics_for(s).feedback.name, validate=False) as p:
+        for rec in world(3000, 11):
+            p.send_raw(orjson.dumps({**rec, "user_key": "k", "key_id": "k1"}), b"k")
+    ct = run_trainer(s, once=True, idle_exit_s=3.0)
+    assert ct.trainer.seen == 3000 and ct.published, ct.gates
+    reg = ModelRegistry(s.data_dir)
+    v_first = ct.published[0]
+    assert reg.latest("reranker") == ct.published[-1]
+    # a restart resumes from the checkpoint and the committed offsets: nothing is re-read
+    again = run_trainer(s, once=True, idle_exit_s=2.0)
+    assert again.trainer.seen == 3000 and again.published == []
+
+    base = f"http://127.0.0.1:{s.web_port}"
+    versions: list[str] = []
+    sent = 0
+    with worker(s, tmp_path), PredictionSubscriber(s, from_beginning=True) as sub:
+        def swap_to(version: str) -> None:
+            nonlocal sent
+
+            def served() -> bool:
+                nonlocal sent
+                send(s, encode(_events(20, sent)))
+                sent += 20
+                for r in sub.poll(0.3):
+                    if isinstance(r, Recommendation):
+                        versions.append(r.model_version)
+                return bool(versions) and versions[-1].endswith(f"+rerank-{version}")
+            poll_until(served, timeout=60, interval=0.1,
+                       message=f"the worker serving reranker {version}")
+
+        # the worker loaded the latest reranker at start
+        swap_to(ct.published[-1])
+        assert get_json(f"{base}/health")[1]["model_version"].endswith(ct.published[-1])
+        if len(ct.published) == 1:  # make a second version to roll back from
+            reg.publish("reranker", ct.trainer.candidate.save)
+        latest = reg.latest("reranker")
+        assert latest is not None
+        monkeypatch.setenv("LAMSTREAM_BOOTSTRAP_SERVERS", s.bootstrap)
+        monkeypatch.setenv("LAMSTREAM_TOPIC_PREFIX", s.topic_prefix)
+        r = CliRunner().invoke(model_app, ["announce", "reranker", "--data-dir",
+                                           str(s.data_dir)])
+        assert r.exit_code == 0, r.output
+        swap_to(latest)
+        r = CliRunner().invoke(model_app, ["rollback", "reranker", "--data-dir",
+                                           str(s.data_dir)])
+        assert r.exit_code == 0 and "announced" in r.output, r.output
+        previous = reg.latest("reranker")
+        assert previous is not None and previous != latest
+        n_before = len(versions)
+        swap_to(previous)
+        # the rollback took effect within a couple of batches, and never flipped back
+        after = versions[n_before:]
+        first = next(i for i, v in enumerate(after) if v.endswith(f"+rerank-{previous}"))
+        assert all(v.endswith(f"+rerank-{previous}") for v in after[first:])
+    assert v_first in reg.versions("reranker")
