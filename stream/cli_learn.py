@@ -96,4 +96,10 @@ def simulate(
     if "learning_gain" in result:
         typer.echo(f"learning: last/first window {result['learning_gain']:.2f}x; versions "
                    f"published {result['arms']['learning']['reranker_versions']}")
+    ope = result.get("ope_check")
+    if ope:
+        sn = ope["snips"]
+        typer.echo(f"off-policy: {ope['policy']} estimated from the frozen arm's feedback "
+                   f"SNIPS {sn['value']:.3f} [{sn['ci_low']:.3f}, {sn['ci_high']:.3f}], "
+                   f"random arm online {ope['random_online']:.3f}")
     typer.echo(f"learning curve: {result['png']}")

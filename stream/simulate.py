@@ -110,7 +110,10 @@ def publish_base(world: World, data_dir: Path) -> str:
 
 def arm_env(arm: str, cfg: SimConfig, settings: Settings) -> dict[str, str]:
     eps = (1.0, 1.0) if arm == "random" else (cfg.epsilon_start, cfg.epsilon_floor)
-    window_s = 2 * cfg.round_s
+    # an answer comes one round after its slate: a window of 1.5 rounds credits the slate
+    # the user answered and not the one before it (which often showed the same item), so
+    # the logged rewards mean what the simulator measures
+    window_s = max(1, cfg.round_s * 3 // 2)
     return {
         "LAMSTREAM_POLICY": "epsilon_greedy",
         "LAMSTREAM_POLICY_EPSILON_START": str(eps[0]),
@@ -274,6 +277,25 @@ def _save_feedback(s: Settings, topic: str, path: Path) -> int:
     return n
 
 
+def ope_check(frozen_feedback: Path, random_online: float) -> dict[str, Any]:
+    """Off-policy estimate of the random arm's policy (uniform slates from the pool) from the
+    frozen arm's logged feedback, next to the value the random arm measured online: what
+    `lamstream evaluate policy --feedback FILE --policy epsilon_greedy:1.0` prints."""
+    from model.ope import evaluate, policy_target
+    from model.policy import parse_policy
+    from stream.feedback_source import load_feedback
+
+    spec = "epsilon_greedy:1.0"
+    est = evaluate(load_feedback(str(frozen_feedback)), policy_target(parse_policy(spec)),
+                   bootstrap=300)
+    out: dict[str, Any] = {"feedback": str(frozen_feedback), "policy": spec,
+                           "random_online": random_online}
+    for key in ("ips", "snips", "dr"):
+        e = est[key]
+        out[key] = {**e, "contains_online": e["ci_low"] <= random_online <= e["ci_high"]}
+    return out
+
+
 def plot(result: dict[str, Any], cfg: SimConfig, path: Path) -> None:
     import matplotlib
 
@@ -337,6 +359,9 @@ def simulate(cfg: SimConfig, settings: Settings, workdir: Path, png: Path, log: 
         if arm in arms:
             result[f"{arm}_last_window_reward"] = arms[arm]["window_reward"][-1]
             result[f"{arm}_mean_reward"] = arms[arm]["mean_reward"]
+    if "frozen" in arms and "random" in arms:
+        result["ope_check"] = ope_check(Path(arms["frozen"]["feedback_file"]),
+                                        arms["random"]["mean_reward"])
     cfg_out = asdict(cfg)
     cfg_out["data"] = str(cfg.data)
     result["config"] = cfg_out

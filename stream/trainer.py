@@ -220,7 +220,7 @@ def _batches(consumer: Any, stop: threading.Event, idle_exit: float | None
                                 "(%d so far)", m.topic, m.partition, m.offset, bad)
                 else:
                     records.append(rec)
-        if polled:
+        if polled or not consumer.assignment():  # idle counts only once the group joined
             idle_since = time.monotonic()
         elif idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
             return
