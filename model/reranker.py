@@ -49,6 +49,7 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
     item_h: list[int] = []
     score_n: list[float] = []
     inv_rank: list[float] = []
+    repeat: list[float] = []
     row_ctx: list[int] = []
     trig: list[int] = []
     prefixes: list[list[int]] = []
@@ -80,6 +81,7 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
         rank = [0] * len(scores)
         for r, i in enumerate(order):
             rank[i] = r
+        seen = {str(e[0]) for e in inp.sequence[:-1]}  # the trigger itself is never a candidate
         keep = range(len(inp.candidates)) if rows is None else rows[c]
         for j in keep:
             cand = inp.candidates[j]
@@ -89,6 +91,7 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
             item_h.append(h)
             score_n.append(scores[j] / top)
             inv_rank.append(1.0 / (1 + rank[j]))
+            repeat.append(1.0 if cand in seen else 0.0)
         row_ctx.extend([c] * len(keep))
         offsets.append(len(item_h))
     n_rows = len(item_h)
@@ -104,7 +107,8 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
     pair_w = weights.expand(n_rows, -1).masked_fill(pad, 0.0)
     onehot = _ONEHOT[torch.tensor(trig, dtype=torch.long)][ctx]
     dense = torch.cat([torch.tensor(score_n, dtype=torch.float32)[:, None],
-                       torch.tensor(inv_rank, dtype=torch.float32)[:, None], onehot], 1)
+                       torch.tensor(inv_rank, dtype=torch.float32)[:, None], onehot,
+                       torch.tensor(repeat, dtype=torch.float32)[:, None]], 1)
     return RerankBatch(dense=dense, items=hc % ib + 1, pairs=pairs, pair_w=pair_w,
                        hist=torch.tensor(hist, dtype=torch.long).reshape(len(inputs),
                                                                          cfg.history),

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-N_DENSE = 6  # base score (normalised), 1 / (1 + base rank), trigger event type one-hot (4)
+# base score (normalised), 1 / (1 + base rank), trigger event type one-hot (4), and whether the
+# user already had the candidate in their sequence (people come back to items they looked at)
+N_DENSE = 7
 
 
 @dataclass(frozen=True)
