@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from model.nets.reranker import RerankConfig, RerankNet
+from model.registry import ModelRegistry
 from model.types import EVENT_TYPE_INDEX, RERANKER, RerankInput
 
 __all__ = ["RERANKER", "RerankInput", "Reranker", "featurize"]
@@ -165,6 +166,15 @@ class Reranker:
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.net.state_dict(), directory / "reranker.pt")
         (directory / "config.json").write_text(json.dumps(self.config.to_dict()), "utf-8")
+
+    @classmethod
+    def from_registry(cls, registry: ModelRegistry, version: str | None = None
+                      ) -> Reranker | None:
+        """The registry's reranker `version` (default: latest), None when none is published."""
+        version = version or registry.latest(RERANKER)
+        if version is None:
+            return None
+        return cls.load(registry.path(RERANKER, version), version)
 
     @classmethod
     def load(cls, directory: Path, version: str = "unpublished",

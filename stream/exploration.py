@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from model.exploration import ExplorationPredictor
 from model.policy import Policy, make_policy
 from model.predictor import Predictor
-from model.types import RERANKER
 
 if TYPE_CHECKING:
     from model.reranker import Reranker
@@ -47,14 +46,12 @@ class ExploringHolder(PredictorHolder):
     reranker (or none, after a rollback past the first) is offered like a model and takes
     effect between batches."""
 
-    _UNSET: tuple[Reranker | None] | None = None
-
     def __init__(self, predictor: Predictor, wrap: Wrap,
                  reranker: Reranker | None = None) -> None:
         super().__init__(wrap(predictor))
         self.wrap = wrap
         self.reranker = reranker
-        self._next_reranker = self._UNSET
+        self._next_reranker: tuple[Reranker | None] | None = None  # (None,): serve none
         self._attach()
 
     def offer(self, predictor: Predictor) -> None:
@@ -80,14 +77,9 @@ class ExploringHolder(PredictorHolder):
 def load_reranker(settings: Settings, version: str | None = None) -> Reranker | None:
     """The registry's reranker `version` (default: latest), or None when none is published."""
     from model.registry import ModelRegistry
-
-    reg = ModelRegistry(settings.data_dir)
-    version = version or reg.latest(RERANKER)
-    if version is None:
-        return None
     from model.reranker import Reranker
 
-    return Reranker.load(reg.path(RERANKER, version), version)
+    return Reranker.from_registry(ModelRegistry(settings.data_dir), version)
 
 
 def install_exploration(ingest: Any, settings: Settings) -> None:

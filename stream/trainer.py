@@ -63,8 +63,7 @@ class ContinuousTrainer:
         self.since_gate = 0
         self.published: list[str] = []
         self.gates: list[dict[str, Any]] = []
-        serving_version = self.registry.latest(RERANKER)
-        serving = self._load(serving_version)
+        serving = Reranker.from_registry(self.registry)
         cfg = online_config(settings)
         resumed = (self.state_dir / "state.json").is_file()
         if resumed:
@@ -77,12 +76,8 @@ class ContinuousTrainer:
         if resumed:
             self._restore()
         log.info("trainer: %s, serving reranker %s", "resumed from " + str(self.state_dir)
-                 if resumed else "fresh candidate", serving_version or "none (base ranking)")
-
-    def _load(self, version: str | None) -> Reranker | None:
-        if version is None:
-            return None
-        return Reranker.load(self.registry.path(RERANKER, version), version)
+                 if resumed else "fresh candidate",
+                 serving.version if serving else "none (base ranking)")
 
     # -- work -----------------------------------------------------------------------
     def process(self, records: Sequence[dict[str, Any]]) -> None:
@@ -94,6 +89,12 @@ class ContinuousTrainer:
             self.since_gate = 0
             self.check_gate()
 
+    def final_gate(self) -> None:
+        """At the end of a finite input: one more gate check for what came since the last."""
+        if self.since_gate:
+            self.since_gate = 0
+            self.check_gate()
+
     def sync_serving(self) -> None:
         """Follow the registry: a rollback (or another publisher) changes what serves."""
         latest = self.registry.latest(RERANKER)
@@ -101,7 +102,8 @@ class ContinuousTrainer:
         if latest != current:
             log.info("trainer: registry serves reranker %s (was %s): comparing against it",
                      latest, current)
-            self.trainer.set_serving(self._load(latest))
+            self.trainer.set_serving(Reranker.from_registry(self.registry, latest)
+                                     if latest else None)
 
     def check_gate(self) -> dict[str, Any]:
         self.sync_serving()
@@ -166,9 +168,7 @@ def train_from_file(settings: Settings, source: str, chunk: int = 500) -> Contin
     records = load_feedback(source)
     for i in range(0, len(records), chunk):
         ct.process(records[i:i + chunk])
-    if ct.since_gate:
-        ct.since_gate = 0
-        ct.check_gate()
+    ct.final_gate()
     ct.checkpoint()
     return ct
 
@@ -179,16 +179,15 @@ def gate_candidate(settings: Settings, candidate_dir: Path, records: Sequence[di
     `DATA_DIR/trainer/candidate`, or any dir with reranker.pt + config.json) with the serving
     version on logged feedback, the trainer's gate, nothing trained; publish it if it wins."""
     registry = ModelRegistry(settings.data_dir)
-    serving_version = registry.latest(RERANKER)
-    serving = (Reranker.load(registry.path(RERANKER, serving_version), serving_version)
-               if serving_version else None)
+    serving = Reranker.from_registry(registry)
     candidate = Reranker.load(Path(candidate_dir), "candidate")
     cfg = online_config(settings)
     trainer = OnlineTrainer(replace(cfg, window=max(cfg.window, len(records))), candidate,
                             serving)
     trainer.observe(records, train=False)
     gate = trainer.gate()
-    out: dict[str, Any] = {"gate": gate.to_dict(), "serving": serving_version or "base",
+    out: dict[str, Any] = {"gate": gate.to_dict(),
+                           "serving": serving.version if serving else "base",
                            "records": len(records), "skipped": trainer.skipped}
     if gate.passed:
         out["published"] = registry.publish(RERANKER, candidate.save, metadata={
@@ -264,9 +263,8 @@ def run_trainer(settings: Settings, *, once: bool = False, idle_exit_s: float = 
                 ct.checkpoint()
                 consumer.commit()
                 last_ckpt, dirty = time.monotonic(), False
-        if once and ct.since_gate:
-            ct.since_gate = 0
-            ct.check_gate()
+        if once:
+            ct.final_gate()
         if dirty:
             ct.checkpoint()
             consumer.commit()

@@ -310,10 +310,8 @@ class FeedbackJoin:
         except Exception as exc:
             raise InfraError(f"publishing feedback failed: {exc!r}") from exc
         for p, items in writes.items():
-            _write(access, p, items)
-        for (topic, p), offset in saved.items():
-            if topic == changelog:
-                store.set_persisted_offset(TP(changelog, p), offset)
+            access.apply(p, items)
+        access.mark_persisted(changelog, saved)
         return emitted
 
     def _publisher(self) -> BatchPublisher:
@@ -327,19 +325,6 @@ def _partition_of(value: bytes) -> int:
         return int(orjson.loads(value)["p"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return -1
-
-
-def _write(access: TableAccess, p: int, items: list[tuple[bytes, bytes | None]]) -> None:
-    puts = [(k, v) for k, v in items if v is not None]
-    if puts:
-        access.write(p, puts)
-    store = access.store
-    for key, value in items:
-        if value is None:
-            if access.rocks:
-                store._db_for_partition(p).delete(key)
-            else:
-                store.data.pop(key, None)
 
 
 @dataclass

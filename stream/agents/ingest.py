@@ -103,6 +103,24 @@ class TableAccess:
             for key, value in items:
                 self.store[key] = value
 
+    def apply(self, partition: int, items: list[tuple[bytes, bytes | None]]) -> None:
+        """Puts, and deletes where the value is None (what the changelog already holds)."""
+        puts = [(k, v) for k, v in items if v is not None]
+        if puts:
+            self.write(partition, puts)
+        for key, value in items:
+            if value is None:
+                if self.rocks:
+                    self.store._db_for_partition(partition).delete(key)
+                else:
+                    self.store.data.pop(key, None)
+
+    def mark_persisted(self, changelog: str, saved: dict[tuple[str, int], int]) -> None:
+        """Record the changelog offsets just acked, so recovery starts after them."""
+        for (topic, p), offset in saved.items():
+            if topic == changelog:
+                self.store.set_persisted_offset(TP(changelog, p), offset)
+
 
 @dataclass
 class _Pending:

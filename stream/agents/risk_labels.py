@@ -226,29 +226,14 @@ class RiskLabelJoin:
             out.discard()
             raise InfraError(f"publishing risk feedback failed: {exc!r}") from exc
         for p, items in writes.items():
-            _write(access, p, items)
-        for (topic, p), offset in saved.items():
-            if topic == changelog:
-                store.set_persisted_offset(TP(changelog, p), offset)
+            access.apply(p, items)
+        access.mark_persisted(changelog, saved)
         return emitted
 
     def _publisher(self) -> BatchPublisher:
         if self._out is None:
             self._out = BatchPublisher(self.app.producer._ensure_producer())
         return self._out
-
-
-def _write(access: TableAccess, p: int, items: list[tuple[bytes, bytes | None]]) -> None:
-    puts = [(k, v) for k, v in items if v is not None]
-    if puts:
-        access.write(p, puts)
-    store = access.store
-    for key, value in items:
-        if value is None:
-            if access.rocks:
-                store._db_for_partition(p).delete(key)
-            else:
-                store.data.pop(key, None)
 
 
 def attach_risk_labels(app: faust.App, settings: Settings, topics: Topics,
