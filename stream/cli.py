@@ -151,16 +151,23 @@ def feedback() -> None:
 
 
 def build_predictor(settings: Settings) -> Any:
-    """The predictor the worker starts with: the registry's latest, else the online baseline."""
+    """The predictor the worker starts with: the registry's latest, else the online baseline
+    (with the latest published risk model, if any: model.risk_overlay)."""
     from model.baseline import BaselinePredictor
+    from model.registry import ModelRegistry
 
-    if settings.model_name == "baseline":
-        return BaselinePredictor()
+    predictor: Any = BaselinePredictor()
     try:
+        from model.risk_overlay import overlay_risk
         from model.serving import load_predictor
-    except ImportError:
-        return BaselinePredictor()
-    return load_predictor(settings.data_dir, device=settings.device, prefer=settings.model_name)
+    except ImportError:  # no torch: the online baseline alone
+        return predictor
+    if settings.model_name != "baseline":
+        predictor = load_predictor(settings.data_dir, device=settings.device,
+                                   prefer=settings.model_name)
+    if isinstance(predictor, BaselinePredictor):
+        return overlay_risk(predictor, ModelRegistry(settings.data_dir), device=settings.device)
+    return predictor
 
 
 def tune_gc() -> None:

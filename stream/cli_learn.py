@@ -14,6 +14,10 @@ def trainer(
     feedback_file: Annotated[str | None, typer.Option(
         "--feedback", help="Train from a feedback JSONL file instead of the topic (publishes "
         "to the registry if the gate passes, announces nothing).")] = None,
+    risk_feedback_file: Annotated[str | None, typer.Option(
+        "--risk-feedback", help="Train the risk model from a risk-feedback JSONL file instead "
+        "of the topic (with or without --feedback; publishes if its gate passes, announces "
+        "nothing).")] = None,
     once: Annotated[bool, typer.Option(help="Stop when the feedback topic has been idle for "
                                        "--idle-exit seconds (one last gate check first).")]
     = False,
@@ -23,26 +27,30 @@ def trainer(
                                            "and what was published as one JSON object.")]
     = False,
 ) -> None:
-    """Continuous trainer: consume `feedback`, fine-tune the reranker on a replay buffer,
-    score every new batch before training on it (prequential), and publish + announce a new
-    version only when it beats the serving one on the held-out window
-    (LAMSTREAM_TRAINER_MARGIN, _CONFIDENCE, _WINDOW, _GATE_EVERY). State (weights, optimizer,
-    replay, window) survives restarts under DATA_DIR/trainer; `lamstream model rollback
-    reranker` steps back a version."""
+    """Continuous trainer: consume `feedback` and `risk-feedback`, fine-tune the reranker
+    and the risk model on replay buffers, score every new batch before training on it
+    (prequential), and publish + announce a new version only when it beats the serving one
+    on the held-out window (reranker: LAMSTREAM_TRAINER_MARGIN, _CONFIDENCE, _WINDOW,
+    _GATE_EVERY; risk: ROC-AUC, LAMSTREAM_TRAINER_RISK_MARGIN, _RISK_MIN_POSITIVES,
+    _RISK_WINDOW, _RISK_GATE_EVERY). State (weights, optimizer, replay, window) survives
+    restarts under DATA_DIR/trainer; `lamstream model rollback reranker|risk` steps back a
+    version."""
     from stream.cli import _errors, _settings, broker_for, setup_logging
     from stream.trainer import run_trainer, train_from_file
 
     settings = _settings()
     setup_logging(settings)
     with _errors():
-        if feedback_file is not None:
-            ct = train_from_file(settings, feedback_file)
+        if feedback_file is not None or risk_feedback_file is not None:
+            ct = train_from_file(settings, feedback_file, risk_source=risk_feedback_file)
         else:
             with broker_for(settings) as s:
                 ct = run_trainer(s, once=once, idle_exit_s=idle_exit)
     if json_out:
         typer.echo(orjson.dumps({"published": ct.published, "gates": ct.gates,
-                                 **ct.trainer.stats()}).decode())
+                                 **ct.trainer.stats(),
+                                 "risk": {"published": ct.risk_published,
+                                          "gates": ct.risk_gates, **ct.risk.stats()}}).decode())
 
 
 def simulate(

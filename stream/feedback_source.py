@@ -10,6 +10,17 @@ import orjson
 
 def load_feedback(source: str) -> list[dict[str, Any]]:
     """Feedback records from a JSONL file (records, or `lamstream tail` lines) or a topic."""
+    return [r for r in _load(source) if "rec_id" in r]
+
+
+def load_risk_feedback(source: str) -> list[dict[str, Any]]:
+    """Risk-feedback records (labelled scored events) from a JSONL file or a topic."""
+    from model.train.risk_data import risk_records
+
+    return risk_records(_load(source))
+
+
+def _load(source: str) -> list[dict[str, Any]]:
     path = Path(source)
     rows: list[Any]
     if path.is_file():
@@ -26,4 +37,4 @@ def load_feedback(source: str) -> list[dict[str, Any]]:
                                    timeout=3.0)]
     out = [r["value"] if isinstance(r, dict) and "value" in r and "key" in r else r
            for r in rows]
-    return [r for r in out if isinstance(r, dict) and "rec_id" in r]
+    return [r for r in out if isinstance(r, dict)]

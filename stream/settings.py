@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         "greedy (top k), epsilon_greedy (decaying epsilon) or softmax (Boltzmann).")
     policy_pool: int = Field(30, ge=1, le=1000, description="Ranked candidates the policy "
                              "chooses the top_k shown items from.")
+    item_catalog_size: int = Field(200_000, ge=1, description="Items whose category the "
+                                   "worker remembers (learned from events, oldest dropped "
+                                   "first): logged with each decision for the reranker.")
     policy_epsilon_start: float = Field(0.3, ge=0.0, le=1.0, description="epsilon_greedy: "
                                         "epsilon at the first decision.")
     policy_epsilon_floor: float = Field(0.05, ge=0.0, le=1.0, description="epsilon_greedy: "
@@ -140,6 +143,22 @@ class Settings(BaseSettings):
     trainer_checkpoint_s: float = Field(10.0, gt=0.0, description="Trainer: seconds between "
                                         "checkpoints (state dir DATA_DIR/trainer), offsets "
                                         "committed after each.")
+    trainer_risk_gate_every: int = Field(500, ge=1, description="Trainer: risk-feedback "
+                                         "records between two risk gate checks.")
+    trainer_risk_window: int = Field(3000, ge=10, description="Trainer: held-out recent "
+                                     "risk-feedback records the risk gate compares on.")
+    trainer_risk_min_positives: int = Field(30, ge=1, description="Trainer: no risk gate "
+                                            "decision with fewer frauds in the window.")
+    trainer_risk_min_negatives: int = Field(300, ge=1, description="Trainer: no risk gate "
+                                            "decision with fewer legitimate events in the "
+                                            "window.")
+    trainer_risk_margin: float = Field(0.01, ge=0.0, le=1.0, description="Trainer: the risk "
+                                       "candidate's ROC-AUC must exceed the serving model's "
+                                       "by this much (absolute).")
+    trainer_risk_replay: int = Field(10_000, ge=0, description="Trainer: risk replay buffer "
+                                     "(newest labelled records).")
+    trainer_risk_lr: float = Field(1e-3, gt=0.0, description="Trainer: Adam learning rate "
+                                   "of the risk fine-tuning.")
 
     # --- privacy -------------------------------------------------------------
     pseudonym_key: SecretStr | None = Field(

@@ -1,9 +1,12 @@
-"""Ranking metrics (HR/MRR/NDCG@k) and binary classification metrics (ROC-AUC, PR-AUC)."""
+"""Ranking metrics (HR/MRR/NDCG@k) and binary classification metrics (ROC-AUC, PR-AUC, log
+loss, a paired bootstrap of two models' ROC-AUC)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import torch
 
 
 def rank_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int = 20
@@ -88,3 +91,44 @@ def negative_weight(sample_rate: float, target_rate: float) -> float:
     """Weight for each negative so that a sample with positive rate `sample_rate` behaves like
     one with `target_rate`: P / (P + w N) = target  =>  w = (s / (1 - s)) / (t / (1 - t))."""
     return (sample_rate / (1.0 - sample_rate)) / (target_rate / (1.0 - target_rate))
+
+
+def auc_rows(scores: torch.Tensor, wpos: torch.Tensor, wneg: torch.Tensor) -> torch.Tensor:
+    """ROC-AUC for each row of weights ([B, n] per record, ties count half): the weighted
+    Mann-Whitney statistic, with one sort of the scores shared by every row."""
+    _, gid = torch.unique(scores, return_inverse=True)  # tie groups, ascending score
+    groups = int(gid.max()) + 1 if gid.numel() else 0
+    neg = torch.zeros(wneg.shape[0], groups, dtype=wneg.dtype).index_add_(1, gid, wneg)
+    credit = neg.cumsum(1) - 0.5 * neg  # negatives below a group, plus half of its own
+    wins = (wpos * credit[:, gid]).sum(1)
+    return wins / (wpos.sum(1) * wneg.sum(1)).clamp_min(1e-12)
+
+
+def paired_auc_bootstrap(y: Sequence[int], a: Sequence[float], b: Sequence[float],
+                         rounds: int, seed: int) -> float:
+    """P(AUC of a > AUC of b) over a bootstrap that resamples positives and negatives apart
+    (every replicate keeps both classes, at their counts) and scores a and b on the same
+    draws."""
+    yt = torch.tensor(list(y), dtype=torch.bool)
+    pos, neg = torch.nonzero(yt).flatten(), torch.nonzero(~yt).flatten()
+    if rounds <= 0 or not len(pos) or not len(neg):
+        return 0.0
+    gen = torch.Generator().manual_seed(seed)
+    n = len(y)
+
+    def weights(idx: torch.Tensor) -> torch.Tensor:
+        draws = idx[torch.randint(len(idx), (rounds, len(idx)), generator=gen)]
+        return torch.zeros(rounds, n, dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(rounds, len(idx), dtype=torch.float64))
+
+    wp, wn = weights(pos), weights(neg)
+    auc_a = auc_rows(torch.tensor(list(a), dtype=torch.float64), wp, wn)
+    auc_b = auc_rows(torch.tensor(list(b), dtype=torch.float64), wp, wn)
+    return float((auc_a > auc_b).double().mean())
+
+
+def log_loss(y: Sequence[int], p: Sequence[float]) -> float:
+    """Mean negative log-likelihood of labels y under probabilities p (clipped at 1e-7)."""
+    total = math.fsum(-math.log(min(max(q if t else 1.0 - q, 1e-7), 1.0))
+                      for t, q in zip(y, p, strict=True))
+    return total / max(1, len(y))

@@ -136,7 +136,8 @@ def _tensors(ds: Labelled, idx: Sequence[int], max_len: int
     return x, seq, y
 
 
-def _fit_platt(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def fit_platt(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Platt scaling: (a, b) minimising the log loss of sigmoid(a * logit + b) on y."""
     ab = torch.tensor([1.0, 0.0], requires_grad=True)
     opt = torch.optim.LBFGS([ab], max_iter=100)
 
@@ -146,7 +147,8 @@ def _fit_platt(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
     opt.step(closure)  # type: ignore[no-untyped-call]
-    return float(ab[0]), float(ab[1])
+    a, b = ab.detach().tolist()
+    return float(a), float(b)
 
 
 def _ece(p: Sequence[float], y: Sequence[int], bins: int = 10) -> float:
@@ -205,7 +207,7 @@ def train_and_evaluate_risk(ds: Labelled, epochs: int = 20, seed: int = 0,
                 f"({time.perf_counter() - t0:.0f}s)")
     net.load_state_dict(best[1])
     with torch.no_grad():
-        scale, bias = _fit_platt(net.raw_logit(net.standardise(xva), sva), yva)
+        scale, bias = fit_platt(net.raw_logit(net.standardise(xva), sva), yva)
     sample_rate = sum(ds.labels[i] for i in tr + va) / max(1, len(tr) + len(va))
     shift = 0.0
     if base_rate is not None:

@@ -39,11 +39,32 @@ def decode_update(raw: bytes | None) -> ModelUpdate | None:
     return update
 
 
-def registry_loader(settings: Settings) -> Loader:
-    """Load the announced version (and the latest of the other model) from the registry."""
+def online_base(predictor: Predictor) -> Predictor | None:
+    """The online baseline inside a served predictor (under its exploration policy and risk
+    overlay), or None when a published recommender serves."""
+    from model.baseline import BaselinePredictor
+    from model.exploration import ExplorationPredictor
+    from model.risk_overlay import RiskOverlay
+
+    if isinstance(predictor, ExplorationPredictor):
+        predictor = predictor.inner
+    if isinstance(predictor, RiskOverlay):
+        predictor = predictor.inner
+    return predictor if isinstance(predictor, BaselinePredictor) else None
+
+
+def registry_loader(settings: Settings, current: Callable[[], Predictor] | None = None
+                    ) -> Loader:
+    """Load the announced version (and the latest of the other model) from the registry.
+
+    `current` gives the predictor in service: when that is the online baseline (no
+    recommender published, or model_name=baseline), a risk version is served next to it
+    (model.risk_overlay), keeping what the baseline learned online."""
 
     def load(update: ModelUpdate) -> Predictor | None:
         from model.baseline import BaselinePredictor
+        from model.registry import ModelRegistry
+        from model.risk_overlay import overlay_risk
         from model.serving import load_predictor
 
         pinned = {"recommender_version" if update.name == "recommender" else "risk_version":
@@ -51,6 +72,10 @@ def registry_loader(settings: Settings) -> Loader:
         predictor = load_predictor(settings.data_dir, device=settings.device,
                                    prefer=settings.model_name, **pinned)
         if isinstance(predictor, BaselinePredictor):
+            base = online_base(current()) if current is not None else None
+            if update.name == "risk" and base is not None:
+                return overlay_risk(base, ModelRegistry(settings.data_dir), update.version,
+                                    settings.device)
             # nothing servable (no recommender, or model_name=baseline): keep the current
             # predictor, which for the baseline holds what it learned online
             return None
@@ -112,7 +137,7 @@ def attach_model_updates(worker: Worker) -> None:
     settings = worker.settings
     topic = app.topic(worker.topics.model_updates.name, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw", partitions=1)
-    load = registry_loader(settings)
+    load = registry_loader(settings, lambda: worker.ingest.holder.current)
 
     @app.agent(topic, name=f"{settings.topic_prefix}model-updates")
     async def model_updates(stream: Any) -> None:

@@ -1,5 +1,5 @@
-"""The trainer consumes feedback, publishes a gated reranker, and the worker follows it (and a
-rollback) between batches."""
+"""The trainer consumes feedback and risk-feedback, publishes a gated reranker / risk model,
+and the worker follows each (and a rollback) between batches."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import pytest
 from typer.testing import CliRunner
 
 from model.registry import ModelRegistry
+from model.risk_model import RiskScorer
 from stream.admin import ensure_topics
 from stream.cli_model import model_app
 from stream.client import EventProducer, PredictionSubscriber
-from stream.schemas import Recommendation
+from stream.schemas import Recommendation, RiskAlert
 from stream.settings import Settings
 from stream.topics import topics_for
 from stream.trainer import run_trainer
 from tests.helpers import poll_until
 from tests.integration.test_worker import encode, get_json, send, worker
 from tests.unit.test_online_trainer import ITEMS, world
+from tests.unit.test_risk_online import risk_world
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +96,54 @@ def test_trainer_publishes_and_worker_follows_publish_and_rollback(
         first = next(i for i, v in enumerate(after) if v.endswith(f"+rerank-{previous}"))
         assert all(v.endswith(f"+rerank-{previous}") for v in after[first:])
     assert v_first in reg.versions("reranker")
+
+
+def test_trainer_publishes_risk_from_labels_and_worker_alerts_follow_publish_and_rollback(
+        settings_factory: Callable[..., Settings], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings_factory(trainer_risk_gate_every=1000, trainer_risk_window=2000)
+    ensure_topics(s)
+    # labelled scored events as the risk-label join writes them
+    with EventProducer(s, topic=topics_for(s).risk_feedback.name, validate=False) as p:
+        for rec in risk_world(2000, 5):
+            p.send_raw(orjson.dumps(rec), b"k")
+    monkeypatch.setenv("LAMSTREAM_RISK_THRESHOLD", "0")  # every event alerts: each names
+    monkeypatch.setenv("LAMSTREAM_BOOTSTRAP_SERVERS", s.bootstrap)  # its risk model
+    monkeypatch.setenv("LAMSTREAM_TOPIC_PREFIX", s.topic_prefix)
+    reg = ModelRegistry(s.data_dir)
+    versions: list[str] = []
+    sent = 0
+    with worker(s, tmp_path), PredictionSubscriber(
+            s, topics=[topics_for(s).risk_alerts.name], from_beginning=True) as sub:
+        def serves(version: str) -> None:
+            def latest() -> bool:
+                nonlocal sent
+                send(s, encode(_events(10, 100_000 + sent)))
+                sent += 10
+                versions.extend(r.model_version for r in sub.poll(0.3)
+                                if isinstance(r, RiskAlert))
+                return bool(versions) and versions[-1] == version
+            poll_until(latest, timeout=40, interval=0.1,
+                       message=f"risk alerts naming {version}")
+
+        serves("rules-v1")  # nothing published yet: the rule score
+        ct = run_trainer(s, once=True, idle_exit_s=2.0)
+        assert ct.risk.seen == 2000 and ct.risk_published, ct.risk_gates
+        assert ct.published == []  # no feedback: the reranker path did nothing
+        assert reg.latest("risk") == ct.risk_published[-1]
+        serves(ct.risk_published[-1])  # announced on model-updates: the worker swapped
+        if len(ct.risk_published) == 1:  # a second version to roll back from
+            reg.publish("risk", RiskScorer(ct.risk.candidate).save)
+            r = CliRunner().invoke(model_app, ["announce", "risk", "--data-dir",
+                                               str(s.data_dir)])
+            assert r.exit_code == 0, r.output
+            serves(reg.latest("risk") or "")
+        r = CliRunner().invoke(model_app, ["rollback", "risk", "--data-dir", str(s.data_dir)])
+        assert r.exit_code == 0 and "announced" in r.output, r.output
+        previous = reg.latest("risk")
+        assert previous is not None
+        n_before = len(versions)
+        serves(previous)
+        after = versions[n_before:]
+        first = after.index(previous)
+        assert all(v == previous for v in after[first:])  # never flipped back
