@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from model.catalog import ItemCatalog
 from model.policy import KeyedRandom, Policy
 from model.predictor import Predictor
 from model.types import PolicyTrace, Prediction, PredictionContext, RerankInput, ScoredItem
@@ -24,10 +25,16 @@ class ExplorationPredictor:
     With a `reranker` (trained from feedback by `lamstream trainer`), the pool is reordered
     by the reranker's expected-reward scores before the policy chooses, the base scores are
     logged next to them, and the predictions name both versions ("v3+rerank-v2").
+
+    Item categories: the `catalog` learns each trigger item's category from the contexts it
+    sees; every trace logs the pool's categories and those of the user's last
+    `recent_categories` items (what the reranker uses for category tastes). Pass one catalog
+    to every version served so a model swap keeps what was learned.
     """
 
     def __init__(self, inner: Predictor, policy: Policy, *, pool: int = 30, seed: int = 0,
-                 shadow: Policy | None = None) -> None:
+                 shadow: Policy | None = None, catalog: ItemCatalog | None = None,
+                 recent_categories: int = 10) -> None:
         if pool < 1:
             raise ValueError("pool must be at least 1")
         self.inner = inner
@@ -35,6 +42,8 @@ class ExplorationPredictor:
         self.shadow = shadow
         self.pool = pool
         self.seed = seed
+        self.catalog = catalog if catalog is not None else ItemCatalog()
+        self.recent_categories = recent_categories
         self.reranker: Reranker | None = None
 
     @property
@@ -46,15 +55,33 @@ class ExplorationPredictor:
         r = self.reranker
         return self.inner.version if r is None else f"{self.inner.version}+rerank-{r.version}"
 
+    def _categories(self, contexts: Sequence[PredictionContext], preds: Sequence[Prediction]
+                    ) -> dict[int, tuple[tuple[str | None, ...], tuple[str | None, ...]]]:
+        """(pool categories, recent-item categories) of each row that gets a pool."""
+        cat = self.catalog
+        for c in contexts:
+            if c.category:
+                cat.observe(c.item_id, c.category)
+        n = self.recent_categories
+        out = {}
+        for i, (c, p) in enumerate(zip(contexts, preds, strict=True)):
+            if c.recommend and p.items:
+                recent = [s[0] for s in c.sequence[-n:]] if n > 0 else []
+                out[i] = (cat.lookup([s[0] for s in p.items]), cat.lookup(recent))
+        return out
+
     def _rerank(self, contexts: Sequence[PredictionContext], preds: Sequence[Prediction],
-                reranker: Reranker) -> dict[int, tuple[float, ...]]:
-        """Reorder each pool in place by the reranker; returns the base scores per row."""
-        rows = [i for i, (c, p) in enumerate(zip(contexts, preds, strict=True))
-                if c.recommend and p.items]
+                reranker: Reranker,
+                cats: dict[int, tuple[tuple[str | None, ...], tuple[str | None, ...]]]
+                ) -> dict[int, tuple[float, ...]]:
+        """Reorder each pool (and its categories) in place by the reranker; returns the base
+        scores per row."""
+        rows = list(cats)
         scores = reranker.score([RerankInput(contexts[i].sequence,
                                              [c[0] for c in preds[i].items],
                                              [c[1] for c in preds[i].items],
-                                             contexts[i].category) for i in rows])
+                                             contexts[i].category, cats[i][0], cats[i][1])
+                                 for i in rows])
         name, version = self.name, self.version
         base: dict[int, tuple[float, ...]] = {}
         for i, new in zip(rows, scores, strict=True):
@@ -62,6 +89,8 @@ class ExplorationPredictor:
             order = sorted(range(len(pool)), key=lambda j: (-new[j], j))
             preds[i].items = tuple(ScoredItem(pool[j][0], new[j], 1.0) for j in order)
             base[i] = tuple(pool[j][1] for j in order)
+            pool_cats = cats[i][0]
+            cats[i] = (tuple(pool_cats[j] for j in order), cats[i][1])
         for p in preds:
             p.model, p.model_version = name, version
         return base
@@ -80,7 +109,8 @@ class ExplorationPredictor:
             for c, k in zip(contexts, asked, strict=True):
                 c.k = k
         reranker = self.reranker  # read once: a swap never lands within a batch
-        base = self._rerank(contexts, preds, reranker) if reranker is not None else {}
+        cats = self._categories(contexts, preds)
+        base = self._rerank(contexts, preds, reranker, cats) if reranker is not None else {}
         new = tuple.__new__
         for row, (ctx, pred) in enumerate(zip(contexts, preds, strict=True)):
             if not ctx.recommend or not pred.items:
@@ -94,6 +124,10 @@ class ExplorationPredictor:
                 candidates=tuple([new(ScoredItem, (c[0], c[1], p))
                                   for c, p in zip(pool, choice.inclusion, strict=True)]),
                 base_scores=base.get(row, ()))
+            pool_cats, recent_cats = cats[row]
+            if any(pool_cats) or any(recent_cats):  # nothing to log without a catalogue
+                trace.candidate_categories = pool_cats
+                trace.recent_categories = recent_cats
             if self.shadow is not None:
                 alt = self.shadow.choose(pool, k, KeyedRandom(self.seed + 1, ctx.event_id))
                 trace.shadow_policy = self.shadow.label()

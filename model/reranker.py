@@ -5,17 +5,22 @@ from __future__ import annotations
 import copy
 import json
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from model.nets.reranker import RerankConfig, RerankNet
+from model.nets.reranker import N_DENSE_V1, RerankConfig, RerankNet
 from model.registry import ModelRegistry
 from model.types import EVENT_TYPE_INDEX, RERANKER, RerankInput
 
-__all__ = ["RERANKER", "RerankInput", "Reranker", "featurize"]
+__all__ = ["RERANKER", "SEQ_WINDOW", "RerankInput", "Reranker", "featurize"]
+
+# Sequence entries (the trigger last) that the features read: the decision log keeps more, the
+# trainer keeps exactly these, so serving and training see the same window.
+SEQ_WINDOW = 10
 
 _SEP = b"\x1f"
 _CAT = b"\x1ecat:"
@@ -59,15 +64,20 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
     cache: dict[str, int] = {}
     n_recent = max(cfg.history, cfg.pair_history)
     ib = cfg.item_buckets - 1
+    cat_seen: list[float] = []
+    cat_share: list[float] = []
+    cat_trigger: list[float] = []
+    cat_known: list[float] = []
     for c, inp in enumerate(inputs):
+        seq = inp.sequence[-SEQ_WINDOW:]
         recent: list[bytes] = []  # distinct recent items, most recent first
-        for entry in reversed(inp.sequence):
+        for entry in reversed(seq):
             b = str(entry[0]).encode()
             if b not in recent:
                 recent.append(b)
                 if len(recent) >= n_recent:
                     break
-        trig.append(EVENT_TYPE_INDEX.get(str(inp.sequence[-1][1]), 0) if inp.sequence else 0)
+        trig.append(EVENT_TYPE_INDEX.get(str(seq[-1][1]), 0) if seq else 0)
         h_row = [1 + zlib.crc32(b) % ib for b in recent[: cfg.history]]
         hist.append(h_row + [0] * (cfg.history - len(h_row)))
         pre = [zlib.crc32(b + _SEP) for b in recent[: cfg.pair_history]]
@@ -82,9 +92,28 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
         rank = [0] * len(scores)
         for r, i in enumerate(order):
             rank[i] = r
-        seen = {str(e[0]) for e in inp.sequence[:-1]}  # the trigger itself is never a candidate
+        seen = {str(e[0]) for e in seq[:-1]}  # the trigger itself is never a candidate
         keep = range(len(inp.candidates)) if rows is None else rows[c]
+        cand_cats = inp.candidate_categories
+        if len(cand_cats) != len(inp.candidates):
+            cand_cats = ()
+        known = [x for x in inp.recent_categories[-SEQ_WINDOW:] if x is not None]
+        share = {x: n / len(known) for x, n in Counter(known).items()}
+        trigger_cat = inp.category if inp.category is not None else (
+            inp.recent_categories[-1] if inp.recent_categories else None)
         for j in keep:
+            cc = cand_cats[j] if cand_cats else None
+            if cc is None:
+                cat_seen.append(0.0)
+                cat_share.append(0.0)
+                cat_trigger.append(0.0)
+                cat_known.append(0.0)
+            else:
+                sh = share.get(cc, 0.0)
+                cat_seen.append(1.0 if sh > 0.0 else 0.0)
+                cat_share.append(sh)
+                cat_trigger.append(1.0 if cc == trigger_cat else 0.0)
+                cat_known.append(1.0)
             cand = inp.candidates[j]
             h = cache.get(cand)
             if h is None:
@@ -107,9 +136,12 @@ def featurize(inputs: Sequence[RerankInput], cfg: RerankConfig,
                          torch.ones(1)])
     pair_w = weights.expand(n_rows, -1).masked_fill(pad, 0.0)
     onehot = _ONEHOT[torch.tensor(trig, dtype=torch.long)][ctx]
-    dense = torch.cat([torch.tensor(score_n, dtype=torch.float32)[:, None],
-                       torch.tensor(inv_rank, dtype=torch.float32)[:, None], onehot,
-                       torch.tensor(repeat, dtype=torch.float32)[:, None]], 1)
+    cols = [torch.tensor(score_n, dtype=torch.float32)[:, None],
+            torch.tensor(inv_rank, dtype=torch.float32)[:, None], onehot,
+            torch.tensor(repeat, dtype=torch.float32)[:, None],
+            torch.tensor([cat_seen, cat_share, cat_trigger, cat_known],
+                         dtype=torch.float32).reshape(4, n_rows).T]
+    dense = torch.cat(cols, 1)[:, :cfg.dense_features]
     return RerankBatch(dense=dense, items=hc % ib + 1, pairs=pairs, pair_w=pair_w,
                        hist=torch.tensor(hist, dtype=torch.long).reshape(len(inputs),
                                                                          cfg.history),
@@ -179,7 +211,9 @@ class Reranker:
     @classmethod
     def load(cls, directory: Path, version: str = "unpublished",
              device: torch.device | None = None) -> Reranker:
-        cfg = RerankConfig(**json.loads((directory / "config.json").read_text("utf-8")))
+        raw = json.loads((directory / "config.json").read_text("utf-8"))
+        raw.setdefault("dense_features", N_DENSE_V1)  # saved before the category features
+        cfg = RerankConfig(**raw)
         net = RerankNet(cfg)
         net.load_state_dict(torch.load(directory / "reranker.pt", map_location="cpu",
                                        weights_only=True))

@@ -91,6 +91,10 @@ class PolicyTrace:
     # the base recommender's score of each candidate when a reranker reordered the pool
     # (`candidates` then carry the reranker's scores): what the trainer learns from
     base_scores: tuple[float, ...] = ()
+    # each candidate's category and that of the user's last few items (oldest first, the
+    # trigger last), as the worker's catalogue knew them (None: unknown); empty: not logged
+    candidate_categories: tuple[str | None, ...] = ()
+    recent_categories: tuple[str | None, ...] = ()
 
 
 @dataclass(slots=True)
@@ -115,3 +119,7 @@ class RerankInput:
     candidates: Sequence[str]
     base_scores: Sequence[float]
     category: str | None = None  # the trigger's category, if the event had one
+    # per candidate (same order) and for the user's last few items (oldest first): their
+    # categories as the worker's catalogue knew them, None where unknown (model.catalog)
+    candidate_categories: Sequence[str | None] = ()
+    recent_categories: Sequence[str | None] = ()

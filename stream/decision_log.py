@@ -34,6 +34,9 @@ def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Predictio
                            for c in trace.candidates]
         if trace.base_scores:
             d["base_scores"] = list(trace.base_scores)
+        if trace.candidate_categories:
+            d["candidate_categories"] = list(trace.candidate_categories)
+            d["recent_categories"] = list(trace.recent_categories)
         if trace.shadow_policy is not None:
             d["shadow_policy"] = trace.shadow_policy
             d["shadow_items"] = list(trace.shadow_items)

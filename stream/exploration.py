@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from model.catalog import ItemCatalog
 from model.exploration import ExplorationPredictor
 from model.policy import Policy, make_policy
 from model.predictor import Predictor
@@ -26,16 +27,18 @@ def policy_from_settings(settings: Settings, name: str | None = None) -> Policy:
 
 def exploration_wrapper(settings: Settings) -> Wrap:
     """Wraps any predictor in the configured policy. One policy object serves every model
-    version, so epsilon keeps decaying across hot swaps instead of starting over."""
+    version, so epsilon keeps decaying across hot swaps instead of starting over; one item
+    catalogue likewise keeps the item categories learned so far."""
     policy = policy_from_settings(settings)
     shadow = (policy_from_settings(settings, settings.policy_shadow)
               if settings.policy_shadow else None)
+    catalog = ItemCatalog(settings.item_catalog_size)
 
     def wrap(predictor: Predictor) -> Predictor:
         if isinstance(predictor, ExplorationPredictor):
             return predictor
         return ExplorationPredictor(predictor, policy, pool=settings.policy_pool,
-                                    seed=settings.policy_seed, shadow=shadow)
+                                    seed=settings.policy_seed, shadow=shadow, catalog=catalog)
     return wrap
 
 

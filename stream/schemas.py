@@ -171,6 +171,12 @@ class Decision(Record):
     base_scores: list[float] | None = Field(
         None, description="With a reranker serving: the base recommender's score per "
         "candidate (same order; candidates then carry the reranker's scores).")
+    candidate_categories: list[str | None] | None = Field(
+        None, description="Each candidate's category (same order) as the worker's item "
+        "catalogue knew it; null where unknown. Absent when no category is known.")
+    recent_categories: list[str | None] | None = Field(
+        None, description="Categories of the user's last items (oldest first, the trigger "
+        "last), as the catalogue knew them.")
     features: dict[str, float]
     sequence: list[tuple[str, str, int]] = Field(description="(item_id, type, ts) oldest "
                                                  "first, the trigger last.")
@@ -212,6 +218,8 @@ class Feedback(Record):
     shadow_policy: str | None = None
     shadow_inclusion: list[float] | None = None
     base_scores: list[float] | None = None
+    candidate_categories: list[str | None] | None = None
+    recent_categories: list[str | None] | None = None
     decision_ts: int = Field(description="Event time of the decision's trigger (epoch ms).")
     outcome_ts: int = Field(description="Event time of the rewarding engagement, or the "
                             "window's end when there was none.")

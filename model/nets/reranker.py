@@ -8,9 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-# base score (normalised), 1 / (1 + base rank), trigger event type one-hot (4), and whether the
-# user already had the candidate in their sequence (people come back to items they looked at)
-N_DENSE = 7
+# base score (normalised), 1 / (1 + base rank), trigger event type one-hot (4), whether the
+# user already had the candidate in their sequence (people come back to items they looked at),
+# then category taste: the candidate's category is among the user's recent items', their share
+# of it, it is the trigger's category, the candidate's category is known at all
+N_DENSE = 11
+N_DENSE_V1 = 7  # rerankers saved before the category features read only the first seven
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class RerankConfig:
     history: int = 5  # recent items forming the taste vector
     pair_history: int = 3  # recent items whose transitions to the candidate are features
     positions: int = 50  # slate positions with a learned bias (training only)
+    dense_features: int = N_DENSE  # leading columns of the dense block this net reads
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,7 +43,7 @@ class RerankNet(nn.Module):
     def __init__(self, config: RerankConfig) -> None:
         super().__init__()
         self.config = config
-        self.dense = nn.Linear(N_DENSE, 1)
+        self.dense = nn.Linear(config.dense_features, 1)
         self.item_bias = nn.Embedding(config.item_buckets, 1)
         # how much more a slot near the top gets engaged with, whatever is shown there: fit
         # in training so it is not credited to the items, left out when ranking
@@ -65,7 +69,7 @@ class RerankNet(nn.Module):
                 positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits, one per candidate row.
 
-        dense [R, N_DENSE]; items [R] hashed candidates; pairs / pair_w [R, P] hashed
+        dense [R, dense_features]; items [R] hashed candidates; pairs / pair_w [R, P] hashed
         transitions and their weights (0 pads); hist [C, H] hashed recent items per context
         (0 pads); hist_rows [R] the context of each candidate row; positions [R] the slot each
         row was shown in (training only).

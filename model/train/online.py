@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from model.policy import top_k_indices
-from model.reranker import Reranker, RerankInput, featurize
+from model.reranker import SEQ_WINDOW, Reranker, RerankInput, featurize
 
-_HISTORY_KEEP = 10  # sequence entries kept per record (the reranker reads the last 5 distinct)
+_HISTORY_KEEP = SEQ_WINDOW  # sequence entries kept per record: all that the reranker reads
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class OnlineConfig:
     replay_ratio: float = 2.0  # replayed records mixed into each step, per new record
     step_records: int = 128  # new records per gradient step
     lr: float = 0.05
+    # the dense weights (base score, rank, repeat, category taste: a handful of features every
+    # record shares) learn at lr x this; at the hashed tables' rate they took thousands of
+    # records to move off their initial values
+    dense_lr_scale: float = 10.0
     window: int = 3000  # held-out recent records the gate compares on
     min_window: int = 1500  # no decision below this
     margin: float = 0.02  # candidate must beat serving by this fraction
@@ -59,13 +63,16 @@ class Example:
     engaged: int  # candidate index of the engaged item, -1 if none
     reward: float
     category: str | None = None
+    cand_cats: list[str | None] | None = None  # per candidate, None: unknown
+    recent_cats: list[str | None] | None = None  # the last items', oldest first
 
     def input(self) -> RerankInput:
-        return RerankInput(self.seq, self.cands, self.base, self.category)
+        return RerankInput(self.seq, self.cands, self.base, self.category,
+                           self.cand_cats or (), self.recent_cats or ())
 
     def to_json(self) -> list[Any]:
         return [self.seq, self.cands, self.base, self.shown, self.mu, self.engaged,
-                self.reward, self.category]
+                self.reward, self.category, self.cand_cats, self.recent_cats]
 
     @classmethod
     def from_json(cls, row: list[Any]) -> Example:
@@ -94,8 +101,15 @@ def example_from_feedback(rec: dict[str, Any]) -> Example | None:
         engaged, reward = -1, 0.0  # a reward for an item not shown is not this slate's
     seq = [[str(s[0]), str(s[1])] for s in (rec.get("sequence") or [])[-_HISTORY_KEEP:]]
     cat = rec.get("category")
+    cc = rec.get("candidate_categories")
+    cand_cats = ([None if c is None else str(c) for c in cc]
+                 if isinstance(cc, list) and len(cc) == len(cands) else None)
+    rc = rec.get("recent_categories")
+    recent_cats = ([None if c is None else str(c) for c in rc][-_HISTORY_KEEP:]
+                   if isinstance(rc, list) and cand_cats is not None else None)
     return Example(seq, [str(c["item_id"]) for c in cands], [float(x) for x in base], shown,
-                   mu, engaged, reward, str(cat) if cat is not None else None)
+                   mu, engaged, reward, str(cat) if cat is not None else None, cand_cats,
+                   recent_cats)
 
 
 def slate_terms(ex: Example, scores: Sequence[float]) -> tuple[float, float]:
@@ -138,7 +152,13 @@ class OnlineTrainer:
         self.replay: deque[Example] = deque(maxlen=cfg.replay_size)
         # (candidate ips, candidate norm, serving ips, serving norm) per held-out record
         self.window: deque[tuple[float, float, float, float]] = deque(maxlen=cfg.window)
-        self.opt = torch.optim.Adagrad(self.candidate.net.parameters(), lr=cfg.lr)
+        net = self.candidate.net
+        dense = list(net.dense.parameters())
+        dense_ids = {id(p) for p in dense}
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in net.parameters() if id(p) not in dense_ids]},
+            {"params": dense, "lr": cfg.lr * cfg.dense_lr_scale}]
+        self.opt = torch.optim.Adagrad(groups, lr=cfg.lr)
         self.rng = random.Random(cfg.seed)
         self.seen = 0
         self.skipped = 0

@@ -97,6 +97,8 @@ def feedback_record(o: Outcome, user_key: str, key_id: str, now_ms: int) -> dict
         "explored": bool(d.get("explored", False)),
         "shadow_policy": d.get("shadow_policy"), "shadow_inclusion": d.get("shadow_inclusion"),
         "base_scores": d.get("base_scores"),
+        "candidate_categories": d.get("candidate_categories"),
+        "recent_categories": d.get("recent_categories"),
         "decision_ts": d["event_ts"], "outcome_ts": o.outcome_ts, "emitted_at": now_ms,
     }
 
