@@ -22,15 +22,21 @@ def evaluate_policy(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """IPS, self-normalised IPS and doubly-robust estimates (95% bootstrap CIs) of a candidate
-    policy's mean reward per recommendation, next to the logged policy's observed value."""
-    from model.ope import evaluate, policy_target, shadow_target
+    policy's mean reward per recommendation, next to the logged policy's observed value; for
+    greedy / epsilon-greedy candidates and logs also the slate-level IPS and SNIPS, which hold
+    when the items of a slate interact (users stop at the first item they like)."""
+    from model.ope import evaluate, policy_target, shadow_target, slate_epsilon
     from model.policy import parse_policy
     from stream.errors import LamstreamError
 
     try:
         records = load_feedback(feedback)
-        target = shadow_target if policy == "shadow" else policy_target(parse_policy(policy))
-        result = evaluate(records, target, bootstrap=bootstrap, seed=seed)
+        if policy == "shadow":
+            result = evaluate(records, shadow_target, bootstrap=bootstrap, seed=seed)
+        else:
+            pol = parse_policy(policy)
+            result = evaluate(records, policy_target(pol), bootstrap=bootstrap, seed=seed,
+                              slate_eps=slate_epsilon(pol))
     except (LamstreamError, ValueError, OSError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
@@ -41,7 +47,14 @@ def evaluate_policy(
     typer.echo(f"{result['n']} logged recommendations, candidate policy {policy} "
                f"(max weight {result['max_weight']}, effective n "
                f"{result['effective_sample_size']})")
-    for key in ("logged", "ips", "snips", "dr"):
-        r = result[key]
-        name = "logged (observed)" if key == "logged" else key.upper()
-        typer.echo(f"{name:>18}: {r['value']:.4f}  [{r['ci_low']:.4f}, {r['ci_high']:.4f}]")
+    names = {"logged": "logged (observed)", "ips": "IPS", "snips": "SNIPS", "dr": "DR",
+             "slate_ips": "slate IPS", "slate_snips": "slate SNIPS"}
+    for key, name in names.items():
+        if key in result:
+            r = result[key]
+            typer.echo(f"{name:>18}: {r['value']:.4f}  [{r['ci_low']:.4f}, {r['ci_high']:.4f}]")
+    if "slate" in result:
+        typer.echo(f"{'slate estimates':>18}: not computed: {result['slate']}")
+    else:
+        typer.echo("  (IPS/SNIPS/DR weigh items and assume an item's reward does not depend on "
+                   "the rest of the slate; the slate estimates weigh whole slates and do not)")

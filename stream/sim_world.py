@@ -144,6 +144,14 @@ class World:
             p *= self.cfg.taste_boost
         return min(0.95, p * self.cfg.position_decay ** rank)
 
+    def answer(self, user: SimUser, slate: Sequence[str], rng: random.Random
+               ) -> tuple[str, str] | None:
+        """`respond`, except on the session's last event: the user leaves without reading
+        the slate, so a session lasts its drawn length whatever the slates show (were
+        engaged users to stay on, the policy would choose who is around, and no logged
+        estimate could account for it)."""
+        return self.respond(user, slate, rng) if user.steps_left > 1 else None
+
     def respond(self, user: SimUser, slate: Sequence[str], rng: random.Random
                 ) -> tuple[str, str] | None:
         """What the slate earns: None, or (type, item) with the deepest step of the funnel

@@ -10,8 +10,10 @@ meet the same synthetic users (stream/sim_world.py) with the same seeds:
   random    uniform slates from the same pool (epsilon = 1).
 Each round every active user sends one event (event time advances `round_s` a round),
 waits for its recommendation and answers it: the engaged item (click / add_to_cart /
-purchase) is its next event, or else it keeps browsing its real history. The reward of a
-recommendation is the weight of what it earned (1 / 2 / 5 by default, as the join counts).
+purchase) is its next event, or else it keeps browsing its real history. A session lasts
+its drawn length: the slate of a user's last event goes unanswered and a new user takes the
+slot, so who is around never depends on the policy. The reward of a recommendation is the
+weight of what it earned (1 / 2 / 5 by default, as the join counts).
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir:
             for eid, rec in got.items():
                 u = active[sent[eid]]
                 slate = [i["item_id"] for i in rec["items"]]
-                answer = world.respond(u, slate, rng)
+                answer = world.answer(u, slate, rng)  # None on the session's last event
                 rewards[r].append(weights.get(answer[0], 0.0) if answer else 0.0)
                 explored[r].append(bool(rec.get("explored")))
                 u.pending = answer
@@ -218,7 +220,7 @@ def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir:
             _keep_up(s, arm, cfg)
             for slot, u in enumerate(active):
                 u.steps_left -= 1
-                if u.steps_left <= 0 and u.pending is None:
+                if u.steps_left <= 0:
                     active[slot] = world.new_user(n_users, rng)
                     n_users += 1
             if (r + 1) % max(1, cfg.rounds // cfg.windows) == 0:
@@ -281,16 +283,17 @@ def ope_check(frozen_feedback: Path, random_online: float) -> dict[str, Any]:
     """Off-policy estimate of the random arm's policy (uniform slates from the pool) from the
     frozen arm's logged feedback, next to the value the random arm measured online: what
     `lamstream evaluate policy --feedback FILE --policy epsilon_greedy:1.0` prints."""
-    from model.ope import evaluate, policy_target
+    from model.ope import evaluate, policy_target, slate_epsilon
     from model.policy import parse_policy
     from stream.feedback_source import load_feedback
 
     spec = "epsilon_greedy:1.0"
-    est = evaluate(load_feedback(str(frozen_feedback)), policy_target(parse_policy(spec)),
-                   bootstrap=300)
+    policy = parse_policy(spec)
+    est = evaluate(load_feedback(str(frozen_feedback)), policy_target(policy),
+                   bootstrap=300, slate_eps=slate_epsilon(policy))
     out: dict[str, Any] = {"feedback": str(frozen_feedback), "policy": spec,
                            "random_online": random_online}
-    for key in ("ips", "snips", "dr"):
+    for key in ("ips", "snips", "dr", "slate_ips", "slate_snips"):
         e = est[key]
         out[key] = {**e, "contains_online": e["ci_low"] <= random_online <= e["ci_high"]}
     return out

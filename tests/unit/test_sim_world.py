@@ -61,3 +61,13 @@ def test_a_file_without_repeat_users_cannot_seed_users(tmp_path: Path) -> None:
         f'"ts":{1_700_000_000_000 + i}}}\n' for i in range(30)))
     with pytest.raises(ValueError, match="3 or more"):
         World.from_events(f)
+
+
+def test_a_session_ends_on_its_last_event_whatever_the_slate(world: World) -> None:
+    rng = random.Random(2)
+    u = world.new_user(2, rng)
+    mine = sorted(u.own, key=lambda i: -world.engage_probability(u, i, 0))[:10]
+    u.steps_left = 2
+    assert sum(world.answer(u, mine, rng) is not None for _ in range(300)) > 0
+    u.steps_left = 1  # the last event: the user leaves without reading the slate
+    assert all(world.answer(u, mine, rng) is None for _ in range(300))
