@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from model.catalog import ItemCatalog
 from model.policy import KeyedRandom, Policy
-from model.predictor import Predictor
+from model.predictor import Predictor, Wrapper
 from model.types import PolicyTrace, Prediction, PredictionContext, RerankInput, ScoredItem
 
 if TYPE_CHECKING:  # torch is imported only where a reranker is actually served
     from model.reranker import Reranker
 
 
-class ExplorationPredictor:
+class ExplorationPredictor(Wrapper):
     """Asks the inner predictor for a pool of `pool` ranked candidates per context, lets the
     policy pick `context.k` of them, and returns those with their inclusion probabilities
     as `propensity` plus a PolicyTrace (the pool, and the shadow policy's would-be slate).
@@ -37,7 +37,7 @@ class ExplorationPredictor:
                  recent_categories: int = 10) -> None:
         if pool < 1:
             raise ValueError("pool must be at least 1")
-        self.inner = inner
+        super().__init__(inner)
         self.policy = policy
         self.shadow = shadow
         self.pool = pool
@@ -137,14 +137,3 @@ class ExplorationPredictor:
             pred.trace = trace
         return list(preds)
 
-    def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
-        self.inner.learn_batch(contexts)
-
-    def metrics(self) -> dict[str, Any]:
-        get = getattr(self.inner, "metrics", None)
-        return dict(get()) if callable(get) else {}
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if callable(close):
-            close()

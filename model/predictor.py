@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from model.types import Prediction, PredictionContext
 
@@ -26,3 +26,23 @@ class Predictor(Protocol):
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]: ...
 
     def learn_batch(self, contexts: Sequence[PredictionContext]) -> None: ...
+
+
+class Wrapper:
+    """Base of predictors that wrap another one (`inner`): online learning, metrics and
+    closing go to it; subclasses change what `predict_batch` returns."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner = inner
+
+    def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
+        self.inner.learn_batch(contexts)
+
+    def metrics(self) -> dict[str, Any]:
+        get = getattr(self.inner, "metrics", None)
+        return dict(get()) if callable(get) else {}
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from model.device import resolve_device
-from model.predictor import Predictor
+from model.predictor import Predictor, Wrapper
 from model.registry import ModelRegistry
 from model.risk_model import RiskScorer
 from model.types import Prediction, PredictionContext
@@ -14,7 +13,7 @@ from model.types import Prediction, PredictionContext
 RISK = "risk"
 
 
-class RiskOverlay:
+class RiskOverlay(Wrapper):
     """`inner`'s predictions with the risk part from a published RiskScorer.
 
     model.serving.load_predictor pairs a published risk model only with a published
@@ -25,7 +24,7 @@ class RiskOverlay:
     """
 
     def __init__(self, inner: Predictor, scorer: RiskScorer, risk_version: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.scorer = scorer
         self.risk_version = risk_version
 
@@ -43,13 +42,6 @@ class RiskOverlay:
             pred.risk = risk
             pred.risk_model_version = self.risk_version
         return preds
-
-    def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
-        self.inner.learn_batch(contexts)
-
-    def metrics(self) -> dict[str, Any]:
-        get = getattr(self.inner, "metrics", None)
-        return dict(get()) if callable(get) else {}
 
     def close(self) -> None:
         """Nothing to release: the inner predictor lives on in the overlay that replaces
