@@ -151,10 +151,10 @@ def cascade_logs(n: int, seed: int, target_eps: float) -> tuple[list[dict[str, A
 
 @pytest.mark.parametrize("target_eps", [1.0, 0.0])
 def test_slate_estimates_cover_the_truth_when_items_interact(target_eps: float) -> None:
-    runs = 6
+    runs = 5
     errs, covered = [], 0
     for seed in range(runs):
-        records, truth = cascade_logs(2000, seed, target_eps)
+        records, truth = cascade_logs(1500, seed, target_eps)
         policy = EpsilonGreedyPolicy(start=target_eps, floor=target_eps)
         res = evaluate(records, policy_target(policy), bootstrap=100, seed=seed,
                        slate_eps=slate_epsilon(policy))
