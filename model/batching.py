@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import deque
@@ -80,13 +79,19 @@ class MicroBatcher(Generic[T, R]):
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.block_s = block_s
         self._inference = inference_mode
-        self._q: queue.Queue[_Request[T, R]] = queue.Queue(maxsize=max_queue)
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
-        self._intake = threading.Lock()
+        # One lock guards the queue, the counters and the stats. The worker sleeps on `_ready`
+        # and a submit wakes it only when the queue reaches `_wake_at` (1 while it waits for
+        # work, max_batch while it waits for company): one wake-up per batch, not per request.
+        self._mutex = threading.Lock()
+        self._ready = threading.Condition(self._mutex)
+        self._room = threading.Condition(self._mutex)
+        self._pending: deque[_Request[T, R]] = deque()
+        self._wake_at: int | None = None  # None: the worker is not waiting
+        self._closing = False
         self._hist = dict.fromkeys(HIST_BOUNDS, 0)
         self._wait = _Stat()
         self._compute = _Stat()
@@ -101,19 +106,20 @@ class MicroBatcher(Generic[T, R]):
         now = time.monotonic()
         t = self.timeout_s if timeout_s is None else timeout_s
         req: _Request[T, R] = _Request(payload, Future(), now, None if t is None else now + t)
-        try:
-            # check-and-put under one lock: close() cannot slip in between and strand a request
-            with self._intake:
-                if self._closing.is_set():
-                    raise BatcherClosed("micro-batcher is closed")
-                self._q.put(req, timeout=self.block_s)
-        except queue.Full:
-            with self._lock:
+        pending = self._pending
+        with self._mutex:
+            if self._closing:
+                raise BatcherClosed("micro-batcher is closed")
+            if len(pending) >= self.max_queue and not self._room.wait_for(
+                    lambda: len(pending) < self.max_queue or self._closing, self.block_s):
                 self._counts["rejected"] += 1
-            raise Overloaded(f"request queue full ({self._q.maxsize}) for {self.block_s}s"
-                             ) from None
-        with self._lock:
+                raise Overloaded(f"request queue full ({self.max_queue}) for {self.block_s}s")
+            if self._closing:
+                raise BatcherClosed("micro-batcher is closed")
+            pending.append(req)
             self._counts["requests"] += 1
+            if self._wake_at is not None and len(pending) >= self._wake_at:
+                self._ready.notify()
         return req.future
 
     def submit_many(self, payloads: Sequence[T], timeout_s: float | None = None
@@ -127,13 +133,15 @@ class MicroBatcher(Generic[T, R]):
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking requests, finish the queued ones, join the thread."""
-        with self._intake:
-            self._closing.set()
+        with self._mutex:
+            self._closing = True
+            self._ready.notify_all()
+            self._room.notify_all()
         self._thread.join(timeout)
 
     @property
     def closed(self) -> bool:
-        return self._closing.is_set()
+        return self._closing
 
     def __enter__(self) -> MicroBatcher[T, R]:
         return self
@@ -143,8 +151,8 @@ class MicroBatcher(Generic[T, R]):
 
     def metrics(self) -> dict[str, Any]:
         """A plain-dict snapshot: counters, batch-size histogram, queue wait and compute ms."""
-        with self._lock:
-            return {**self._counts, "queue_depth": self._q.qsize(),
+        with self._mutex:
+            return {**self._counts, "queue_depth": len(self._pending),
                     "batch_size_hist": {f"<={b}": n for b, n in self._hist.items()},
                     "queue_wait_ms": self._wait.snapshot(),
                     "compute_ms": self._compute.snapshot(),
@@ -152,28 +160,37 @@ class MicroBatcher(Generic[T, R]):
 
     # -- worker side ----------------------------------------------------------------------
     def _collect(self) -> list[_Request[T, R]] | None:
-        try:
-            first = self._q.get(timeout=0.05)
-        except queue.Empty:
-            return None
-        batch = [first]
-        close_at = first.enqueued + self.max_wait_s
-        while len(batch) < self.max_batch:
-            remaining = close_at - time.monotonic()
-            try:
-                if remaining <= 0 or self._closing.is_set():
-                    batch.append(self._q.get_nowait())
-                else:
-                    batch.append(self._q.get(timeout=remaining))
-            except queue.Empty:
-                break
+        pending = self._pending
+        with self._mutex:
+            if not pending:
+                if self._closing:
+                    return None
+                self._sleep(1, 0.05)
+                if not pending:
+                    return None
+            close_at = pending[0].enqueued + self.max_wait_s
+            while len(pending) < self.max_batch and not self._closing:
+                remaining = close_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._sleep(self.max_batch, remaining)
+            batch = [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
+            self._room.notify(len(batch))
         return batch
+
+    def _sleep(self, wake_at: int, timeout: float) -> None:
+        """With the mutex held: sleep until the queue reaches wake_at, a close, or timeout."""
+        self._wake_at = wake_at
+        try:
+            self._ready.wait(timeout)
+        finally:
+            self._wake_at = None
 
     def _run(self) -> None:
         while True:
             batch = self._collect()
             if batch is None:
-                if self._closing.is_set() and self._q.empty():
+                if self._closing:
                     return
                 continue
             self._process(batch)
@@ -211,7 +228,7 @@ class MicroBatcher(Generic[T, R]):
                 r.future.set_exception(error)
             else:
                 r.future.set_result(results[i])
-        with self._lock:
+        with self._mutex:
             self._counts["timeouts"] += timeouts
             if live:
                 self._counts["batches"] += 1

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import torch
 
 from model.device import autocast_dtype
-from model.encoding import SeqBatch, bucket_length, encode_rows, seq_rows
+from model.encoding import bucket_length, encode_with_copy_ids
 from model.nets import SeqRecConfig, SeqRecNet, build_recommender
 from model.recommender import Ranked
 from model.types import SeqItem
-from model.vocab import UNK, ItemVocab
+from model.vocab import RESERVED, ItemVocab
 
 NEVER = -60.0  # log-probability below which an item is not a candidate (copy floor is -69)
+PREFIX_SLACK = 4  # sorted candidates per row beyond k + excluded that go to Python at first
+# Rows per forward pass on a CPU. A pass's temporaries grow with its rows (~70 MB at 256
+# rows: out of cache, and page-faulted afresh when the allocator hands memory back); its fixed
+# cost (~2 ms of op dispatch) does not. 64 to 128 rows measured best.
+CPU_ROWS = 128
 
 
 class NeuralRecommender:
@@ -45,82 +50,83 @@ class NeuralRecommender:
         """(B, n_items + n_unknown) float32 log-probabilities over the whole table on the CPU
         (analysis and tests; serving uses `recommend`), and the strings of the batch's history
         items unknown to the vocabulary (columns n_items and up, reachable by copy only)."""
-        rows = [seq_rows(s, self.vocab, self.max_len) for s in seqs]
         n_items = self.net.config.n_items
-        unknown: dict[str, int] = {}
-        copy_rows = [self._copy_row(s, r, unknown, n_items) for s, r in zip(seqs, rows,
-                                                                             strict=True)]
-        total = n_items + len(unknown)
-        out = torch.empty((len(rows), total), dtype=torch.float32)
         with torch.inference_mode():
-            length = bucket_length(max(1, max(len(r) for r in rows)), self.max_len)
-            batch, copy_ids = self._batch(rows, copy_rows, length)
+            batch, copy_ids, unknown = encode_with_copy_ids(seqs, self.vocab, self.max_len,
+                                                            n_items)
+            total = n_items + len(unknown)
             logp = self.net.logits_last(batch.to(self.device), copy_ids.to(self.device), total)
-            out[:] = logp.float().cpu()
-        return out, list(unknown)
+            out = logp.float().cpu()
+        return out, unknown
 
     def recommend(self, seqs: Sequence[Sequence[SeqItem]], k: int,
                   exclude: Sequence[Collection[str]]) -> list[Ranked]:
-        """Top k per row from `SeqRecNet.topk_last` (no pass over the full table per row)."""
+        """Top k per row from `SeqRecNet.topk_last` (no pass over the full table per row),
+        in forward passes of rows padded alike, at most CPU_ROWS rows each on a CPU."""
         if not seqs:
             return []
-        rows = [seq_rows(s, self.vocab, self.max_len) for s in seqs]
         n_items = self.net.config.n_items
-        unknown: dict[str, int] = {}
-        copy_rows = [self._copy_row(s, r, unknown, n_items) for s, r in zip(seqs, rows,
-                                                                             strict=True)]
-        names = list(unknown)
+        batch, copy_ids, names = encode_with_copy_ids(seqs, self.vocab, self.max_len, n_items)
         want = k + max((len(e) for e in exclude), default=0)
+        # rows padded alike share a forward pass; a short row in a long batch would cost
+        # as much as a long one
         groups: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            groups.setdefault(bucket_length(max(1, len(r)), self.max_len), []).append(i)
-        out: list[Ranked] = [[] for _ in rows]
+        for i, n in enumerate(batch.lengths.tolist()):
+            groups.setdefault(bucket_length(n, self.max_len), []).append(i)
+        out: list[Ranked] = [[] for _ in seqs]
         cuda = self.device.type == "cuda"
         with torch.inference_mode(), self._amp_ctx():
             for length, idx in groups.items():
-                batch, copy_ids = self._batch([rows[i] for i in idx],
-                                              [copy_rows[i] for i in idx], length)
-                if cuda:
-                    batch, copy_ids = batch.pin_memory(), copy_ids.pin_memory()
-                logp, cand = self.net.topk_last(batch.to(self.device, non_blocking=cuda), want,
-                                                copy_ids.to(self.device, non_blocking=cuda))
-                order = torch.argsort(logp.float(), dim=1, descending=True, stable=True)
-                scores = logp.float().gather(1, order).cpu().tolist()
-                ids = cand.gather(1, order).cpu().tolist()
-                for j, i in enumerate(idx):
-                    out[i] = self._ranked(scores[j], ids[j], names, exclude[i], k)
+                step = len(idx) if cuda else CPU_ROWS
+                for s in range(0, len(idx), step):
+                    part_idx = idx[s:s + step]
+                    rows: slice | torch.Tensor = (slice(s, s + step) if len(groups) == 1
+                                                  else torch.tensor(part_idx))
+                    part, part_copy = batch.take(rows, length), copy_ids[rows, :length]
+                    if cuda:
+                        part, part_copy = part.pin_memory(), part_copy.pin_memory()
+                    logp, cand = self.net.topk_last(
+                        part.to(self.device, non_blocking=cuda), want,
+                        part_copy.to(self.device, non_blocking=cuda))
+                    ranked = self._ranked(logp.float(), cand, names,
+                                          [exclude[i] for i in part_idx], k)
+                    for i, r in zip(part_idx, ranked, strict=True):
+                        out[i] = r
         return out
 
-    def _ranked(self, scores: list[float], ids: list[int], names: list[str],
-                exclude: Collection[str], k: int) -> Ranked:
+    def _ranked(self, logp: torch.Tensor, cand: torch.Tensor, names: list[str],
+                exclude: Sequence[Collection[str]], k: int) -> list[Ranked]:
+        """Best first, one entry per item, none at or below NEVER, no excluded or free-slot
+        item, k at most. Only a prefix of each sorted row crosses into Python (the k best plus
+        room for the excluded and repeated ones); a row that runs out of it short of k items
+        is walked in full."""
+        order = torch.argsort(logp, dim=1, descending=True, stable=True)
+        full = order.shape[1]
+        width = min(full, k + max((len(e) for e in exclude), default=0) + PREFIX_SLACK)
+        head = order[:, :width]
+        scores = logp.gather(1, head).cpu().tolist()
+        ids = cand.gather(1, head).cpu().tolist()
+        name = self._namer(names)
+        out: list[Ranked] = []
+        for row, excl in enumerate(exclude):
+            ranked, short = _walk(scores[row], ids[row], name, excl, k)
+            if short and width < full:
+                ranked, _ = _walk(logp[row, order[row]].cpu().tolist(),
+                                  cand[row, order[row]].cpu().tolist(), name, excl, k)
+            out.append(ranked)
+        return out
+
+    def _namer(self, names: list[str]) -> Callable[[int], str | None]:
+        """Id -> item string: the vocabulary's below n_items, the batch's unknown items above."""
+        table = self.vocab.item_table()
         n_items = self.net.config.n_items
-        ranked: Ranked = []
-        seen: set[int] = set()
-        for s, i in zip(scores, ids, strict=True):
-            if s <= NEVER or len(ranked) >= k:
-                break
-            if i in seen:
-                continue
-            seen.add(i)
-            item = self.vocab.item(i) if i < n_items else names[i - n_items]
-            if item is not None and item not in exclude:
-                ranked.append((item, s))
-        return ranked
+        n_table = min(n_items, len(table))
 
-    @staticmethod
-    def _copy_row(seq: Sequence[SeqItem], row: list[tuple[int, int, int]],
-                  unknown: dict[str, int], n_items: int) -> list[int]:
-        """Table ids, with batch-local ids >= n_items for unknown items (copy only)."""
-        tail = seq[-len(row):] if row else ()
-        return [i if i != UNK else unknown.setdefault(e.item_id, n_items + len(unknown))
-                for (i, _, _), e in zip(row, tail, strict=True)]
-
-    def _batch(self, rows: list[list[tuple[int, int, int]]], copy_rows: list[list[int]],
-               length: int) -> tuple[SeqBatch, torch.Tensor]:
-        batch = encode_rows(rows, self.max_len, pad_to=length)
-        copy_ids = torch.tensor([c + [0] * (length - len(c)) if c else [1] + [0] * (length - 1)
-                                 for c in copy_rows], dtype=torch.int64)
-        return batch, copy_ids.reshape(len(rows), length)
+        def name(i: int) -> str | None:
+            if RESERVED <= i < n_table:
+                return table[i]
+            return names[i - n_items] if i >= n_items else None
+        return name
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -137,3 +143,21 @@ class NeuralRecommender:
         state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state)
         return cls(net, ItemVocab.load(directory / "vocab.json"), device)
+
+
+def _walk(scores: list[float], ids: list[int], name: Callable[[int], str | None],
+          exclude: Collection[str], k: int) -> tuple[Ranked, bool]:
+    """The ranked items from one row sorted best first; True when the row ended before k
+    items and before a score at or below NEVER (there may be more beyond it)."""
+    ranked: Ranked = []
+    seen: set[int] = set()
+    for s, i in zip(scores, ids, strict=True):
+        if s <= NEVER or len(ranked) >= k:
+            return ranked, False
+        if i in seen:
+            continue
+        seen.add(i)
+        item = name(i)
+        if item is not None and item not in exclude:
+            ranked.append((item, s))
+    return ranked, len(ranked) < k

@@ -49,15 +49,15 @@ class RiskScorer:
                     strict=True)]
 
     def reasons(self, x: torch.Tensor, contrib: torch.Tensor) -> list[tuple[Reason, ...]]:
+        """Per row the features with the largest positive contributions, largest first."""
         names = self.feature_names
         k = min(self.n_reasons, len(names))
         top = torch.topk(contrib, k, dim=1)
-        out: list[tuple[Reason, ...]] = []
-        for row, (vals, idx) in enumerate(zip(top.values.tolist(), top.indices.tolist(),
-                                              strict=True)):
-            out.append(tuple(Reason(names[j], float(x[row, j]), float(v))
-                             for v, j in zip(vals, idx, strict=True) if v > 0))
-        return out
+        values = x.gather(1, top.indices.to(x.device)).tolist()
+        return [tuple(Reason(names[j], xv, v) for v, j, xv in zip(vals, idx, xs, strict=True)
+                      if v > 0)
+                for vals, idx, xs in zip(top.values.tolist(), top.indices.tolist(), values,
+                                         strict=True)]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

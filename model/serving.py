@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from itertools import starmap
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from model.baseline import BaselinePredictor
 from model.batching import MicroBatcher
 from model.device import resolve_device
+from model.neural import CPU_ROWS
 from model.predictor import Predictor
 from model.recommender import METHODS, Recommender, load_recommender
 from model.registry import ModelRegistry, RegistryError
@@ -35,10 +37,14 @@ class ModelPredictor:
     Deterministic top-k, so every item's propensity is 1.0. The trigger item and
     `context.exclude_items` are never recommended; `context.k` items at most. A missing risk
     model falls back to the baseline's rule score (version "rules-v1").
+
+    max_batch defaults to one CPU forward pass (model.neural.CPU_ROWS): a bigger batch runs as
+    consecutive passes anyway, so waiting up to max_wait_ms for it to fill buys no throughput
+    and adds latency (on a GPU, where a batch is one pass, pass a bigger max_batch).
     """
 
     def __init__(self, recommender: Recommender, risk: RiskScorer | None, *,
-                 version: str, risk_version: str | None, max_batch: int = 256,
+                 version: str, risk_version: str | None, max_batch: int = CPU_ROWS,
                  max_wait_ms: float = 5.0, max_queue: int = 8192,
                  timeout_s: float | None = 30.0) -> None:
         self.recommender = recommender
@@ -63,8 +69,7 @@ class ModelPredictor:
             seqs = [with_trigger(contexts[i]) for i in rec_rows]
             excl = [contexts[i].exclude_items | {contexts[i].item_id} for i in rec_rows]
             for i, row in zip(rec_rows, self.recommender.recommend(seqs, k, excl), strict=True):
-                ranked[i] = tuple(ScoredItem(item, score, 1.0)
-                                  for item, score in row[: contexts[i].k])
+                ranked[i] = tuple(starmap(ScoredItem, row[: contexts[i].k]))  # propensity 1
         risks: list[RiskOutput]
         if self.risk_scorer is not None:
             risks = self.risk_scorer.score(contexts)

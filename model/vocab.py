@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from pathlib import Path
 
 PAD = 0
@@ -47,14 +49,22 @@ class ItemVocab:
         return self._ids.get(item, UNK)
 
     def ids(self, items: Iterable[str]) -> list[int]:
-        get = self._ids.get
-        return [get(i, UNK) for i in items]
+        return list(map(self._ids.get, items, repeat(UNK)))
+
+    def id_array(self, items: Iterable[str]) -> array[int]:
+        """`ids` as an int64 array, filled in one C-level pass (torch.frombuffer reads it)."""
+        return array("q", map(self._ids.get, items, repeat(UNK)))
 
     def item(self, idx: int) -> str | None:
         """The item string behind an id, None for padding, unknown or a free slot."""
         if idx < RESERVED or idx >= len(self._items):
             return None
         return self._items[idx]
+
+    def item_table(self) -> Sequence[str | None]:
+        """Item string by id (ids below RESERVED hold placeholders, free slots None): a live
+        read-only view for readers that look up many ids at once."""
+        return self._items
 
     def count(self, item: str) -> int:
         idx = self._ids.get(item)

@@ -88,7 +88,15 @@ class SeqRecNet(nn.Module):
         """(N, Q, L) attention scores of query states over past events' own embeddings
         (keys from inputs, so serving can skip the top layer for all but the last event),
         plus a learned bias by age (q_pos (N, Q): each query's position; age = q_pos - l)."""
-        out: torch.Tensor = self.copy_q(h_q) @ self.copy_k(keys).transpose(1, 2)
+        q = self.copy_q(h_q)
+        if q.shape[1] < keys.shape[1]:
+            # serving (one query per row): q . (W key + b) = (q W) . key + q . b projects one
+            # query instead of every key
+            w = self.copy_k.weight.to(q.dtype)
+            out: torch.Tensor = torch.baddbmm((q @ self.copy_k.bias.to(q.dtype))[..., None],
+                                              q @ w, keys.to(q.dtype).transpose(1, 2))
+        else:
+            out = q @ self.copy_k(keys).transpose(1, 2)
         steps = torch.arange(keys.shape[1], device=keys.device)
         age = (q_pos[:, :, None] - steps[None, None, :]).clamp(0, self.config.max_len - 1)
         bias: torch.Tensor = self.copy_age(age).squeeze(-1)
@@ -117,7 +125,16 @@ class SeqRecNet(nn.Module):
 
     def _out_logits(self, h: torch.Tensor, n_out: int) -> torch.Tensor:
         if h.dim() == 2:  # serving: one fused pass instead of a product then a bias pass
-            logits = torch.addmm(self.item_bias.to(h.dtype), h, self.item_emb.weight.T.to(h.dtype))
+            bias, table = self.item_bias.to(h.dtype), self.item_emb.weight.T.to(h.dtype)
+            if (h.device.type == "cpu" and h.dtype == bias.dtype == table.dtype
+                    and not torch.is_grad_enabled()):  # out= has no autograd
+                # rows laid out a multiple of 16 wide: an odd row length (the items plus
+                # padding and unknown) halves the speed of the CPU matrix product
+                n = table.shape[1]
+                rows = h.new_empty((h.shape[0], -(-n // 16) * 16))
+                logits = torch.addmm(bias, h, table, out=rows[:, :n])
+            else:
+                logits = torch.addmm(bias, h, table)
         else:
             logits = h @ self.item_emb.weight.T + self.item_bias
         logits[..., :2] = float("-inf")  # padding and the unknown bucket are never predicted
@@ -170,7 +187,8 @@ class SeqRecNet(nn.Module):
         make a row's top k: the k best by explore logit plus the row's own history items.
 
         Same scores as `logits_last` for those items, without the half-dozen passes over the
-        whole table that the full mixture needs (they dominate at tens of thousands of items).
+        whole table that the full mixture needs (they dominate at tens of thousands of items):
+        one product, one block-pruned top k, one in-place log-sum-exp.
         Ids may repeat; history ids >= n_items stand for unknown items (copy only).
         """
         x = self.embed(batch)
@@ -185,14 +203,14 @@ class SeqRecNet(nn.Module):
                                   torch.where(cur[:, None] < n_items, float("-inf"),
                                               explore.gather(1, cur.clamp(max=n_items - 1)
                                                              [:, None])))
-        log_z = torch.logsumexp(explore, dim=1, keepdim=True)
-        top = torch.topk(explore, min(k, n_items), dim=1)
+        top_values, top_ids = top_k_rows(explore, min(k, n_items))
         if not self.config.repeat:
-            return top.values - log_z, top.indices
-        cand = torch.cat([top.indices, ids], 1)  # (B, k + L)
-        known = cand < n_items
-        cand_explore = torch.where(known, explore.gather(1, cand.clamp(max=n_items - 1)),
-                                   float("-inf")) - log_z
+            return top_values - logsumexp_rows_(explore, top_values[:, :1]), top_ids
+        hist_explore = torch.where(ids < n_items, explore.gather(1, ids.clamp(max=n_items - 1)),
+                                   float("-inf"))
+        log_z = logsumexp_rows_(explore, top_values[:, :1])  # explore is spent from here on
+        cand = torch.cat([top_ids, ids], 1)  # (B, k + L)
+        cand_explore = torch.cat([top_values, hist_explore], 1) - log_z
         pos = torch.arange(n, device=ids.device)
         valid = (pos[None, :] < batch.lengths[:, None]) & (ids != cur[:, None])
         copy = self.copy_scores(h.unsqueeze(1), x, last[:, None]).squeeze(1)
@@ -234,3 +252,41 @@ class SeqRecNet(nn.Module):
         for idx in reset or []:
             nn.init.normal_(self.item_emb.weight[idx], std=old.shape[1] ** -0.5)
             self.item_bias[idx] = -10.0
+
+
+TOPK_BLOCK = 128  # columns per block for the pruned top k
+TOPK_PRUNE_ROWS = 8  # fewer rows: a plain torch.topk is quicker
+
+
+def top_k_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.topk(x, k, 1)` (values best first, their columns) for wide rows, pruned by
+    blocks: the k best lie in the k blocks with the highest maxima, so one pass for the block
+    maxima and a top k over k blocks replace the full per-row selection. Ties may resolve to
+    other columns of equal value."""
+    b, n = x.shape
+    blocks = n // TOPK_BLOCK
+    # pruning costs a dozen small ops per call and saves work per row: a loss below a few
+    # rows, and when the k best blocks are much of the row
+    if b < TOPK_PRUNE_ROWS or blocks < 4 * k:
+        top = torch.topk(x, k, 1)
+        return top.values, top.indices
+    body = x[:, : blocks * TOPK_BLOCK].view(b, blocks, TOPK_BLOCK)
+    best = body.amax(2).topk(k, 1).indices  # (B, k) block numbers
+    span = torch.arange(TOPK_BLOCK, device=x.device)
+    cols = (best[:, :, None] * TOPK_BLOCK + span).view(b, k * TOPK_BLOCK)
+    if n > blocks * TOPK_BLOCK:  # the ragged tail is always a candidate
+        tail = torch.arange(blocks * TOPK_BLOCK, n, device=x.device).expand(b, -1)
+        cols = torch.cat([cols, tail], 1)
+    top = torch.topk(x.gather(1, cols), k, 1)
+    return top.values, cols.gather(1, top.indices)
+
+
+def logsumexp_rows_(x: torch.Tensor, row_max: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1) `torch.logsumexp(x, 1, keepdim=True)`, overwriting a float32 x instead of
+    allocating a (B, N) temporary; `row_max` (B, 1), when the caller knows it (a top-1
+    value), saves the pass that finds it."""
+    if x.dtype != torch.float32:
+        x = x.float()  # reduced-precision logits: sum the exponentials in float32
+    m = x.amax(1, keepdim=True) if row_max is None else row_max.to(x.dtype)
+    m = torch.nan_to_num(m, posinf=0.0, neginf=0.0)  # as torch.logsumexp: no inf - inf
+    return x.sub_(m).exp_().sum(1, keepdim=True).log_().add_(m)

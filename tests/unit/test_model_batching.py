@@ -133,3 +133,49 @@ def test_wrong_result_count_is_an_error_not_a_hang() -> None:
             f1.result(2)
         with pytest.raises(RuntimeError):
             f2.result(2)
+
+
+def test_close_refuses_a_submit_that_waits_for_room() -> None:
+    gate = threading.Event()
+
+    def slow(xs: list[int]) -> list[int]:
+        gate.wait(5)
+        return xs
+    b = MicroBatcher(slow, max_batch=1, max_wait_ms=0, max_queue=1, block_s=5)
+    try:
+        first = b.submit(0)
+        time.sleep(0.05)  # the worker holds request 0
+        queued = b.submit(1)  # fills the queue
+        outcome: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                b.submit(2)
+            except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+                outcome.append(e)
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.05)
+        closer = threading.Thread(target=b.close)
+        closer.start()
+        t.join(2)
+        assert len(outcome) == 1 and isinstance(outcome[0], BatcherClosed)
+        gate.set()
+        closer.join(2)
+        assert first.result(2) == 0 and queued.result(2) == 1  # queued work still finishes
+    finally:
+        gate.set()
+        b.close()
+
+
+def test_a_full_batch_is_taken_without_waiting_for_max_wait() -> None:
+    sizes: list[int] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        return xs
+    with MicroBatcher(fn, max_batch=8, max_wait_ms=2_000) as b:
+        t0 = time.perf_counter()
+        assert b.map(list(range(8))) == list(range(8))
+        assert time.perf_counter() - t0 < 1.0  # full at 8: no 2 s wait for company
+    assert sizes == [8]
