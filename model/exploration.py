@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 from model.catalog import ItemCatalog
 from model.policy import KeyedRandom, Policy
 from model.predictor import Predictor, Wrapper
-from model.types import PolicyTrace, Prediction, PredictionContext, RerankInput, ScoredItem
+from model.types import (
+    RERANK_SEQ_WINDOW,
+    PolicyTrace,
+    Prediction,
+    PredictionContext,
+    RerankInput,
+    ScoredItem,
+)
 
 if TYPE_CHECKING:  # torch is imported only where a reranker is actually served
     from model.reranker import Reranker
@@ -34,7 +41,7 @@ class ExplorationPredictor(Wrapper):
 
     def __init__(self, inner: Predictor, policy: Policy, *, pool: int = 30, seed: int = 0,
                  shadow: Policy | None = None, catalog: ItemCatalog | None = None,
-                 recent_categories: int = 10) -> None:
+                 recent_categories: int = RERANK_SEQ_WINDOW) -> None:
         if pool < 1:
             raise ValueError("pool must be at least 1")
         super().__init__(inner)

@@ -14,13 +14,13 @@ import torch
 
 from model.nets.reranker import N_DENSE_V1, RerankConfig, RerankNet
 from model.registry import ModelRegistry
-from model.types import EVENT_TYPE_INDEX, RERANKER, RerankInput
+from model.types import EVENT_TYPE_INDEX, RERANK_SEQ_WINDOW, RERANKER, RerankInput
 
 __all__ = ["RERANKER", "SEQ_WINDOW", "RerankInput", "Reranker", "featurize"]
 
 # Sequence entries (the trigger last) that the features read: the decision log keeps more, the
 # trainer keeps exactly these, so serving and training see the same window.
-SEQ_WINDOW = 10
+SEQ_WINDOW = RERANK_SEQ_WINDOW
 
 _SEP = b"\x1f"
 _CAT = b"\x1ecat:"

@@ -108,6 +108,9 @@ class Prediction:
 
 
 RERANKER = "reranker"  # the feedback-trained reranker: registry name, model-updates name
+# Sequence entries (the trigger last) the reranker's features read, and whose categories the
+# exploring predictor logs: one window for serving, logging and training
+RERANK_SEQ_WINDOW = 10
 
 
 @dataclass(frozen=True, slots=True)
