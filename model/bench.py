@@ -76,6 +76,21 @@ def per_event(pred: ModelPredictor, contexts: list[PredictionContext], seconds: 
     return {"pps": i / wall, "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "n": i}
 
 
+def direct(pred: ModelPredictor, contexts: list[PredictionContext], rows: int, seconds: float
+           ) -> dict[str, float]:
+    """Full batches of `rows` straight into the model, no queue, no waiting: the most any
+    batching can get out of this model on this device (the ceiling of the batcher)."""
+    n = 0
+    t_end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() < t_end or n == 0:
+            start = (n // rows * rows) % max(1, len(contexts) - rows)
+            pred.compute(contexts[start:start + rows])
+            n += rows
+    return {"rows": rows, "pps": n / (time.perf_counter() - t0)}
+
+
 def batched(pred: ModelPredictor, contexts: list[PredictionContext], concurrency: int,
             seconds: float) -> dict[str, float]:
     """Closed loop: `concurrency` requests always in flight through the micro-batcher."""
@@ -158,6 +173,8 @@ def _measure(pred: ModelPredictor, contexts: list[PredictionContext], dev: torch
         r = batched(pred, contexts, c, seconds)
         levels.append(r)
         say(f"  batched c={c}: {r['pps']:.0f}/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
+    ceiling = direct(pred, contexts, pred.metrics()["max_batch"], seconds)
+    say(f"  direct batches of {ceiling['rows']} (no batcher): {ceiling['pps']:.0f}/s")
     singles.append(per_event(pred, contexts, seconds))
     say(f"  per-event again: {singles[1]['pps']:.0f}/s p50 {singles[1]['p50_ms']:.2f} ms "
         f"p99 {singles[1]['p99_ms']:.2f} ms")
@@ -174,6 +191,10 @@ def _measure(pred: ModelPredictor, contexts: list[PredictionContext], dev: torch
             "batched_pps": round(head["pps"], 1), "ratio": round(head["pps"] / single["pps"], 2),
             "p50_ms": round(head["p50_ms"], 3), "p99_ms": round(head["p99_ms"], 3),
             "concurrency": head["concurrency"], "p99_under_50ms": bool(ok),
+            # what full batches of max_batch rows give with no queueing at all: the ratio no
+            # batcher can exceed on this model and device
+            "direct_batch_pps": round(ceiling["pps"], 1),
+            "ceiling_ratio": round(ceiling["pps"] / single["pps"], 2),
             "levels": [{k: round(v, 3) for k, v in r.items()} for r in levels],
             "batcher": {"max_batch": metrics["max_batch"], "max_wait_ms": metrics["max_wait_ms"],
                         "batch_size_hist": metrics["batch_size_hist"],

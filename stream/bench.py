@@ -7,18 +7,20 @@ other, so the ratios compare like with like:
   (c) lamstream: the real worker (validation, features table, predictor, decisions).
 Rates are measured over the busy span (first record processed to last), so consumer-group
 joins are not counted. Then (c) runs at a fixed offered load to measure end-to-end latency:
-producer send -> recommendation received by a separate consumer.
+producer send -> recommendation received by a separate consumer; and (d) the same load and
+observer through a bare passthrough process (stream.bench_floor) gives the latency floor of
+this broker and machine, which the worker's figure includes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -130,63 +132,109 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def _latency_at_load(settings: Settings, s: Settings, payloads: list[tuple[bytes, bytes]],
-                     rate: float, seconds: float) -> dict[str, float]:
-    """Offered load `rate` ev/s for `seconds`; e2e = send time -> recommendation received."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+def _latency_at_load(s: Settings, payloads: list[tuple[bytes, bytes]], rate: float,
+                     seconds: float, out_topic: str | None = None) -> dict[str, float]:
+    """Offered load `rate` ev/s for `seconds` on s's events topic; e2e = send time -> the
+    record of the same event id received on `out_topic`: the recommendations (events of the
+    types in s.recommend_on have one), or with a topic given, a copy of every event."""
+    every_event = out_topic is not None
+    return asyncio.run(_latency_async(s, payloads, rate, seconds,
+                                      out_topic or s.topic_prefix + "recommendations",
+                                      every_event))
 
-    rec_topic = s.topic_prefix + "recommendations"
-    consumer = KafkaConsumer(**s.kafka_python_config(), enable_auto_commit=False,
-                             fetch_max_wait_ms=5)
-    tps = [TopicPartition(rec_topic, p) for p in range(s.partitions)]
-    consumer.assign(tps)
-    from stream.admin import seek_to_end
 
-    seek_to_end(consumer, tps)
+async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate: float,
+                         seconds: float, out_topic: str, every_event: bool
+                         ) -> dict[str, float]:
+    """The load generator and the observer as one asyncio client (aiokafka): a producer paced
+    to `rate` and a consumer of `out_topic`, each record matched to its send time by event id.
+    The observer asks the broker for records no more than 5 ms late (tansu holds a fetch that
+    long even when records are waiting), so the figure is the pipeline's, not the client's."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=5, max_poll_records=5000)
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, acks=1)
+    await consumer.start()
+    await producer.start()
     sent_at: dict[str, float] = {}
     lat: list[float] = []
     inside: list[float] = []  # the worker's own share: receipt -> publish
-    done = threading.Event()
 
-    def receive() -> None:
-        while not done.is_set() or len(lat) < len(sent_at) * 0.5:
-            for records in consumer.poll(timeout_ms=100).values():
-                now = time.perf_counter()
+    async def receive() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batches.values():
                 for r in records:
                     rec = orjson.loads(r.value)
-                    t = sent_at.get(rec["event_id"])
+                    t = sent_at.pop(rec["event_id"], None)
                     if t is not None:
                         lat.append((now - t) * 1000)
-                        inside.append(rec["latency_ms"])
-            if done.is_set() and time.perf_counter() > deadline:
-                break
+                        if "latency_ms" in rec:
+                            inside.append(rec["latency_ms"])
 
-    deadline = float("inf")
-    th = threading.Thread(target=receive, daemon=True)
-    th.start()
-    producer = KafkaProducer(**s.kafka_python_config(), linger_ms=0, acks=1)
-    total = int(rate * seconds)
-    t0 = time.perf_counter()
-    topic = s.topic_prefix + "events"
-    for i in range(total):
-        key, value = payloads[i % len(payloads)]
-        ev = orjson.loads(value)
-        ev["event_id"] = f"lat-{i}-{ev['event_id']}"
-        sent_at[ev["event_id"]] = time.perf_counter()
-        producer.send(topic, key=key, value=orjson.dumps(ev))
-        ahead = (i + 1) / rate - (time.perf_counter() - t0)
-        if ahead > 0:
-            time.sleep(ahead)
-    producer.flush()
-    deadline = time.perf_counter() + 10
-    done.set()
-    th.join(15)
-    consumer.close()
-    producer.close()
-    # only views/clicks trigger recommendations; the sample is the measured records
+    try:
+        consumer.assign([TopicPartition(out_topic, p) for p in range(s.partitions)])
+        await consumer.seek_to_end()
+        rx = asyncio.create_task(receive())
+        total = int(rate * seconds)
+        topic = s.topic_prefix + "events"
+        t0 = time.perf_counter()
+        expected = 0
+        for i in range(total):
+            key, value = payloads[i % len(payloads)]
+            ev = orjson.loads(value)
+            ev["event_id"] = f"lat-{i}-{ev['event_id']}"
+            if every_event or ev.get("type") in s.recommend_on:
+                expected += 1
+            sent_at[ev["event_id"]] = time.perf_counter()
+            await producer.send(topic, orjson.dumps(ev), key=key)
+            ahead = (i + 1) / rate - (time.perf_counter() - t0)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await producer.flush()
+        deadline = time.perf_counter() + 10
+        while len(lat) < expected and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        rx.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rx
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    # only some event types trigger recommendations; the sample is the measured records
     return {"p50_ms": _percentile(lat, 0.5), "p99_ms": _percentile(lat, 0.99),
             "samples": len(lat), "worker_p50_ms": _percentile(inside, 0.5),
             "worker_p99_ms": _percentile(inside, 0.99)}
+
+
+def _floor_latency(base: Settings, run_id: str, fetch_wait_ms: int,
+                   payloads: list[tuple[bytes, bytes]], rate: float, seconds: float, tmp: Path
+                   ) -> dict[str, float]:
+    """Latency at `rate` through stream.bench_floor (consume, forward, nothing else), with the
+    worker's fetch wait, in its own process as the worker is."""
+    s = base.model_copy(update={"topic_prefix": f"bench-{run_id}-floor."})
+    events, out = s.topic_prefix + "events", s.topic_prefix + "out"
+    create(s, [events, out])
+    log = (tmp / "floor.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "stream.bench_floor", s.bootstrap, events,
+                             out, str(fetch_wait_ms)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            log.seek(0)
+            if "ready" in log.read():
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"the floor passthrough did not start: {log.read()[-1500:]}")
+            time.sleep(0.1)
+        return _latency_at_load(s, payloads, rate, seconds, out_topic=out)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
 
 
 def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None,
@@ -238,13 +286,19 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None,
             ls_eps = st["events"] / (st["last_batch_at"] - st["first_batch_at"])
             log(f"(c) lamstream worker: {ls_eps:,.0f} ev/s "
                 f"({st['recommendations']} recommendations, {st['dlq']} DLQ)")
-            lat = _latency_at_load(settings, s, payloads, latency_rate, latency_seconds)
+            lat = _latency_at_load(s, payloads, latency_rate, latency_seconds)
             log(f"(c) at {latency_rate:.0f} ev/s offered: e2e p50 {lat['p50_ms']:.1f} ms, p99 "
                 f"{lat['p99_ms']:.1f} ms over {lat['samples']} recommendations (inside the "
                 f"worker, receipt to publish: p50 {lat['worker_p50_ms']:.1f} ms, p99 "
                 f"{lat['worker_p99_ms']:.1f} ms)")
         finally:
             stop_worker(proc)
+        # (d) the floor: the same load and observer through a bare passthrough process
+        floor = _floor_latency(base_settings, run_id, s.fetch_max_wait_ms, payloads,
+                               latency_rate, latency_seconds, tmp)
+        log(f"(d) floor, a bare passthrough process at {latency_rate:.0f} ev/s: e2e p50 "
+            f"{floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms over {floor['samples']} "
+            f"events (the broker, the clients and this machine, before any work)")
     return {
         "raw_eps": round(raw_eps, 1), "naive_eps": round(naive_eps, 1),
         "lamstream_eps": round(ls_eps, 1),
@@ -253,6 +307,7 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None,
         "p50_ms": round(lat["p50_ms"], 2), "p99_ms": round(lat["p99_ms"], 2),
         "worker_p50_ms": round(lat["worker_p50_ms"], 2),
         "worker_p99_ms": round(lat["worker_p99_ms"], 2),
+        "floor_p50_ms": round(floor["p50_ms"], 2), "floor_p99_ms": round(floor["p99_ms"], 2),
         "events": n_events, "naive_events": naive_n, "partitions": partitions,
         "latency_offered_eps": latency_rate, "latency_samples": lat["samples"],
         "predictor": "baseline (online popularity + co-visitation, rule risk)",

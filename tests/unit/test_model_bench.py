@@ -18,3 +18,7 @@ def test_bench_reports_the_requested_model_with_a_same_run_baseline(kind: str) -
     assert out["ratio"] == pytest.approx(out["batched_pps"] / out["per_event_pps"], rel=0.01)
     assert [lv["concurrency"] for lv in out["levels"]] == [1, 8]
     assert sum(out["batcher"]["batch_size_hist"].values()) > 0
+    # the ceiling: full max_batch batches with no queue, against the same baseline
+    assert out["direct_batch_pps"] > 0
+    assert out["ceiling_ratio"] == pytest.approx(
+        out["direct_batch_pps"] / out["per_event_pps"], rel=0.01)
