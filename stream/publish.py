@@ -96,15 +96,27 @@ class BatchPublisher:
         self._counts.clear()
         self._futures.clear()
 
-    async def flush(self) -> dict[tuple[str, int], int]:
-        """Send everything and wait for the broker's acks; returns the last offset per tp."""
+    async def send_all(self) -> list[tuple[tuple[str, int], int, asyncio.Future[Any]]]:
+        """Hand everything collected so far to the producer; returns the delivery futures of
+        exactly those records (what `wait` takes), so the next batch may collect meanwhile.
+        Kafka keeps each partition's records in send order across such calls."""
         for tp in list(self._builders):
             await self._send(tp)
-        futures, self._futures = self._futures, []
-        if not futures:
+        sent, self._futures = self._futures, []
+        return sent
+
+    @staticmethod
+    async def wait(sent: list[tuple[tuple[str, int], int, asyncio.Future[Any]]]
+                   ) -> dict[tuple[str, int], int]:
+        """Wait for the broker's acks of `sent`; returns the last offset per topic-partition."""
+        if not sent:
             return {}
-        results = await asyncio.gather(*(f for _, _, f in futures))
+        results = await asyncio.gather(*(f for _, _, f in sent))
         last: dict[tuple[str, int], int] = {}
-        for (tp, count, _), md in zip(futures, results, strict=True):
+        for (tp, count, _), md in zip(sent, results, strict=True):
             last[tp] = max(last.get(tp, -1), md.offset + count - 1)
         return last
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send everything and wait for the broker's acks; returns the last offset per tp."""
+        return await self.wait(await self.send_all())

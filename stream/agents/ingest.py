@@ -132,6 +132,22 @@ class _Pending:
 
 
 @dataclass
+class _Flight:
+    """A batch whose records are sent but not yet acknowledged by the broker."""
+
+    batch: list[tuple[Message, float]]
+    stats: BatchStats
+    sent: list[Any]  # BatchPublisher.send_all(): the delivery futures of its records
+    states: dict[int, list[tuple[bytes, bytes]]]  # partition -> (user key, state) to store
+    acked: asyncio.Future[Any] | None = None  # all of `sent` settled (created on demand)
+
+    def settled(self) -> asyncio.Future[Any]:
+        if self.acked is None:
+            self.acked = asyncio.gather(*(f for _, _, f in self.sent), return_exceptions=True)
+        return self.acked
+
+
+@dataclass
 class LastDecision:
     """A user's latest event with its prediction, as kept for the dashboard."""
 
@@ -235,6 +251,9 @@ class IngestAgent(Service):
         self.started_at = time.time()
         self._sweep_cursor = 0
         self._out: BatchPublisher | None = None
+        self._flight: _Flight | None = None  # sent, not yet acknowledged (see _run)
+        # partition -> user key -> state bytes of batches sent but not yet stored
+        self._overlay: dict[int, dict[bytes, bytes]] = {}
         self._last_sweep = time.monotonic()
         super().__init__(**kwargs)
         app.add_dependency(self)
@@ -255,8 +274,11 @@ class IngestAgent(Service):
 
     async def on_stop(self) -> None:
         self._closing = True
-        async with self._batch_lock:  # finish the batch in flight
-            pass
+        async with self._batch_lock:  # finish the batch being prepared, then the one sent
+            try:
+                await self._complete_pending()
+            except Exception:  # re-delivered after the stop: its inputs were never acked
+                log.exception("could not complete the batch in flight at shutdown")
         # what is still buffered was never acked: forget it so Faust's shutdown does not
         # wait for it; it is re-delivered to whoever owns the partition next
         self.sink.drop_all()
@@ -264,16 +286,78 @@ class IngestAgent(Service):
 
     @Service.task
     async def _run(self) -> None:
+        """Batches are pipelined one deep: batch N+1 is decoded, folded, predicted and sent
+        while the broker acknowledges batch N, which is then completed (states stored, inputs
+        acked) before N+1 is. N+1 reads the states N left (the overlay) until N stores them.
+        With no next batch waiting, N completes as soon as its acks arrive."""
         settings = self.settings
         within = settings.batch_within_ms / 1000
-        while not self.should_stop and not self._closing:
-            batch = await self.sink.get_batch(settings.batch_max, within)
-            if self._closing:
-                break
-            async with self._batch_lock:
-                await self._process_with_retry(batch)
-                if time.monotonic() - self._last_sweep > 60:
-                    await self.sweep_expired()
+        getter: asyncio.Task[list[tuple[Message, float]]] | None = None
+        try:
+            while not self.should_stop and not self._closing:
+                if getter is None:
+                    getter = asyncio.ensure_future(self.sink.get_batch(settings.batch_max,
+                                                                       within))
+                flight = self._flight
+                if flight is not None and not getter.done():
+                    await asyncio.wait((getter, flight.settled()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():  # acks first, nothing new yet: complete it now
+                        async with self._batch_lock:
+                            await self._complete_pending()
+                        continue
+                batch = await getter
+                getter = None
+                if self._closing:
+                    break  # not processed nor acked: re-delivered after the stop
+                async with self._batch_lock:
+                    await self._pipelined(batch)
+                    if time.monotonic() - self._last_sweep > 60:
+                        await self._complete_pending()  # the sweep reads the stored states
+                        await self.sweep_expired()
+        finally:
+            if getter is not None:
+                getter.cancel()
+
+    async def _pipelined(self, batch: list[tuple[Message, float]]) -> None:
+        """Prepare `batch`, then complete the batch before it; broker trouble -> _recover."""
+        prev, self._flight = self._flight, None
+        try:
+            flight = await self.prepare(batch)
+        except InfraError as exc:
+            await self._recover([prev] if prev is not None else [], [batch], exc)
+            return
+        if prev is not None:
+            try:
+                await self.complete(prev)
+            except InfraError as exc:
+                await self._recover([prev, flight], [], exc)
+                return
+        self._flight = flight
+
+    async def _complete_pending(self) -> None:
+        prev, self._flight = self._flight, None
+        if prev is not None:
+            try:
+                await self.complete(prev)
+            except InfraError as exc:
+                await self._recover([prev], [], exc)
+
+    async def _recover(self, flights: list[_Flight], batches: list[list[tuple[Message, float]]],
+                       exc: InfraError) -> None:
+        """Broker trouble with batches in flight: wait until every send of theirs settled,
+        forget what they collected and left in the overlay, then process them all again in
+        their order, one at a time. Nothing of theirs was stored or acked, so the state stays
+        exact; their records that did reach the broker are sent again (at least once), and a
+        later batch is never redone before an earlier one (the changelog keeps its order)."""
+        log.warning("batch failed (%s); processing the %d batch(es) in flight again", exc,
+                    len(flights) + len(batches))
+        for f in flights:
+            await f.settled()
+        self._publisher().discard()
+        self._overlay.clear()
+        for b in [f.batch for f in flights] + batches:
+            await self._process_with_retry(b)
 
     async def _process_with_retry(self, batch: list[tuple[Message, float]]) -> None:
         delay = 0.2
@@ -283,6 +367,7 @@ class IngestAgent(Service):
                 return
             except InfraError as exc:
                 self._publisher().discard()  # nothing of the failed attempt is sent later
+                self._overlay.clear()  # nor read by the next attempt
                 log.warning("batch failed (%s), retry %d in %.1fs", exc, attempt + 1, delay)
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -290,6 +375,13 @@ class IngestAgent(Service):
 
     # ---------------------------------------------------------------------------------
     async def process(self, batch: list[tuple[Message, float]]) -> BatchStats:
+        """One batch start to end: prepared, sent, acknowledged, stored, acked."""
+        flight = await self.prepare(batch)
+        await self.complete(flight)
+        return flight.stats
+
+    async def prepare(self, batch: list[tuple[Message, float]]) -> _Flight:
+        """Steps 1-5 of a batch, its records handed to the producer without waiting."""
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
         cfg = self.features
@@ -330,8 +422,17 @@ class IngestAgent(Service):
         n_windows = len(cfg.windows_s)
         states: list[tuple[int, bytes, UserState]] = []
         table = TableAccess(store)
+        overlay = self._overlay
         for partition, users in by_part.items():
             get = table.reader(partition)
+            newer = overlay.get(partition)
+            if newer is not None:  # states of the batch in flight, not stored yet
+                stored = get
+
+                def get(key: bytes, newer: dict[bytes, bytes] = newer,
+                        stored: Callable[[bytes], bytes | None] = stored) -> bytes | None:
+                    raw = newer.get(key)
+                    return raw if raw is not None else stored(key)
             with partition_context(partition):
                 for user_id, events in users.items():
                     key = user_id.encode()
@@ -372,6 +473,10 @@ class IngestAgent(Service):
         for partition, key, st in states:
             value = st.to_bytes()
             by_partition.setdefault(partition, []).append((key, value))
+            part_overlay = overlay.get(partition)
+            if part_overlay is None:
+                part_overlay = overlay[partition] = {}
+            part_overlay[key] = value
             await out.add(changelog, key, value, partition)
 
         # 5. decisions
@@ -431,22 +536,41 @@ class IngestAgent(Service):
         if len(latest) > 5000:
             self._last_prediction_old, self.last_prediction = latest, {}
 
-        # 6. every record of this batch acknowledged by the broker -> write the local state,
-        # ack the inputs
         try:
-            last = await out.flush()
+            sent = await out.send_all()
+        except InfraError:
+            raise
         except Exception as exc:  # broker trouble: not the input's fault
             raise InfraError(f"publishing a batch failed: {exc!r}") from exc
-        for partition, items in by_partition.items():
+        return _Flight(batch, stats, sent, by_partition)
+
+    async def complete(self, flight: _Flight) -> None:
+        """6. every record of the batch acknowledged by the broker -> write the local state,
+        ack the inputs (so Faust commits them)."""
+        try:
+            last = await self._publisher().wait(flight.sent)
+        except Exception as exc:  # broker trouble: not the input's fault
+            raise InfraError(f"publishing a batch failed: {exc!r}") from exc
+        store = self.table.data
+        table = TableAccess(store)
+        overlay = self._overlay
+        for partition, items in flight.states.items():
             table.write(partition, items)
+            part_overlay = overlay.get(partition)
+            if part_overlay is not None:
+                for key, value in items:
+                    if part_overlay.get(key) is value:  # not overwritten by a later batch
+                        del part_overlay[key]
+                if not part_overlay:
+                    del overlay[partition]
+        changelog = self.table.changelog_topic.get_topic_name()
         for (topic, partition), offset in last.items():
             if topic == changelog:
                 store.set_persisted_offset(TP(changelog, partition), offset)
         ack = self.app.consumer.ack
-        for m, _ in batch:
+        for m, _ in flight.batch:
             ack(m)
-        self._account(stats)
-        return stats
+        self._account(flight.stats)
 
     def _publisher(self) -> BatchPublisher:
         if self._out is None:
