@@ -85,7 +85,7 @@ def direct(pred: ModelPredictor, contexts: list[PredictionContext], rows: int, s
     t0 = time.perf_counter()
     with torch.inference_mode():
         while time.perf_counter() < t_end or n == 0:
-            start = (n // rows * rows) % max(1, len(contexts) - rows)
+            start = n % max(1, len(contexts) - rows)  # n counts whole batches of rows
             pred.compute(contexts[start:start + rows])
             n += rows
     return {"rows": rows, "pps": n / (time.perf_counter() - t0)}
