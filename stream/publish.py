@@ -17,6 +17,10 @@ from aiokafka.partitioner import murmur2
 
 from stream.errors import InfraError
 
+# what BatchPublisher.send_all hands back and wait takes: per record batch sent, its
+# topic-partition, its record count and the future of the broker's ack
+Sent = list[tuple[tuple[str, int], int, "asyncio.Future[Any]"]]
+
 
 class BatchPublisher:
     """Collects records during a batch; `flush()` sends them and returns delivery futures."""
@@ -25,7 +29,7 @@ class BatchPublisher:
         self._producer = producer
         self._builders: dict[tuple[str, int], Any] = {}
         self._counts: dict[tuple[str, int], int] = {}
-        self._futures: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
+        self._futures: Sent = []
         self._parts: dict[str, int] = {}
         self._key_part: dict[int, dict[bytes, int]] = {}
 
@@ -96,7 +100,7 @@ class BatchPublisher:
         self._counts.clear()
         self._futures.clear()
 
-    async def send_all(self) -> list[tuple[tuple[str, int], int, asyncio.Future[Any]]]:
+    async def send_all(self) -> Sent:
         """Hand everything collected so far to the producer; returns the delivery futures of
         exactly those records (what `wait` takes), so the next batch may collect meanwhile.
         Kafka keeps each partition's records in send order across such calls."""
@@ -106,8 +110,7 @@ class BatchPublisher:
         return sent
 
     @staticmethod
-    async def wait(sent: list[tuple[tuple[str, int], int, asyncio.Future[Any]]]
-                   ) -> dict[tuple[str, int], int]:
+    async def wait(sent: Sent) -> dict[tuple[str, int], int]:
         """Wait for the broker's acks of `sent`; returns the last offset per topic-partition."""
         if not sent:
             return {}

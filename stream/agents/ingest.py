@@ -27,7 +27,7 @@ from stream.errors import InfraError, PoisonMessage
 from stream.fastpath import BatchSink, register_sink
 from stream.features import FeatureConfig, UserState
 from stream.metrics import Metrics
-from stream.publish import BatchPublisher
+from stream.publish import BatchPublisher, Sent
 from stream.schemas import Event, decode_event, dlq_record
 from stream.settings import Settings
 from stream.topics import Topics
@@ -137,7 +137,7 @@ class _Flight:
 
     batch: list[tuple[Message, float]]
     stats: BatchStats
-    sent: list[Any]  # BatchPublisher.send_all(): the delivery futures of its records
+    sent: Sent  # BatchPublisher.send_all(): the delivery futures of its records
     states: dict[int, list[tuple[bytes, bytes]]]  # partition -> (user key, state) to store
     acked: asyncio.Future[Any] | None = None  # all of `sent` settled (created on demand)
 
