@@ -50,5 +50,4 @@ class ItemCatalog:
         return self._cat.get(item)
 
     def lookup(self, items: Sequence[str]) -> tuple[str | None, ...]:
-        get = self._cat.get
-        return tuple([get(i) for i in items])
+        return tuple(map(self._cat.get, items))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from model.catalog import ItemCatalog
@@ -71,10 +72,12 @@ class ExplorationPredictor(Wrapper):
                 cat.observe(c.item_id, c.category)
         n = self.recent_categories
         out = {}
+        lookup = cat.lookup
+        first = itemgetter(0)
         for i, (c, p) in enumerate(zip(contexts, preds, strict=True)):
             if c.recommend and p.items:
-                recent = [s[0] for s in c.sequence[-n:]] if n > 0 else []
-                out[i] = (cat.lookup([s[0] for s in p.items]), cat.lookup(recent))
+                recent = list(map(first, c.sequence[-n:])) if n > 0 else []
+                out[i] = (lookup(list(map(first, p.items))), lookup(recent))
         return out
 
     def _rerank(self, contexts: Sequence[PredictionContext], preds: Sequence[Prediction],
@@ -118,7 +121,6 @@ class ExplorationPredictor(Wrapper):
         reranker = self.reranker  # read once: a swap never lands within a batch
         cats = self._categories(contexts, preds)
         base = self._rerank(contexts, preds, reranker, cats) if reranker is not None else {}
-        new = tuple.__new__
         for row, (ctx, pred) in enumerate(zip(contexts, preds, strict=True)):
             if not ctx.recommend or not pred.items:
                 continue
@@ -128,9 +130,7 @@ class ExplorationPredictor(Wrapper):
             choice = self.policy.choose(pool, k, KeyedRandom(self.seed, ctx.event_id))
             trace = PolicyTrace(
                 policy=label, explored=choice.explored,
-                candidates=tuple([new(ScoredItem, (c[0], c[1], p))
-                                  for c, p in zip(pool, choice.inclusion, strict=True)]),
-                base_scores=base.get(row, ()))
+                pool=tuple(pool), inclusion=choice.inclusion, base_scores=base.get(row, ()))
             pool_cats, recent_cats = cats[row]
             if any(pool_cats) or any(recent_cats):  # nothing to log without a catalogue
                 trace.candidate_categories = pool_cats

@@ -85,10 +85,18 @@ class Policy(Protocol):
 def top_k_indices(scores: Sequence[float], k: int) -> list[int]:
     """Indices of the k highest scores, ties broken by position (stable).
 
-    Python's sort stays stable with reverse=True, and rankers hand over candidates already
-    in score order, which timsort checks in one pass: this runs once per decision.
+    Python's sort stays stable with reverse=True. Rankers hand over candidates already in
+    score order: that case is recognised by one C-level comparison (a key function is
+    called per element) and answered without sorting indices; this runs once per decision.
     """
+    if _ranked(scores):
+        return list(range(min(k, len(scores))))
     return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)[:k]
+
+
+def _ranked(scores: Sequence[float]) -> bool:
+    """Non-increasing (so the stable descending order is the positions themselves)."""
+    return sorted(scores, reverse=True) == list(scores)
 
 
 _new = tuple.__new__  # NamedTuple's own constructor is several times slower (per decision)
@@ -96,11 +104,21 @@ _new = tuple.__new__  # NamedTuple's own constructor is several times slower (pe
 
 def _slate(candidates: Sequence[ScoredItem], chosen: Sequence[int],
            inclusion: Sequence[float], greedy: Sequence[int]) -> Choice:
+    if chosen is greedy and _first(greedy):  # the top k of a ranked pool: in order already
+        return Choice(tuple([_new(ScoredItem, (c[0], c[1], p)) for c, p in
+                             zip(candidates[:len(greedy)], inclusion, strict=False)]),
+                      tuple(inclusion), False)
     order = sorted(chosen, key=[c[1] for c in candidates].__getitem__, reverse=True)
     items = tuple([_new(ScoredItem, (candidates[i][0], candidates[i][1], inclusion[i]))
                    for i in order])
     explored = len(chosen) != len(greedy) or set(chosen) != set(greedy)
     return Choice(items, tuple(inclusion), explored)
+
+
+def _first(indices: Sequence[int]) -> bool:
+    """indices == [0, 1, ..., len - 1] (what top_k_indices gives for a ranked pool)."""
+    n = len(indices)
+    return n == 0 or (indices[0] == 0 and indices[-1] == n - 1 and list(range(n)) == indices)
 
 
 class GreedyPolicy:
@@ -141,13 +159,18 @@ class EpsilonGreedyPolicy:
         self.floor = floor
         self.decay_steps = decay_steps
         self.steps = steps
+        self._label: tuple[float, str] | None = None
 
     @property
     def epsilon(self) -> float:
         return max(self.floor, self.start * self.decay_steps / (self.decay_steps + self.steps))
 
     def label(self) -> str:
-        return f"epsilon_greedy(eps={self.epsilon:.4f})"
+        eps = self.epsilon
+        cached = self._label
+        if cached is None or cached[0] != eps:  # formatted once per value, not per decision
+            cached = self._label = (eps, f"epsilon_greedy(eps={eps:.4f})")
+        return cached[1]
 
     def inclusion(self, scores: Sequence[float], k: int) -> list[float]:
         n = len(scores)

@@ -80,11 +80,15 @@ class PolicyTrace:
     `candidates` is the ranked pool the policy chose from, each with the logging policy's
     inclusion probability as `propensity`; the shadow fields say what a candidate policy
     would have shown and its inclusion probability for every pool item (same order).
+    They are kept as the pool as ranked (`pool`, whose own propensities mean nothing) and
+    the `inclusion` of each: the trace is built for every decision and logged column-wise,
+    so the merged tuples are made only when something asks for `candidates`.
     """
 
     policy: str
     explored: bool
-    candidates: tuple[ScoredItem, ...]
+    pool: tuple[ScoredItem, ...]
+    inclusion: tuple[float, ...]
     shadow_policy: str | None = None
     shadow_items: tuple[str, ...] = ()
     shadow_inclusion: tuple[float, ...] = ()
@@ -95,6 +99,12 @@ class PolicyTrace:
     # trigger last), as the worker's catalogue knew them (None: unknown); empty: not logged
     candidate_categories: tuple[str | None, ...] = ()
     recent_categories: tuple[str | None, ...] = ()
+
+    @property
+    def candidates(self) -> tuple[ScoredItem, ...]:
+        """The pool, each candidate with its inclusion probability as `propensity`."""
+        return tuple(ScoredItem(c[0], c[1], p)
+                     for c, p in zip(self.pool, self.inclusion, strict=True))
 
 
 @dataclass(slots=True)

@@ -30,8 +30,8 @@ def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Predictio
     if trace is not None:
         d["policy"] = trace.policy
         d["explored"] = trace.explored
-        d["candidates"] = [{"item_id": c[0], "score": c[1], "propensity": c[2]}
-                           for c in trace.candidates]
+        d["candidates"] = [{"item_id": c[0], "score": c[1], "propensity": p}
+                           for c, p in zip(trace.pool, trace.inclusion, strict=True)]
         if trace.base_scores:
             d["base_scores"] = list(trace.base_scores)
         if trace.candidate_categories:

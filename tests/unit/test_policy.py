@@ -17,6 +17,7 @@ from model.policy import (
     SoftmaxPolicy,
     capped_softmax,
     systematic_sample,
+    top_k_indices,
 )
 from model.types import PredictionContext, ScoredItem, SeqItem
 
@@ -132,3 +133,24 @@ def test_exploration_predictor_logs_pool_and_shadow_without_showing_it() -> None
     assert len({tuple(i.item_id for i in p.items) for p in out}) > 1  # really random
     again = ExplorationPredictor(BaselinePredictor(), GreedyPolicy(), pool=12)
     assert again.predict_batch([_ctx(1, ["a"])])[0].items == ()  # cold start: nothing known
+
+
+@pytest.mark.parametrize("scores", [
+    [3.0, 2.0, 2.0, 1.0, 0.5],  # ranked, with a tie
+    [1.0, 3.0, 2.0, 2.0, 0.5],  # not ranked
+    [2.0, 2.0, 2.0, 2.0, 2.0],  # all tied
+    [0.5, 1.0, 2.0, 3.0, 4.0],  # ascending
+    [3.0, 2.0, 1.0, 1.5, 0.0],  # ranked but for one pair
+])
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_greedy_slates_match_a_full_stable_sort_whatever_the_order(scores: list[float],
+                                                                   k: int) -> None:
+    """Ranked pools take a shortcut; it must pick and order exactly what sorting would."""
+    cands = tuple(ScoredItem(f"i{j}", s) for j, s in enumerate(scores))
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], j))[:k]
+    assert top_k_indices(scores, k) == order
+    for policy in (GreedyPolicy(), EpsilonGreedyPolicy(start=0.0, floor=0.0)):
+        choice = policy.choose(cands, k, KeyedRandom(1, "e"))
+        assert [c.item_id for c in choice.items] == [f"i{j}" for j in order]
+        assert not choice.explored
+        assert sum(choice.inclusion) == pytest.approx(min(k, len(scores)))
