@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +38,7 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
     proto = settings.security_protocol
     if proto == "PLAINTEXT":
         return None
-    ctx: ssl.SSLContext | None = None
-    if proto in ("SSL", "SASL_SSL"):
-        ctx = ssl.create_default_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
-        if settings.ssl_certfile:
-            ctx.load_cert_chain(str(settings.ssl_certfile),
-                                str(settings.ssl_keyfile) if settings.ssl_keyfile else None)
+    ctx = settings.ssl_context()
     if proto == "SSL":
         assert ctx is not None
         return faust.SSLCredentials(ctx)

@@ -80,9 +80,9 @@ def create(settings: Settings, names: list[str]) -> None:
 async def _raw(settings: Settings, topic: str, n: int) -> float:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_poll_records=5000)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=2,
+    producer = AIOKafkaProducer(**settings.aiokafka_config(), linger_ms=2,
                                 max_batch_size=256 * 1024)
     await consumer.start()
     await producer.start()
@@ -152,9 +152,9 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
     long even when records are waiting), so the figure is the pipeline's, not the client's."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**s.aiokafka_config(), enable_auto_commit=False,
                                 fetch_max_wait_ms=5, max_poll_records=5000)
-    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0, acks=1)
+    producer = AIOKafkaProducer(**s.aiokafka_config(), linger_ms=0, acks=1)
     await consumer.start()
     await producer.start()
     sent_at: dict[str, float] = {}

@@ -7,7 +7,8 @@ end-to-end latency is what the broker, the clients and this machine cost before 
 processing: the worker's latency is this floor plus its own work.
 
 Run as `python -m stream.bench_floor BOOTSTRAP IN_TOPIC OUT_TOPIC FETCH_WAIT_MS`; prints
-"ready" once its partitions are assigned, then forwards until it is terminated.
+"ready" once its partitions are assigned, then forwards until it is terminated. Security
+settings (SASL / TLS) come from the LAMSTREAM_* environment, as for the worker.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from stream.settings import Settings, load_settings
 
-async def passthrough(bootstrap: str, in_topic: str, out_topic: str, fetch_wait_ms: int
+
+async def passthrough(settings: Settings, in_topic: str, out_topic: str, fetch_wait_ms: int
                       ) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False,
                                 fetch_max_wait_ms=fetch_wait_ms, max_poll_records=1000)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
+    producer = AIOKafkaProducer(**settings.aiokafka_config(), linger_ms=2, acks=1)
     await consumer.start()
     await producer.start()
     try:
@@ -45,4 +48,5 @@ async def passthrough(bootstrap: str, in_topic: str, out_topic: str, fetch_wait_
 
 
 if __name__ == "__main__":
-    asyncio.run(passthrough(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    asyncio.run(passthrough(load_settings(bootstrap_servers=sys.argv[1]), sys.argv[2],
+                            sys.argv[3], int(sys.argv[4])))

@@ -2,7 +2,8 @@
 
 One event at a time: decode, update a per-user count in a table, await a send per event.
 Run as `python -m stream.bench_naive BOOTSTRAP TOPIC N DATA_DIR`; prints one JSON line with
-the measured rate when N events were processed, then stops.
+the measured rate when N events were processed, then stops. Security settings (SASL / TLS)
+come from the LAMSTREAM_* environment, as for the worker.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ import orjson
 
 
 def main(bootstrap: str, topic: str, n: int, data_dir: str) -> None:
+    from stream.app import faust_credentials
+    from stream.settings import load_settings
+
+    credentials = faust_credentials(load_settings(bootstrap_servers=bootstrap))
     app = faust.App(
-        f"naive-{topic}", broker=f"kafka://{bootstrap}", store="rocksdb://", datadir=data_dir,
+        f"naive-{topic}", broker=[f"kafka://{h.strip()}" for h in bootstrap.split(",")],
+        broker_credentials=credentials, store="rocksdb://", datadir=data_dir,
         autodiscover=False, consumer_auto_offset_reset="earliest",
         broker_session_timeout=30.0, broker_rebalance_timeout=6.0,
         broker_heartbeat_interval=1.0, broker_max_poll_interval=60.0, web_enabled=False,

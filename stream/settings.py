@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -235,6 +236,34 @@ class Settings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         return self.bootstrap_servers or f"127.0.0.1:{self.embedded_port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of SSL / SASL_SSL (the CA file, and the client certificate when
+        set); None for the plaintext protocols."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        ctx = ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(str(self.ssl_certfile),
+                                str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return ctx
+
+    def aiokafka_config(self) -> dict[str, object]:
+        """Connection/security options for aiokafka clients (the benchmarks' own clients)."""
+        cfg: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None)
+        ctx = self.ssl_context()
+        if ctx is not None:
+            cfg["ssl_context"] = ctx
+        return cfg
 
     def kafka_python_config(self) -> dict[str, object]:
         """Connection/security options for kafka-python clients."""

@@ -166,3 +166,35 @@ def test_settings_read_the_environment_when_built_not_at_import(
     assert Settings().app_id == "first"
     monkeypatch.setenv("LAMSTREAM_APP_ID", "second")
     assert load_settings().app_id == "second"
+
+
+def test_security_settings_reach_the_aiokafka_clients_of_the_benchmarks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench pipeline's own clients (raw passthrough, latency probe, floor) connect with the
+    same SASL / TLS settings as the worker, and aiokafka accepts them as given."""
+    import asyncio
+    import ssl
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    monkeypatch.setenv("LAMSTREAM_BOOTSTRAP_SERVERS", "kafka:9093")
+    monkeypatch.setenv("LAMSTREAM_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("LAMSTREAM_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("LAMSTREAM_SASL_USERNAME", "app")
+    monkeypatch.setenv("LAMSTREAM_SASL_PASSWORD", "hunter2")
+    cfg = load_settings().aiokafka_config()
+    assert isinstance(cfg.pop("ssl_context"), ssl.SSLContext)
+    assert cfg == {"bootstrap_servers": "kafka:9093", "security_protocol": "SASL_SSL",
+                   "sasl_mechanism": "SCRAM-SHA-256", "sasl_plain_username": "app",
+                   "sasl_plain_password": "hunter2"}
+
+    async def build() -> None:  # the constructors check the combination, no broker needed
+        cfg = load_settings().aiokafka_config()
+        AIOKafkaProducer(**cfg)
+        AIOKafkaConsumer(**cfg)
+
+    asyncio.run(build())
+    for name in ("SECURITY_PROTOCOL", "SASL_MECHANISM", "SASL_USERNAME", "SASL_PASSWORD"):
+        monkeypatch.delenv(f"LAMSTREAM_{name}")
+    assert load_settings(bootstrap_servers="b:1").aiokafka_config() == {
+        "bootstrap_servers": "b:1", "security_protocol": "PLAINTEXT"}
