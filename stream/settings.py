@@ -57,6 +57,9 @@ class Settings(BaseSettings):
         "data is there yet (Kafka answers as soon as data arrives; tansu holds a fetch this "
         "long, so it bounds latency there). Faust's own default is 1500.")
     max_event_bytes: int = Field(65536, ge=256, description="Larger events go to the DLQ.")
+    gil_switch_ms: float = Field(
+        50.0, ge=0.1, le=1000, description="The worker's interpreter switch interval: how "
+        "long a thread may hold the GIL while another waits (Python's default is 5 ms).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

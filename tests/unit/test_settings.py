@@ -198,3 +198,20 @@ def test_security_settings_reach_the_aiokafka_clients_of_the_benchmarks(
         monkeypatch.delenv(f"LAMSTREAM_{name}")
     assert load_settings(bootstrap_servers="b:1").aiokafka_config() == {
         "bootstrap_servers": "b:1", "security_protocol": "PLAINTEXT"}
+
+
+def test_the_worker_takes_its_switch_interval_from_the_settings() -> None:
+    import sys
+
+    from stream.cli import tune_switching
+
+    before = sys.getswitchinterval()
+    try:
+        tune_switching(load_settings(gil_switch_ms=20))
+        assert sys.getswitchinterval() == pytest.approx(0.020)
+        tune_switching(load_settings())
+        assert sys.getswitchinterval() == pytest.approx(0.050)
+    finally:
+        sys.setswitchinterval(before)
+    with pytest.raises(SettingsError, match="LAMSTREAM_GIL_SWITCH_MS"):
+        load_settings(gil_switch_ms=0)
