@@ -81,8 +81,8 @@ class PolicyTrace:
     inclusion probability as `propensity`; the shadow fields say what a candidate policy
     would have shown and its inclusion probability for every pool item (same order).
     They are kept as the pool as ranked (`pool`, whose own propensities mean nothing) and
-    the `inclusion` of each: the trace is built for every decision and logged column-wise,
-    so the merged tuples are made only when something asks for `candidates`.
+    the `inclusion` of each: a trace is built for every decision and the decision log zips
+    the two itself, so the merged tuples are made only when something asks for them.
     """
 
     policy: str
