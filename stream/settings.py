@@ -252,17 +252,20 @@ class Settings(BaseSettings):
                                 str(self.ssl_keyfile) if self.ssl_keyfile else None)
         return ctx
 
+    def _sasl_config(self) -> dict[str, object]:
+        """The SASL options, named alike by kafka-python and aiokafka (empty without SASL)."""
+        if not self.sasl_mechanism:
+            return {}
+        return {"sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": (self.sasl_password.get_secret_value()
+                                        if self.sasl_password else None)}
+
     def aiokafka_config(self) -> dict[str, object]:
         """Connection/security options for aiokafka clients (the benchmarks' own clients)."""
-        cfg: dict[str, object] = {
-            "bootstrap_servers": self.bootstrap,
-            "security_protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            cfg["sasl_mechanism"] = self.sasl_mechanism
-            cfg["sasl_plain_username"] = self.sasl_username
-            cfg["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None)
+        cfg: dict[str, object] = {"bootstrap_servers": self.bootstrap,
+                                  "security_protocol": self.security_protocol,
+                                  **self._sasl_config()}
         ctx = self.ssl_context()
         if ctx is not None:
             cfg["ssl_context"] = ctx
@@ -270,15 +273,9 @@ class Settings(BaseSettings):
 
     def kafka_python_config(self) -> dict[str, object]:
         """Connection/security options for kafka-python clients."""
-        cfg: dict[str, object] = {
-            "bootstrap_servers": self.bootstrap.split(","),
-            "security_protocol": self.security_protocol,
-        }
-        if self.sasl_mechanism:
-            cfg["sasl_mechanism"] = self.sasl_mechanism
-            cfg["sasl_plain_username"] = self.sasl_username
-            cfg["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None)
+        cfg: dict[str, object] = {"bootstrap_servers": self.bootstrap.split(","),
+                                  "security_protocol": self.security_protocol,
+                                  **self._sasl_config()}
         if self.ssl_cafile:
             cfg["ssl_cafile"] = str(self.ssl_cafile)
         if self.ssl_certfile:
