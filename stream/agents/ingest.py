@@ -574,10 +574,7 @@ class IngestAgent(Service):
                         del part_overlay[key]
                 if not part_overlay:
                     del overlay[partition]
-        changelog = self.table.changelog_topic.get_topic_name()
-        for (topic, partition), offset in last.items():
-            if topic == changelog:
-                store.set_persisted_offset(TP(changelog, partition), offset)
+        table.mark_persisted(self.table.changelog_topic.get_topic_name(), last)
         ack = self.app.consumer.ack
         for m, _ in flight.batch:
             ack(m)
