@@ -99,16 +99,13 @@ class TableAccess:
         if self.rocks:
             db = self.store._db_for_partition(partition)
             index = self.store._key_index
-            if self.batched:
-                batch = WriteBatch(raw_mode=True)  # the store opens its DBs in raw mode
-                for key, value in items:
-                    index[key] = partition
-                    batch.put(key, value)
-                db.write(batch)
-                return
+            # the store opens its DBs in raw mode, so the batch must be raw too
+            target = WriteBatch(raw_mode=True) if self.batched else db
             for key, value in items:
                 index[key] = partition
-                db.put(key, value)
+                target.put(key, value)
+            if self.batched:
+                db.write(target)
             return
         with partition_context(partition):
             for key, value in items:
