@@ -112,6 +112,9 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker
         web_bind=settings.web_host,
         web_port=settings.web_port,
         web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
+        # what the assignor tells the other members, so they can ask this worker for the
+        # users on its partitions (stream.routing)
+        canonical_url=settings.advertised_url(),
     )
     app.conf.table_cleanup_interval = 3600.0
     table = app.Table(

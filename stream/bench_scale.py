@@ -11,8 +11,8 @@ Throughput is counted from the first batch any worker processed to the last batc
 processed (`/api/stats` first_batch_at / last_batch_at). Correctness: the per-user lifetime
 counts in the features table (the latest value per user on its changelog topic, which is what
 a worker restores from) must equal the counts computed offline from the same events and those
-of the first configuration; a sample of users is also asked over HTTP (`GET /features/{user}`)
-of every worker: exactly one worker answers, with the same counts.
+of the first configuration; a sample of users is also asked over HTTP of every worker
+(`GET /features/{user}?local=1`): exactly one worker holds each, with the same counts.
 
 The CPU time of each worker process and of the whole machine (/proc) is recorded so the result
 can say what limits it: on a machine with few cores, more workers share the same cores.
@@ -304,14 +304,15 @@ def _assigned_topics(procs: list[_Proc]) -> set[str]:
 
 
 def _served_counts_ok(procs: list[_Proc], want: dict[str, Counts], sample: int = 100) -> bool:
-    """GET /features/{user} on every worker for a spread of users: one owner, exact counts."""
+    """GET /features/{user}?local=1 (its own partitions only) on every worker for a spread
+    of users: one owner, exact counts."""
     users = sorted(want)
     step = max(1, len(users) // sample)
     for user in users[::step][:sample]:
         bodies = []
         for w in procs:
             code, body = _get_json(
-                f"{w.base}/features/{urllib.parse.quote(user, safe='')}")
+                f"{w.base}/features/{urllib.parse.quote(user, safe='')}?local=1")
             if code == 200:
                 bodies.append(body)
         if len(bodies) != 1:

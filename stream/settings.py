@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 from typing import Annotated, Literal
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
     store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Table store.")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP server binds.")
     web_port: int = Field(6066, ge=1, le=65535, description="Worker HTTP port.")
+    web_advertised_url: str | None = Field(
+        None, pattern=r"^https?://[^/\s]+$", description="How other workers reach this "
+        "one's HTTP server (http://host:port), so any worker answers /features for any user. "
+        "Unset: http://WEB_HOST:WEB_PORT, with this machine's name when WEB_HOST binds all "
+        "interfaces.")
     api_token: SecretStr | None = Field(
         None, description="Token required by /features when set (Bearer or ?token=).")
     batch_max: int = Field(1000, ge=1, le=100_000, description="Max events per batch.")
@@ -239,6 +245,17 @@ class Settings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         return self.bootstrap_servers or f"127.0.0.1:{self.embedded_port}"
+
+    def advertised_url(self) -> str:
+        """The worker's URL as its peers use it (Faust's canonical URL)."""
+        if self.web_advertised_url is not None:
+            return self.web_advertised_url
+        host = self.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.web_port}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of SSL / SASL_SSL (the CA file, and the client certificate when

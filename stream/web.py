@@ -7,11 +7,21 @@ import functools
 import hmac
 import logging
 import time
+import urllib.parse
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
+
+from stream.routing import (
+    LOCAL_ONLY,
+    SERVED_BY,
+    PeerAnswer,
+    ask_peers,
+    partition_owners,
+    peers_to_ask,
+)
 
 if TYPE_CHECKING:
     from stream.app import Worker
@@ -37,6 +47,22 @@ def _authorized(worker: Worker, request: Request) -> bool:
     else:
         got = request.query.get("token", "")
     return hmac.compare_digest(got.encode(), want.encode())
+
+
+async def features_elsewhere(worker: Worker, user_id: str, me: str) -> PeerAnswer:
+    """The user's features from whichever other worker of the group holds them."""
+    app = worker.app
+    changelog = worker.ingest.table.changelog_topic.get_topic_name()
+    owners = partition_owners(app.assignor.tables_metadata(), changelog)
+    peers = peers_to_ask(user_id.encode(), owners, me)
+    token = worker.settings.api_token
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+    path = f"/features/{urllib.parse.quote(user_id, safe='')}?{LOCAL_ONLY}=1"
+
+    async def get(peer: str) -> tuple[int, Any]:
+        async with app.http_client.get(peer + path, headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+    return await ask_peers(peers, get, user_id)
 
 
 def health_report(worker: Worker) -> dict[str, Any]:
@@ -280,11 +306,17 @@ def attach_views(worker: Worker) -> None:
         async def get(self, request: Request, user_id: str) -> Response:
             if not _authorized(worker, request):
                 return self.json({"error": "missing or wrong token"}, status=401)
+            me = str(app.conf.canonical_url)
             state = worker.ingest.read_state(user_id)
-            if state is None:
+            if state is not None:
+                return self.json(state.snapshot(worker.features, int(time.time() * 1000)),
+                                 headers={SERVED_BY: me})
+            if request.query.get(LOCAL_ONLY, "0") not in ("0", "false", ""):
                 return self.json({"error": f"unknown user {user_id!r} on this worker"},
                                  status=404)
-            return self.json(state.snapshot(worker.features, int(time.time() * 1000)))
+            answer = await features_elsewhere(worker, user_id, me)
+            return self.json(answer.body, status=answer.status,
+                             headers={SERVED_BY: answer.served_by} if answer.served_by else None)
 
     @app.page("/api/stats")
     class Stats(View):

@@ -62,10 +62,11 @@ def split_between(bases: list[str], topic: str) -> list[set[int]] | None:
 
 
 def mismatches(bases: list[str], want: dict[str, dict[str, int]]) -> list[str]:
-    """Users not answered by exactly one worker with exactly the offline counts."""
+    """Users not answered by exactly one worker (from its own partitions, ?local=1) with
+    exactly the offline counts."""
     out = []
     for user, counts in want.items():
-        owners = [body["counts"] for code, body in (get_json(f"{b}/features/{user}")
+        owners = [body["counts"] for code, body in (get_json(f"{b}/features/{user}?local=1")
                                                      for b in bases) if code == 200]
         if owners != [counts]:
             out.append(f"{user}: want {counts}, workers answer {owners}")

@@ -228,7 +228,7 @@ def test_two_workers_split_partitions_without_double_counting(
 
         def exact() -> bool:
             for user, counts in want.items():
-                answers = [get_json(f"{b}/features/{user}") for b in bases]
+                answers = [get_json(f"{b}/features/{user}?local=1") for b in bases]
                 owners = [body for code, body in answers if code == 200]
                 if len(owners) != 1 or owners[0]["counts"] != counts:
                     return False
@@ -237,3 +237,14 @@ def test_two_workers_split_partitions_without_double_counting(
                    message="each user counted exactly once, by exactly one worker")
         processed = sum(get_json(f"{b}/api/stats")[1]["events"] for b in bases)
         assert processed == len(events)
+
+        # interactive queries: either worker answers for every user, the other one's too
+        served_by: Counter[str] = Counter()
+        for base in bases:
+            for user, counts in want.items():
+                with urllib.request.urlopen(f"{base}/features/{user}", timeout=10) as r:
+                    assert json.loads(r.read())["counts"] == counts
+                    served_by[r.headers["X-Lamstream-Worker"]] += 1
+        assert set(served_by) == set(bases)  # both workers' states were read, through both
+        code, body = get_json(f"{bases[0]}/features/nobody")
+        assert code == 404 and "unknown user 'nobody'" in body["error"]

@@ -215,3 +215,17 @@ def test_the_worker_takes_its_switch_interval_from_the_settings() -> None:
         sys.setswitchinterval(before)
     with pytest.raises(SettingsError, match="LAMSTREAM_GIL_SWITCH_MS"):
         load_settings(gil_switch_ms=0)
+
+
+def test_the_advertised_url_is_how_peers_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().advertised_url() == "http://127.0.0.1:6066"
+    assert load_settings(web_host="10.0.0.5", web_port=7000).advertised_url() == \
+        "http://10.0.0.5:7000"
+    monkeypatch.setattr("socket.getfqdn", lambda: "worker-1.lamstream-worker.ns.svc")
+    assert load_settings(web_host="0.0.0.0").advertised_url() == \
+        "http://worker-1.lamstream-worker.ns.svc:6066"
+    monkeypatch.setenv("LAMSTREAM_WEB_ADVERTISED_URL", "http://lamstream-worker-2.lw:6066")
+    assert load_settings(web_host="0.0.0.0").advertised_url() == "http://lamstream-worker-2.lw:6066"
+    monkeypatch.setenv("LAMSTREAM_WEB_ADVERTISED_URL", "worker-2:6066")
+    with pytest.raises(SettingsError, match="LAMSTREAM_WEB_ADVERTISED_URL"):
+        load_settings()
