@@ -88,8 +88,10 @@ def example_secret() -> dict[str, str]:
     return doc["stringData"]
 
 
-def container_env(docs: list[dict[str, Any]], c: dict[str, Any]) -> dict[str, str]:
-    """What the container sees: envFrom ConfigMap/Secret (in order), then env overrides.
+def container_env(docs: list[dict[str, Any]], c: dict[str, Any],
+                  pod_name: str = "pod-0") -> dict[str, str]:
+    """What the container sees: envFrom ConfigMap/Secret (in order), then env overrides, with
+    the pod's name from the downward API and $(VAR) references expanded as the kubelet does.
     Where the Secret is not rendered (created out of band), its example keys stand in."""
     env: dict[str, str] = {}
     for src in c.get("envFrom", []):
@@ -99,7 +101,12 @@ def container_env(docs: list[dict[str, Any]], c: dict[str, Any]) -> dict[str, st
             secrets = find(docs, "Secret", src["secretRef"]["name"])
             env.update(secrets[0].get("stringData", {}) if secrets else example_secret())
     for item in c.get("env", []):
-        env[item["name"]] = item["value"]
+        if "valueFrom" in item:
+            assert item["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, item
+            env[item["name"]] = pod_name
+        else:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)],
+                                       item["value"])
     return env
 
 
@@ -254,6 +261,24 @@ def test_headless_service_and_pdb_select_the_workers(
     pdb = only(docs, "PodDisruptionBudget", sts["metadata"]["name"])
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_each_worker_advertises_its_stable_name_to_its_peers(
+        rendered: dict[str, list[dict[str, Any]]], overlay: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """/features on any worker asks the owner of the user's partition at the URL the owner
+    advertised: it must be the pod's own name under the headless Service, on its HTTP port."""
+    docs = rendered[overlay]
+    sts = worker(docs)
+    main = container(sts["spec"]["template"]["spec"], "worker")
+    pod = f"{sts['metadata']['name']}-1"
+    settings = settings_from(container_env(docs, main, pod_name=pod), monkeypatch)
+    svc = only(docs, "Service", sts["spec"]["serviceName"])
+    (port,) = svc["spec"]["ports"]
+    assert port["port"] == settings.web_port
+    assert settings.advertised_url() == \
+        f"http://{pod}.{svc['metadata']['name']}:{settings.web_port}"
 
 
 # ------------------------------------------------------------------ feedback join
