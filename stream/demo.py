@@ -63,6 +63,7 @@ def start_worker(settings: Settings, data_dir: Path, log: Path,
         "LAMSTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "LAMSTREAM_APP_ID": settings.app_id,
         "LAMSTREAM_PARTITIONS": str(settings.partitions),
+        "LAMSTREAM_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
         "LAMSTREAM_LOG_LEVEL": "WARNING",
     })
     env.update(extra_env or {})

@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(1, ge=1, le=16, description="Replication of created topics.")
     app_id: str = Field("lamstream", min_length=1, description="Consumer group / Faust app id.")
     session_timeout_s: float = Field(
-        30.0, ge=2, le=300, description="Consumer group session timeout: a worker silent this "
-        "long is replaced. Joins wait for the (6 s) rebalance timeout, not this.")
+        10.0, ge=2, le=300, description="Consumer group session timeout: a worker silent this "
+        "long (killed, hung) is replaced and its partitions move. On the embedded broker a "
+        "join also waits half of it.")
     embedded_port: int = Field(9092, ge=1, le=65535, description="Port of the embedded broker.")
 
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert (s.partitions, s.web_port, s.store, s.topic_prefix) == (8, 6066, "rocksdb", "")
     assert s.windows_s == (60, 3600, 86400) and s.allowed_lateness_s == 60
     assert s.user_ttl_s == 7 * 86400 and s.session_gap_s == 1800
+    assert s.session_timeout_s == 10  # failover within 10 s; on tansu joins wait half
     assert s.recommend_on == ("view", "click") and s.data_dir == Path(".lamstream")
     assert s.security_protocol == "PLAINTEXT" and s.max_event_bytes == 65_536
 
