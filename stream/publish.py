@@ -17,6 +17,13 @@ from aiokafka.partitioner import murmur2
 
 from stream.errors import InfraError
 
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client, kafka-python, aiokafka) gives
+    a keyed record."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 # what BatchPublisher.send_all hands back and wait takes: per record batch sent, its
 # topic-partition, its record count and the future of the broker's ack
 Sent = list[tuple[tuple[str, int], int, "asyncio.Future[Any]"]]
@@ -53,7 +60,7 @@ class BatchPublisher:
         if p is None:
             if len(cache) > 200_000:
                 cache.clear()
-            p = cache[key] = (murmur2(key) & 0x7FFFFFFF) % n
+            p = cache[key] = default_partition(key, n)
         return p
 
     async def add(self, topic: str, key: bytes | None, value: bytes | None,

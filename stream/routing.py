@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.partitioner import murmur2
+from stream.publish import default_partition
 
 LOCAL_ONLY = "local"  # query parameter: answer from this worker's own partitions only
 SERVED_BY = "X-Lamstream-Worker"  # response header: the worker whose state answered
@@ -40,7 +40,7 @@ def peers_to_ask(key: bytes, owners: Mapping[int, str], me: str) -> list[str]:
     """Every other worker once, the likely owner of `key` first."""
     if not owners:
         return []
-    likely = owners.get((murmur2(key) & 0x7FFFFFFF) % (max(owners) + 1))
+    likely = owners.get(default_partition(key, max(owners) + 1))
     first = [likely] if likely is not None and likely != me else []
     return first + sorted({url for url in owners.values() if url != me and url != likely})
 
