@@ -111,9 +111,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=settings.web_port,
-        web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
         # what the assignor tells the other members, so they can ask this worker for the
-        # users on its partitions (stream.routing)
+        # users on its partitions (stream.routing); Faust's web_host only made its default
         canonical_url=settings.advertised_url(),
     )
     app.conf.table_cleanup_interval = 3600.0

@@ -295,7 +295,8 @@ def features(
 ) -> None:
     """Print a user's rolling features from a running worker (GET /features/{user})."""
     settings = _settings()
-    base = url or f"http://{_client_host(settings.web_host)}:{settings.web_port}"
+    host = "127.0.0.1" if settings.web_binds_all else settings.web_host
+    base = url or f"http://{host}:{settings.web_port}"
     req = urllib.request.Request(f"{base}/features/{urllib.parse.quote(user, safe='')}")
     if settings.api_token is not None:
         req.add_header("Authorization", f"Bearer {settings.api_token.get_secret_value()}")
@@ -307,10 +308,6 @@ def features(
     except (urllib.error.URLError, OSError) as exc:
         raise _fail(f"no worker at {base}: {exc}") from None
     typer.echo(json.dumps(body, indent=2))
-
-
-def _client_host(bind: str) -> str:
-    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
 
 
 @schema_app.command("export")

@@ -247,13 +247,16 @@ class Settings(BaseSettings):
     def bootstrap(self) -> str:
         return self.bootstrap_servers or f"127.0.0.1:{self.embedded_port}"
 
+    @property
+    def web_binds_all(self) -> bool:
+        """WEB_HOST is a wildcard: the worker listens on every interface."""
+        return self.web_host in ("0.0.0.0", "::", "")
+
     def advertised_url(self) -> str:
         """The worker's URL as its peers use it (Faust's canonical URL)."""
         if self.web_advertised_url is not None:
             return self.web_advertised_url
-        host = self.web_host
-        if host in ("0.0.0.0", "::", ""):
-            host = socket.getfqdn()
+        host = socket.getfqdn() if self.web_binds_all else self.web_host
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.web_port}"
