@@ -33,6 +33,11 @@ class Worker:
     ingest: Any  # stream.agents.ingest.IngestAgent
 
 
+def faust_brokers(bootstrap: str) -> list[str]:
+    """Faust's broker URLs for a comma-separated bootstrap list."""
+    return [f"kafka://{h.strip()}" for h in bootstrap.split(",")]
+
+
 def faust_credentials(settings: Settings) -> CredentialsT | None:
     """SASL / TLS settings as Faust credentials (None for PLAINTEXT)."""
     proto = settings.security_protocol
@@ -58,7 +63,7 @@ def new_faust_app(settings: Settings, app_id: str, datadir: str, **conf: Any) ->
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     shared: dict[str, Any] = {
-        "broker": [f"kafka://{h.strip()}" for h in settings.bootstrap.split(",")],
+        "broker": faust_brokers(settings.bootstrap),
         "broker_credentials": faust_credentials(settings),
         "store": "rocksdb://" if settings.store == "rocksdb" else "memory://",
         "datadir": str(data_dir / datadir),

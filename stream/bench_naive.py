@@ -17,12 +17,12 @@ import orjson
 
 
 def main(bootstrap: str, topic: str, n: int, data_dir: str) -> None:
-    from stream.app import faust_credentials
+    from stream.app import faust_brokers, faust_credentials
     from stream.settings import load_settings
 
     credentials = faust_credentials(load_settings(bootstrap_servers=bootstrap))
     app = faust.App(
-        f"naive-{topic}", broker=[f"kafka://{h.strip()}" for h in bootstrap.split(",")],
+        f"naive-{topic}", broker=faust_brokers(bootstrap),
         broker_credentials=credentials, store="rocksdb://", datadir=data_dir,
         autodiscover=False, consumer_auto_offset_reset="earliest",
         broker_session_timeout=30.0, broker_rebalance_timeout=6.0,
