@@ -15,9 +15,9 @@ import torch
 
 from model.device import resolve_device
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
-from model.neural import NeuralRecommender
 from model.predictor import Predictor
-from model.risk_model import RiskScorer
+from model.recommenders.neural import NeuralRecommender
+from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab

@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from model.baseline import BaselinePredictor
 from model.batching import MicroBatcher
 from model.device import resolve_device
-from model.neural import CPU_ROWS
 from model.predictor import Predictor
-from model.recommender import METHODS, Recommender, load_recommender
+from model.recommenders.base import METHODS, Recommender, load_recommender
+from model.recommenders.baseline import BaselinePredictor
+from model.recommenders.neural import CPU_ROWS
 from model.registry import ModelRegistry, RegistryError
-from model.risk_model import RiskScorer
+from model.risk.model import RiskScorer
 from model.types import Prediction, PredictionContext, RiskOutput, ScoredItem, SeqItem
 
 RULES_VERSION = "rules-v1"
@@ -38,7 +38,7 @@ class ModelPredictor:
     `context.exclude_items` are never recommended; `context.k` items at most. A missing risk
     model falls back to the baseline's rule score (version "rules-v1").
 
-    max_batch defaults to one CPU forward pass (model.neural.CPU_ROWS): a bigger batch runs as
+    max_batch defaults to one CPU pass (recommenders.neural.CPU_ROWS): a bigger batch runs as
     consecutive passes anyway, so waiting up to max_wait_ms for it to fill buys no throughput
     and adds latency (on a GPU, where a batch is one pass, pass a bigger max_batch).
     """

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from model.recommender import Ranked
+from model.recommenders.base import Ranked
 from model.types import Prediction, PredictionContext, Reason, RiskOutput, ScoredItem, SeqItem
 
 DEFAULT_CATALOGUE: tuple[str, ...] = tuple(f"item-{i}" for i in range(50))

@@ -75,7 +75,7 @@ class RiskOutput:
 
 @dataclass(slots=True)
 class PolicyTrace:
-    """How an exploration policy chose the shown items (model.exploration), for the log.
+    """How an exploration policy chose the shown items (model.policy.exploration), for the log.
 
     `candidates` is the ranked pool the policy chose from, each with the logging policy's
     inclusion probability as `propensity`; the shadow fields say what a candidate policy
@@ -133,6 +133,6 @@ class RerankInput:
     base_scores: Sequence[float]
     category: str | None = None  # the trigger's category, if the event had one
     # per candidate (same order) and for the user's last few items (oldest first): their
-    # categories as the worker's catalogue knew them, None where unknown (model.catalog)
+    # categories as the worker's catalogue knew them, None where unknown (model.policy.catalog)
     candidate_categories: Sequence[str | None] = ()
     recent_categories: Sequence[str | None] = ()

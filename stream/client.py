@@ -14,8 +14,8 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
-from stream.admin import seek_to_end
 from stream.errors import ClientError, InfraError
+from stream.kafka.admin import seek_to_end
 from stream.schemas import DlqRecord, Event, ModelUpdate, Recommendation, RiskAlert
 from stream.settings import Settings
 from stream.topics import topics_for

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.kafka.broker import EmbeddedBroker, free_port
 from stream.settings import Settings
 from tests.helpers import make_settings
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stream.broker import free_port
+from stream.kafka.broker import free_port
 from stream.settings import Settings
 
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from model.neighbors import CoVisitationRecommender, PopularityRecommender
-from model.recommender import METHODS, Recommender
+from model.recommenders.base import METHODS, Recommender
+from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.train.data import Case, Split, cases_between
 from model.train.metrics import rank_metrics
 from model.train.neural import TrainConfig, train_sequence_model

@@ -14,7 +14,7 @@ import torch
 
 from model.encoding import SeqBatch, encode_rows, seq_rows
 from model.nets import SeqRecConfig, SeqRecNet, build_recommender
-from model.neural import NeuralRecommender
+from model.recommenders.neural import NeuralRecommender
 from model.train.data import Case, cases_between
 from model.train.metrics import rank_metrics
 from model.types import SeqItem

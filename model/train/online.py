@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from model.policy import top_k_indices
-from model.reranker import SEQ_WINDOW, Reranker, RerankInput, featurize
+from model.policy.policies import top_k_indices
+from model.policy.reranker import SEQ_WINDOW, Reranker, RerankInput, featurize
 
 _HISTORY_KEEP = SEQ_WINDOW  # sequence entries kept per record: all that the reranker reads
 

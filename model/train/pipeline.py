@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from model.recommender import METHODS
+from model.recommenders.base import METHODS
 from model.registry import ModelRegistry
 from model.train.data import load_log, temporal_split
 from model.train.evaluate import Comparison, compare_methods

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from model.baseline import BaselinePredictor
 from model.encoding import encode_sequences, feature_matrix
 from model.nets import RiskConfig, RiskNet
-from model.risk_model import _NO_ITEMS, RiskScorer
+from model.recommenders.baseline import BaselinePredictor
+from model.risk.model import _NO_ITEMS, RiskScorer
 from model.train.metrics import negative_weight, pr_auc, roc_auc
 from model.types import FEATURE_NAMES, SeqItem
 

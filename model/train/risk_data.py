@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from model.baseline import BaselinePredictor
 from model.encoding import encode_rows, encode_sequences, feature_matrix, seq_rows
 from model.nets import RiskConfig, RiskNet
+from model.recommenders.baseline import BaselinePredictor
 from model.registry import ModelRegistry
-from model.risk_model import RiskScorer
+from model.risk.model import RiskScorer
 from model.serving import RULES_VERSION
 from model.types import SeqItem
 from model.vocab import ItemVocab

@@ -1,6 +1,6 @@
 """Continuous training of the risk model from labelled scored events, with a prequential gate.
 
-Input: `risk-feedback` records (stream.label_join): the features and sequence exactly as the
+Input: `risk-feedback` records (stream.state.labels): the features and sequence exactly as the
 risk model saw them when it scored an event, the score and version that served, and the
 ground-truth label (fraud = 1). Each incoming batch is first *scored* by the candidate (the
 net being fine-tuned) and by the serving model, and only then trained on (prequential), so
@@ -38,7 +38,7 @@ import torch
 from model.encoding import signed_log1p
 from model.nets import RiskConfig, RiskNet
 from model.registry import ModelRegistry
-from model.risk_model import RiskScorer
+from model.risk.model import RiskScorer
 from model.train.metrics import log_loss, paired_auc_bootstrap, roc_auc
 from model.train.risk import fit_platt
 from model.train.risk_data import (

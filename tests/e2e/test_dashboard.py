@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from model.datasets import iter_payloads
-from stream.admin import ensure_topics
 from stream.client import EventProducer
-from stream.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from tests.helpers import poll_until
 

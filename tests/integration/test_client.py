@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.admin import consumer_lag, end_offsets, ensure_topics, list_topics
-from stream.broker import EmbeddedBroker, free_port, wait_ready
 from stream.client import EventProducer, Prediction, PredictionSubscriber, tail
 from stream.errors import BrokerError, ClientError
+from stream.kafka.admin import consumer_lag, end_offsets, ensure_topics, list_topics
+from stream.kafka.broker import EmbeddedBroker, free_port, wait_ready
 from stream.schemas import DlqRecord, Event, RecItem, Recommendation, RiskAlert, RiskReason
 from stream.settings import Settings
 from stream.topics import topics_for
@@ -239,7 +239,7 @@ def test_ensure_topics_is_idempotent_and_reports_too_few_partitions(
     assert on_cluster[spec.events.name] == 4 and on_cluster[spec.model_updates.name] == 1
     assert ensure_topics(settings) == []
     wider = settings.model_copy(update={"partitions": 6})
-    with caplog.at_level(logging.WARNING, logger="stream.admin"):
+    with caplog.at_level(logging.WARNING, logger="stream.kafka.admin"):
         assert ensure_topics(wider) == []
     assert f"topic {spec.events.name} has 4 partitions, settings want 6" in caplog.text
     assert list_topics(settings)[spec.events.name] == 4

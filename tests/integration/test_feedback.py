@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.admin import ensure_topics
 from stream.client import EventProducer, tail
-from stream.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.kafka.admin import ensure_topics
 from stream.schemas import Decision, Feedback
 from stream.settings import Settings
 from tests.helpers import poll_until
@@ -38,7 +38,7 @@ def start_feedback(s: Settings, log: Path, **extra: str) -> subprocess.Popen[byt
         "LAMSTREAM_PSEUDONYM_KEY": KEY, "LAMSTREAM_LOG_LEVEL": "WARNING",
         "LAMSTREAM_SESSION_TIMEOUT_S": "6",  # a killed member leaves the group sooner
     })
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", "feedback"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "stream.cli.main", "feedback"], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

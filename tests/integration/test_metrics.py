@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.admin import ensure_topics
-from stream.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from tests.helpers import poll_until
 from tests.integration.test_worker import (

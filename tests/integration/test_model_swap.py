@@ -12,8 +12,8 @@ from model.datasets import iter_events
 from model.registry import ModelRegistry
 from model.train.neural import TrainConfig
 from model.train.pipeline import train_recommender
-from stream.admin import ensure_topics
 from stream.client import PredictionSubscriber, announce_model
+from stream.kafka.admin import ensure_topics
 from stream.schemas import Recommendation
 from stream.settings import Settings
 from tests.helpers import poll_until

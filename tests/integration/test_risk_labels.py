@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.admin import ensure_topics
 from stream.client import EventProducer
-from stream.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.kafka.admin import ensure_topics
 from stream.schemas import DlqRecord, RiskFeedback
 from stream.settings import Settings
 from tests.helpers import poll_until

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from stream.admin import ensure_topics
-from stream.broker import free_port
-from stream.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.kafka.admin import ensure_topics
+from stream.kafka.broker import free_port
 from stream.settings import Settings
 from tests.helpers import poll_until
 from tests.integration.test_worker import encode, get_json, make_events, offline_counts, send

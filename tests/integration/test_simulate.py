@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream.devtools.simulate import SimConfig, simulate
 from stream.settings import Settings
-from stream.simulate import SimConfig, simulate
 
 pytestmark = pytest.mark.integration
 

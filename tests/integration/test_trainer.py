@@ -12,18 +12,18 @@ import pytest
 from typer.testing import CliRunner
 
 from model.registry import ModelRegistry
-from model.risk_model import RiskScorer
-from stream.admin import ensure_topics
-from stream.cli_model import model_app
+from model.risk.model import RiskScorer
+from stream.cli.model import model_app
 from stream.client import EventProducer, PredictionSubscriber
+from stream.kafka.admin import ensure_topics
 from stream.schemas import Recommendation, RiskAlert
 from stream.settings import Settings
 from stream.topics import topics_for
-from stream.trainer import run_trainer
+from stream.trainer.loop import run_trainer
 from tests.helpers import poll_until
 from tests.integration.test_worker import encode, get_json, send, worker
-from tests.unit.test_online_trainer import ITEMS, world
-from tests.unit.test_risk_online import risk_world
+from tests.unit.model.test_online_trainer import ITEMS, world
+from tests.unit.model.test_risk_online import risk_world
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.admin import consumer_lag, ensure_topics
-from stream.broker import free_port
 from stream.client import EventProducer, PredictionSubscriber
-from stream.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.kafka.admin import consumer_lag, ensure_topics
+from stream.kafka.broker import free_port
 from stream.schemas import DlqRecord, Recommendation, RiskAlert
 from stream.settings import Settings
 from tests.helpers import poll_until

@@ -1,0 +1,8 @@
+"""The Recommender seam and its implementations (neighbours, nets, baseline)."""
+
+__all__ = [
+    "base",
+    "neighbors",
+    "neural",
+    "baseline",
+]

@@ -1,0 +1,6 @@
+"""Risk models on prediction contexts, and their overlay beside a recommender."""
+
+__all__ = [
+    "model",
+    "overlay",
+]

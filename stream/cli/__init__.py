@@ -1,0 +1,9 @@
+"""The `lamstream` command line: one module per command group."""
+
+__all__ = [
+    "main",
+    "export",
+    "learn",
+    "model",
+    "policy",
+]

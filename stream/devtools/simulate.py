@@ -1,0 +1,377 @@
+"""`lamstream simulate`: synthetic users close the loop through the real topics and processes.
+
+Per arm, on one broker (the embedded one unless LAMSTREAM_BOOTSTRAP_SERVERS is set), with its
+own topic prefix and data dir: a `lamstream worker`, the `lamstream feedback` join and, for
+the learning arm, `lamstream trainer`, all as separate processes. All arms start from the
+same frozen base model (popularity over the world's catalogue, trained on the real data) and
+meet the same synthetic users (stream/sim_world.py) with the same seeds:
+  learning  epsilon-greedy over the base pool, reranked by what the trainer publishes;
+  frozen    the same policy, no trainer: the base model as it was on day one;
+  random    uniform slates from the same pool (epsilon = 1).
+Each round every active user sends one event (event time advances `round_s` a round),
+waits for its recommendation and answers it: the engaged item (click / add_to_cart /
+purchase) is its next event, or else it keeps browsing its real history. A session lasts
+its drawn length: the slate of a user's last event goes unanswered and a new user takes the
+slot, so who is around never depends on the policy. The reward of a recommendation is the
+weight of what it earned (1 / 2 / 5 by default, as the join counts).
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream.devtools.sim_world import World, WorldConfig
+from stream.settings import Settings
+
+Log = Callable[[str], None]
+ARMS = ("learning", "frozen", "random")
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "taobao" / \
+    "UserBehavior-sample.csv"  # ../shared/data from the project root
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    data: Path = DEFAULT_DATA
+    layout: str = "auto"
+    users: int = 300
+    rounds: int = 100
+    windows: int = 10
+    round_s: int = 60
+    pool: int = 100
+    k: int = 10
+    epsilon_start: float = 0.3
+    epsilon_floor: float = 0.05
+    seed: int = 0
+    arms: tuple[str, ...] = ARMS
+    round_timeout_s: float = 60.0
+    keep_up_timeout_s: float = 30.0
+    world: WorldConfig = WorldConfig()
+
+
+class _Recs:
+    """Collects `recommendations` records by event id in a background thread."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        from stream.client import _assign_all, _consumer
+
+        self.by_event: dict[str, dict[str, Any]] = {}
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.consumer = _consumer(settings, "lamstream-simulate", enable_auto_commit=False)
+        _assign_all(self.consumer, [topic], True, 60.0)
+        self.thread = threading.Thread(target=self._run, name="sim-recs", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for msgs in self.consumer.poll(timeout_ms=100).values():
+                with self.cond:
+                    for m in msgs:
+                        rec = orjson.loads(m.value)
+                        self.by_event[rec["event_id"]] = rec
+                    self.cond.notify_all()
+
+    def wait(self, ids: set[str], timeout: float) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                missing = [i for i in ids if i not in self.by_event]
+                left = deadline - time.monotonic()
+                if not missing or left <= 0:
+                    return {i: self.by_event.pop(i) for i in ids if i in self.by_event}
+                self.cond.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.consumer.close()
+
+
+def publish_base(world: World, data_dir: Path) -> str:
+    """The frozen base: popularity over the catalogue, from the real data's counts."""
+    from model.recommenders.neighbors import PopularityRecommender
+    from model.registry import ModelRegistry
+
+    rec = PopularityRecommender(world.counts, keep=len(world.counts))
+    return ModelRegistry(data_dir).publish(
+        "recommender", lambda d: rec.save(d / "popularity"),
+        metadata={"served": "popularity", "methods": ["popularity"],
+                  "data": {"note": "lamstream simulate base model"}})
+
+
+def arm_env(arm: str, cfg: SimConfig, settings: Settings) -> dict[str, str]:
+    eps = (1.0, 1.0) if arm == "random" else (cfg.epsilon_start, cfg.epsilon_floor)
+    # an answer comes one round after its slate: a window of 1.5 rounds credits the slate
+    # the user answered and not the one before it (which often showed the same item), so
+    # the logged rewards mean what the simulator measures
+    window_s = max(1, cfg.round_s * 3 // 2)
+    return {
+        "LAMSTREAM_POLICY": "epsilon_greedy",
+        "LAMSTREAM_POLICY_EPSILON_START": str(eps[0]),
+        "LAMSTREAM_POLICY_EPSILON_FLOOR": str(eps[1]),
+        "LAMSTREAM_POLICY_EPSILON_DECAY": str(cfg.users * cfg.rounds / 4),
+        "LAMSTREAM_POLICY_POOL": str(cfg.pool), "LAMSTREAM_TOP_K": str(cfg.k),
+        "LAMSTREAM_POLICY_SEED": str(cfg.seed),
+        "LAMSTREAM_MODEL_NAME": "auto", "LAMSTREAM_STORE": "rocksdb",
+        "LAMSTREAM_FEEDBACK_WINDOW_S": str(window_s), "LAMSTREAM_ALLOWED_LATENESS_S": "0",
+        "LAMSTREAM_PSEUDONYM_KEY": settings.pseudonym_key.get_secret_value()
+        if settings.pseudonym_key else secrets.token_hex(16),
+        # the trainer's defaults (gate every 1000 records on 1500..3000 held-out ones)
+
+        "LAMSTREAM_TRAINER_CHECKPOINT_S": "2", "LAMSTREAM_TRAINER_REPLAY": "10000",
+    }
+
+
+@contextmanager
+def _processes(arm: str, cfg: SimConfig, s: Settings, workdir: Path, log: Log
+               ) -> Iterator[Settings]:
+    from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+    from stream.kafka.admin import ensure_topics
+    from stream.kafka.broker import free_port
+
+    env = arm_env(arm, cfg, s)
+    ensure_topics(s)
+    procs = []
+    try:
+        commands = ["worker", "feedback"] + (["trainer"] if arm == "learning" else [])
+        for command in commands:
+            ps = s.model_copy(update={"web_port": free_port()})
+            procs.append((command, start_worker(ps, workdir, workdir / f"{command}.log",
+                                                extra_env=env, command=command), ps))
+        worker = procs[0]
+        wait_healthy(f"http://127.0.0.1:{worker[2].web_port}", worker[1], 180,
+                     workdir / "worker.log")
+        log(f"  {arm}: {', '.join(commands)} running (logs in {workdir})")
+        yield s
+    finally:
+        for command, p, _ in reversed(procs):
+            if p.poll() is not None and p.returncode not in (0, None):
+                log(f"  {arm}: {command} exited with {p.returncode} (see {workdir}/"
+                    f"{command}.log)")
+            stop_worker(p)
+
+
+def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir: Path,
+            log: Log) -> dict[str, Any]:
+    from kafka import KafkaProducer
+
+    from stream.topics import topics_for
+
+    run = secrets.token_hex(3)
+    s = settings.model_copy(update={"topic_prefix": f"sim-{run}-{arm}.",
+                                    "app_id": f"lamstream-sim-{run}-{arm}",
+                                    "data_dir": workdir})
+    workdir.mkdir(parents=True, exist_ok=True)
+    publish_base(world, workdir)
+    weights = dict(s.feedback_rewards)
+    recommend_on = set(s.recommend_on)
+    topics = topics_for(s)
+    rng = random.Random(cfg.seed)
+    rewards: list[list[float]] = [[] for _ in range(cfg.rounds)]
+    explored: list[list[bool]] = [[] for _ in range(cfg.rounds)]
+    versions: list[str] = []
+    missing = 0
+    with ExitStack() as stack:
+        stack.enter_context(_processes(arm, cfg, s, workdir, log))
+        recs = _Recs(s, topics.recommendations.name)
+        stack.callback(recs.close)
+        producer = KafkaProducer(**s.kafka_python_config(), linger_ms=5)
+        stack.callback(producer.close)
+        active = [world.new_user(i, rng) for i in range(cfg.users)]
+        n_users = cfg.users
+        t0 = 1_700_000_000_000
+        started = time.monotonic()
+        for r in range(cfg.rounds):
+            now = t0 + r * cfg.round_s * 1000
+            sent: dict[str, int] = {}
+            for slot, u in enumerate(active):
+                typ, item = u.pending or ("view", u.next_view())
+                u.pending = None
+                eid = f"{u.user_id}-{r}"
+                ev = {"event_id": eid, "user_id": u.user_id, "type": typ, "item_id": item,
+                      "ts": now + slot}
+                if item in world.category:
+                    ev["category"] = world.category[item]
+                producer.send(topics.events.name, orjson.dumps(ev), u.user_id.encode())
+                if typ in recommend_on:  # add_to_cart / purchase get no recommendation
+                    sent[eid] = slot
+            producer.flush()
+            got = recs.wait(set(sent), cfg.round_timeout_s * (3 if r == 0 else 1))
+            missing += len(sent) - len(got)
+            for eid, rec in got.items():
+                u = active[sent[eid]]
+                slate = [i["item_id"] for i in rec["items"]]
+                answer = world.answer(u, slate, rng)  # None on the session's last event
+                rewards[r].append(weights.get(answer[0], 0.0) if answer else 0.0)
+                explored[r].append(bool(rec.get("explored")))
+                u.pending = answer
+                versions.append(rec.get("model_version", "?"))
+            _keep_up(s, arm, cfg)
+            for slot, u in enumerate(active):
+                u.steps_left -= 1
+                if u.steps_left <= 0:
+                    active[slot] = world.new_user(n_users, rng)
+                    n_users += 1
+            if (r + 1) % max(1, cfg.rounds // cfg.windows) == 0:
+                log(f"  {arm}: round {r + 1}/{cfg.rounds}, mean reward "
+                    f"{_mean(rewards[r]):.3f}, model {versions[-1] if versions else '-'}")
+        elapsed = time.monotonic() - started
+        feedback = _save_feedback(s, topics.feedback.name, workdir / "feedback.jsonl")
+    per = max(1, cfg.rounds // cfg.windows)
+    win_r = [_mean([x for rr in rewards[i:i + per] for x in rr])
+             for i in range(0, cfg.rounds, per)]
+    win_e = [_mean([float(x) for rr in explored[i:i + per] for x in rr])
+             for i in range(0, cfg.rounds, per)]
+    all_r = [x for rr in rewards for x in rr]
+    from model.registry import ModelRegistry
+
+    return {"window_reward": win_r, "explored_fraction": win_e,
+            "mean_reward": _mean(all_r), "recommendations": len(all_r),
+            "missing_recommendations": missing, "users": n_users,
+            "seconds": round(elapsed, 1), "events_per_s": round(len(all_r) / elapsed, 1),
+            "reranker_versions": ModelRegistry(workdir).versions("reranker"),
+            "last_model_version": versions[-1] if versions else None,
+            "feedback_records": feedback, "feedback_file": str(workdir / "feedback.jsonl")}
+
+
+def _keep_up(s: Settings, arm: str, cfg: SimConfig) -> None:
+    """Pace the users to the service, as real time would: wait (bounded) until the feedback
+    join, and the trainer for the learning arm, are within two rounds of the stream. Without
+    it a fast simulator would finish before the first feedback is trained on."""
+    from stream.kafka.admin import consumer_lag
+    from stream.topics import topics_for
+
+    t = topics_for(s)
+    groups = [(f"{s.app_id}-feedback", t.decisions.name)]
+    if arm == "learning":
+        groups.append((f"{s.app_id}-trainer", t.feedback.name))
+    deadline = time.monotonic() + cfg.keep_up_timeout_s
+    while time.monotonic() < deadline:
+        if all(sum(consumer_lag(s, g, topic).values()) <= 2 * cfg.users for g, topic in groups):
+            return
+        time.sleep(0.3)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _save_feedback(s: Settings, topic: str, path: Path) -> int:
+    """The arm's logged feedback, for `lamstream evaluate policy --feedback FILE`."""
+    from stream.client import tail
+
+    n = 0
+    with path.open("wb") as f:
+        for _, value in tail(s, topic, from_beginning=True, timeout=5.0):
+            f.write(orjson.dumps(value) + b"\n")
+            n += 1
+    return n
+
+
+def ope_check(frozen_feedback: Path, random_online: float) -> dict[str, Any]:
+    """Off-policy estimate of the random arm's policy (uniform slates from the pool) from the
+    frozen arm's logged feedback, next to the value the random arm measured online: what
+    `lamstream evaluate policy --feedback FILE --policy epsilon_greedy:1.0` prints."""
+    from model.policy.ope import evaluate, policy_target, slate_epsilon
+    from model.policy.policies import parse_policy
+    from stream.feedback.source import load_feedback
+
+    spec = "epsilon_greedy:1.0"
+    policy = parse_policy(spec)
+    est = evaluate(load_feedback(str(frozen_feedback)), policy_target(policy),
+                   bootstrap=300, slate_eps=slate_epsilon(policy))
+    out: dict[str, Any] = {"feedback": str(frozen_feedback), "policy": spec,
+                           "random_online": random_online}
+    for key in ("ips", "snips", "dr", "slate_ips", "slate_snips"):
+        e = est[key]
+        out[key] = {**e, "contains_online": e["ci_low"] <= random_online <= e["ci_high"]}
+    return out
+
+
+def plot(result: dict[str, Any], cfg: SimConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = max(1, cfg.rounds // cfg.windows)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1.3]})
+    styles = {"learning": ("tab:blue", "-o"), "frozen": ("tab:gray", "--s"),
+              "random": ("tab:red", ":^")}
+    for arm, res in result["arms"].items():
+        xs = [(i + 1) * per for i in range(len(res["window_reward"]))]
+        color, style = styles.get(arm, ("k", "-"))
+        ax1.plot(xs, res["window_reward"], style, color=color, label=arm)
+        ax2.plot(xs, res["explored_fraction"], style, color=color, label=arm)
+    ax1.set_ylabel("mean reward per recommendation")
+    ax1.set_title(f"lamstream simulate: {cfg.users} concurrent users, window = {per} rounds"
+                  f" ({per * cfg.users} recommendations)")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    ax2.set_ylabel("exploratory slates")
+    ax2.set_xlabel("round (one event per user per round)")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def simulate(cfg: SimConfig, settings: Settings, workdir: Path, png: Path, log: Log
+             ) -> dict[str, Any]:
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    unknown = set(cfg.arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
+    if not cfg.data.exists():
+        raise ValueError(f"{cfg.data}: no such event file (--data FILE)")
+    world = World.from_events(cfg.data, cfg.layout, cfg.world)
+    log(f"world: {len(world.items)} items, {len(world.user_ids)} real users seed the "
+        f"synthetic ones ({cfg.data.name})")
+    shutil.rmtree(workdir, ignore_errors=True)
+    result: dict[str, Any] = {"arms": {}}
+    with ExitStack() as stack:
+        if settings.embedded:
+            from stream.kafka.broker import EmbeddedBroker, free_port
+
+            broker = stack.enter_context(EmbeddedBroker(port=free_port()))
+            settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
+        for arm in cfg.arms:
+            log(f"arm {arm}:")
+            result["arms"][arm] = run_arm(arm, world, cfg, settings, workdir / arm, log)
+    arms = result["arms"]
+    if "learning" in arms:
+        first, last = arms["learning"]["window_reward"][0], arms["learning"]["window_reward"][-1]
+        result["first_window_reward"] = first
+        result["last_window_reward"] = last
+        result["learning_gain"] = last / first if first else None
+    for arm in ("frozen", "random"):
+        if arm in arms:
+            result[f"{arm}_last_window_reward"] = arms[arm]["window_reward"][-1]
+            result[f"{arm}_mean_reward"] = arms[arm]["mean_reward"]
+    if "frozen" in arms and "random" in arms:
+        result["ope_check"] = ope_check(Path(arms["frozen"]["feedback_file"]),
+                                        arms["random"]["mean_reward"])
+    cfg_out = asdict(cfg)
+    cfg_out["data"] = str(cfg.data)
+    result["config"] = cfg_out
+    plot(result, cfg, png)
+    result["png"] = str(png)
+    return result
+
+
+def default_workdir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "simulate"

@@ -1,0 +1,151 @@
+"""The model-updates agent: load a newly announced model version and swap it in between batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from model.types import RERANKER
+from stream.schemas import ModelUpdate
+
+if TYPE_CHECKING:
+    from model.predictor import Predictor
+    from stream.settings import Settings
+    from stream.worker.app import Worker
+    from stream.worker.ingest import PredictorHolder
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = ("recommender", "risk", RERANKER)
+Loader = Callable[[ModelUpdate], "Predictor | None"]
+
+
+def decode_update(raw: bytes | None) -> ModelUpdate | None:
+    """The record, or None for anything malformed (logged; the agent goes on)."""
+    try:
+        update = ModelUpdate.model_validate_json(raw or b"")
+    except ValidationError as exc:
+        log.warning("ignoring a malformed model-updates record: %s",
+                    exc.errors()[0]["msg"] if exc.errors() else exc)
+        return None
+    if update.name not in MODEL_NAMES:
+        log.warning("ignoring a model-updates record for unknown model %r", update.name)
+        return None
+    return update
+
+
+def online_base(predictor: Predictor) -> Predictor | None:
+    """The online baseline inside a served predictor (under its exploration policy and risk
+    overlay), or None when a published recommender serves."""
+    from model.policy.exploration import ExplorationPredictor
+    from model.recommenders.baseline import BaselinePredictor
+    from model.risk.overlay import RiskOverlay
+
+    if isinstance(predictor, ExplorationPredictor):
+        predictor = predictor.inner
+    if isinstance(predictor, RiskOverlay):
+        predictor = predictor.inner
+    return predictor if isinstance(predictor, BaselinePredictor) else None
+
+
+def registry_loader(settings: Settings, current: Callable[[], Predictor] | None = None
+                    ) -> Loader:
+    """Load the announced version (and the latest of the other model) from the registry.
+
+    `current` gives the predictor in service: when that is the online baseline (no
+    recommender published, or model_name=baseline), a risk version is served next to it
+    (model.risk.overlay), keeping what the baseline learned online."""
+
+    def load(update: ModelUpdate) -> Predictor | None:
+        from model.recommenders.baseline import BaselinePredictor
+        from model.registry import ModelRegistry
+        from model.risk.overlay import overlay_risk
+        from model.serving import load_predictor
+
+        pinned = {"recommender_version" if update.name == "recommender" else "risk_version":
+                  update.version}
+        predictor = load_predictor(settings.data_dir, device=settings.device,
+                                   prefer=settings.model_name, **pinned)
+        if isinstance(predictor, BaselinePredictor):
+            base = online_base(current()) if current is not None else None
+            if update.name == "risk" and base is not None:
+                return overlay_risk(base, ModelRegistry(settings.data_dir), update.version,
+                                    settings.device)
+            # nothing servable (no recommender, or model_name=baseline): keep the current
+            # predictor, which for the baseline holds what it learned online
+            return None
+        return predictor
+    return load
+
+
+async def apply_reranker(update: ModelUpdate, holder: PredictorHolder, settings: Settings
+                         ) -> bool:
+    """Load the announced reranker off the event loop and offer it (between batches)."""
+    from stream.worker.exploration import ExploringHolder, load_reranker
+
+    if not isinstance(holder, ExploringHolder):
+        log.warning("model-updates: reranker %s ignored: this worker does not explore",
+                    update.version)
+        return False
+    loop = asyncio.get_running_loop()
+    try:
+        reranker = await loop.run_in_executor(None, load_reranker, settings, update.version)
+    except Exception as exc:  # noqa: BLE001 - logged, the current reranker keeps serving
+        log.error("model-updates: cannot load reranker %s: %s", update.version, exc)
+        return False
+    holder.offer_reranker(reranker)
+    log.info("model-updates: reranker %s (%s) serves from the next batch", update.version,
+             update.action)
+    return True
+
+
+async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader
+                       ) -> Predictor | None:
+    """Decode one record, load the predictor off the event loop, offer it to the holder.
+
+    Returns the offered predictor, or None when the record was ignored or loading failed: a
+    broken artifact or a bad record must never stop the worker.
+    """
+    update = decode_update(raw)
+    if update is None:
+        return None
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    try:
+        predictor = await loop.run_in_executor(None, load, update)
+    except Exception as exc:  # noqa: BLE001 - logged, the current model keeps serving
+        log.error("model-updates: cannot load %s %s: %s", update.name, update.version, exc)
+        return None
+    if predictor is None:
+        log.info("model-updates: %s %s gives nothing to serve; keeping %s %s", update.name,
+                 update.version, holder.current.name, holder.current.version)
+        return None
+    holder.offer(predictor)
+    log.info("model-updates: %s %s (%s %s) loaded in %.2fs; serves from the next batch",
+             update.name, update.version, predictor.name, predictor.version,
+             time.perf_counter() - t0)
+    return predictor
+
+
+def attach_model_updates(worker: Worker) -> None:
+    app = worker.app
+    settings = worker.settings
+    topic = app.topic(worker.topics.model_updates.name, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw", partitions=1)
+    load = registry_loader(settings, lambda: worker.ingest.holder.current)
+
+    @app.agent(topic, name=f"{settings.topic_prefix}model-updates")
+    async def model_updates(stream: Any) -> None:
+        async for raw in stream:
+            update = decode_update(raw)
+            if update is not None and update.name == RERANKER:
+                await apply_reranker(update, worker.ingest.holder, settings)
+                continue
+            predictor = await apply_update(raw, worker.ingest.holder, load)
+            if predictor is not None:
+                worker.metrics.set_model(predictor.name, predictor.version)

@@ -1,0 +1,238 @@
+"""The contract every model class passes: nets, the risk net, and every Recommender."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.device import resolve_device
+from model.encoding import SeqBatch, encode_sequences
+from model.nets import RiskConfig, RiskNet, SeqRecConfig, SeqRecNet, build_recommender
+from model.recommenders.base import Recommender, load_recommender
+from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
+from model.recommenders.neural import NeuralRecommender
+from model.types import FEATURE_NAMES, SeqItem
+from model.vocab import ItemVocab
+
+ITEMS = [f"i{n}" for n in range(30)]
+
+
+def _vocab() -> ItemVocab:
+    v = ItemVocab(capacity=1000)
+    v.add_all(ITEMS)
+    return v
+
+
+def _seqs() -> list[list[SeqItem]]:
+    g = torch.Generator().manual_seed(7)
+    types = ["view", "click", "add_to_cart", "purchase"]
+    out = []
+    for length in (1, 3, 9, 20, 60):  # different padded lengths, one longer than max_len
+        idx = torch.randint(0, len(ITEMS), (length,), generator=g).tolist()
+        ty = torch.randint(0, 4, (length,), generator=g).tolist()
+        out.append([SeqItem(ITEMS[i], types[t], 1_000 * 17 ** (j % 5) + j * 60_000)
+                    for j, (i, t) in enumerate(zip(idx, ty, strict=True))])
+    return out
+
+
+@dataclass
+class NetCase:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    run: Callable[[torch.nn.Module, list[list[SeqItem]], torch.device], torch.Tensor]
+    grows: bool
+
+
+def _batch(seqs: list[list[SeqItem]], device: torch.device) -> SeqBatch:
+    return encode_sequences(seqs, _vocab(), 16).to(device)
+
+
+def _rec_case(kind: str) -> NetCase:
+    def build() -> torch.nn.Module:
+        net = build_recommender(kind, SeqRecConfig(n_items=_vocab().size, dim=16, layers=2,
+                                                   heads=2, max_len=16, dropout=0.1))
+        return _random_age_bias(net)
+
+    def run(m: torch.nn.Module, seqs: list[list[SeqItem]], dev: torch.device) -> torch.Tensor:
+        out: torch.Tensor = m.logits_last(_batch(seqs, dev))  # type: ignore[operator]
+        return out
+    return NetCase(kind, build, run, True)
+
+
+def _risk_case() -> NetCase:
+    def build() -> torch.nn.Module:
+        net = RiskNet(RiskConfig(dim=8, seq_dim=4, max_len=16))
+        net.fit_scaler(torch.rand(20, len(FEATURE_NAMES)) * 100)
+        net.set_calibration(1.3, -0.2)
+        return net
+
+    def run(m: torch.nn.Module, seqs: list[list[SeqItem]], dev: torch.device) -> torch.Tensor:
+        g = torch.Generator().manual_seed(3)
+        x = torch.rand(len(_seqs()), len(FEATURE_NAMES), generator=g) * 50
+        x = x[[_seqs().index(s) for s in seqs]]
+        prob, contrib = m.attribute(x.to(dev), _batch(seqs, dev))  # type: ignore[operator]
+        return torch.cat([prob[:, None], contrib], 1)
+    return NetCase("risk", build, run, False)
+
+
+NET_CASES = [_rec_case("sasrec"), _rec_case("gru"), _risk_case()]
+
+
+def _fresh(case: NetCase, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return case.build().eval()
+
+
+@pytest.mark.parametrize("case", NET_CASES, ids=lambda c: c.name)
+class TestNetContract:
+    def test_shapes_and_finite(self, case: NetCase) -> None:
+        out = case.run(_fresh(case), _seqs(), torch.device("cpu"))
+        assert out.shape[0] == len(_seqs())
+        assert not torch.isnan(out).any()
+        if case.grows:  # log-probabilities over the item table: they sum to one
+            assert out.shape[1] == _vocab().size
+            torch.testing.assert_close(out.exp().sum(1), torch.ones(out.shape[0]))
+            assert (out[:, :2] < -50).all()  # padding and unknown: probability ~ 0
+        else:
+            assert out.shape[1] == 1 + len(FEATURE_NAMES)
+            assert ((out[:, 0] > 0) & (out[:, 0] < 1)).all()
+            assert torch.isfinite(out).all()
+
+    def test_deterministic_under_seed(self, case: NetCase) -> None:
+        a = case.run(_fresh(case, 1), _seqs(), torch.device("cpu"))
+        b = case.run(_fresh(case, 1), _seqs(), torch.device("cpu"))
+        c = case.run(_fresh(case, 2), _seqs(), torch.device("cpu"))
+        assert torch.equal(a, b)
+        assert not torch.allclose(a, c)
+
+    def test_save_load_round_trip(self, case: NetCase, tmp_path: Path) -> None:
+        m = _fresh(case, 1)
+        torch.save(m.state_dict(), tmp_path / "w.pt")
+        m2 = _fresh(case, 99)
+        m2.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
+        assert torch.equal(case.run(m, _seqs(), torch.device("cpu")),
+                           case.run(m2.eval(), _seqs(), torch.device("cpu")))
+
+    def test_batch_of_one_equals_row_of_batch(self, case: NetCase) -> None:
+        m = _fresh(case)
+        full = case.run(m, _seqs(), torch.device("cpu"))
+        for i, s in enumerate(_seqs()):
+            one = case.run(m, [s], torch.device("cpu"))
+            torch.testing.assert_close(one[0], full[i], rtol=1e-4, atol=1e-4)
+
+    def test_cpu_fallback(self, case: NetCase) -> None:
+        dev = resolve_device("auto")
+        m = _fresh(case)
+        cpu = case.run(m, _seqs(), torch.device("cpu"))
+        other = case.run(m.to(dev), _seqs(), dev).cpu()
+        torch.testing.assert_close(other, cpu, rtol=1e-3, atol=1e-3)
+        if not torch.cuda.is_available():
+            assert resolve_device("cuda") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("case", [c for c in NET_CASES if c.grows], ids=lambda c: c.name)
+def test_growing_vocabulary_keeps_old_ids(case: NetCase) -> None:
+    m = _fresh(case)
+    before = case.run(m, _seqs(), torch.device("cpu"))
+    v = _vocab()
+    old = {i: v.id(i) for i in ITEMS}
+    v.add_all(["new1", "new2", "new3"])
+    assert {i: v.id(i) for i in ITEMS} == old
+    m.grow_items(v.size)  # type: ignore[operator]
+    after = case.run(m, _seqs(), torch.device("cpu"))
+    assert after.shape[1] == before.shape[1] + 3
+    torch.testing.assert_close(after[:, : before.shape[1]], before)
+
+
+def _train_seqs() -> list[list[SeqItem]]:
+    return _seqs() + [[SeqItem(ITEMS[j % 7], "view", j * 1000) for j in range(12)]]
+
+
+def _random_age_bias(net: SeqRecNet) -> SeqRecNet:
+    """The copy head's age bias starts at zero; random values make every path that must
+    agree on event ages (training, full, last-position, top-k) show it if they do not."""
+    torch.nn.init.normal_(net.copy_age.weight, std=1.0)
+    return net
+
+
+def _neural(kind: str) -> Recommender:
+    torch.manual_seed(0)
+    net = build_recommender(kind, SeqRecConfig(n_items=_vocab().size, dim=16, max_len=16))
+    return NeuralRecommender(_random_age_bias(net), _vocab())
+
+
+REC_FACTORIES: dict[str, Callable[[], Recommender]] = {
+    "popularity": lambda: PopularityRecommender.fit(_train_seqs()),
+    "covisitation": lambda: CoVisitationRecommender.fit(_train_seqs()),
+    "gru": lambda: _neural("gru"),
+    "sasrec": lambda: _neural("sasrec"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(REC_FACTORIES))
+def test_recommender_contract(method: str, tmp_path: Path) -> None:
+    rec = REC_FACTORIES[method]()
+    assert rec.method == method
+    seqs = _seqs()
+    exclude = [frozenset({s[-1].item_id, "i0"}) for s in seqs]
+    out = rec.recommend(seqs, 5, exclude)
+    assert len(out) == len(seqs)
+    for row, ex in zip(out, exclude, strict=True):
+        assert 0 < len(row) <= 5
+        items = [i for i, _ in row]
+        assert len(set(items)) == len(items)
+        assert not set(items) & ex
+        scores = [s for _, s in row]
+        assert scores == sorted(scores, reverse=True)
+    rec.save(tmp_path / method)
+    again = load_recommender(tmp_path / method, method)
+    assert again.recommend(seqs, 5, exclude) == out
+    # one row alone ranks the same as inside the batch
+    for i in range(len(seqs)):
+        alone = rec.recommend([seqs[i]], 5, [exclude[i]])[0]
+        assert [x for x, _ in alone] == [x for x, _ in out[i]]
+
+
+@pytest.mark.parametrize("case", [c for c in NET_CASES if c.grows], ids=lambda c: c.name)
+def test_serving_path_matches_training_path(case: NetCase) -> None:
+    """logits_last (the cheap serving path) equals logits_all at each row's last event."""
+    m = _fresh(case)
+    batch = _batch(_seqs(), torch.device("cpu"))
+    with torch.no_grad():
+        full = m.logits_all(batch)  # type: ignore[operator]
+        last = m.logits_last(batch)  # type: ignore[operator]
+    idx = batch.lengths - 1
+    torch.testing.assert_close(last, full[torch.arange(len(idx)), idx], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_history_items_can_still_be_recommended() -> None:
+    """An item the table never saw but the user met is re-consumable through the copy head."""
+    rec = _neural("sasrec")
+    assert isinstance(rec, NeuralRecommender)
+    seq = [SeqItem("brand-new", "add_to_cart", 0), SeqItem("i1", "view", 1000),
+           SeqItem("i2", "view", 2000)]
+    out = rec.recommend([seq], 40, [frozenset({"i2"})])[0]
+    assert "brand-new" in [i for i, _ in out]
+    assert all(i != "i2" for i, _ in out)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru"])
+def test_fast_top_k_equals_full_table_ranking(kind: str) -> None:
+    """recommend() scores only the possible winners; it must agree with the full softmax."""
+    rec = _neural(kind)
+    assert isinstance(rec, NeuralRecommender)
+    seqs = _seqs() + [[SeqItem("unseen", "view", 0), SeqItem("i3", "view", 5000)]]
+    exclude = [frozenset({s[-1].item_id, "i5"}) for s in seqs]
+    fast = rec.recommend(seqs, 8, exclude)
+    full, unknown = rec.logits(seqs)
+    names = [rec.vocab.item(i) for i in range(rec.vocab.size)] + unknown
+    for row, ex, got in zip(full, exclude, fast, strict=True):
+        ranked = [(names[i], float(row[i])) for i in row.argsort(descending=True).tolist()
+                  if names[i] is not None and names[i] not in ex and row[i] > -60][:8]
+        assert [i for i, _ in got] == [i for i, _ in ranked]
+        torch.testing.assert_close([s for _, s in got], [s for _, s in ranked],
+                                   rtol=1e-4, atol=1e-4)
