@@ -12,6 +12,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from model.stats import percentile
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -49,13 +51,10 @@ class _Stat:
         self.max = max(self.max, v)
         self.recent.append(v)
 
-    def snapshot(self) -> dict[str, float]:
-        r = sorted(self.recent)
-
-        def pct(p: float) -> float:
-            return r[min(len(r) - 1, int(p * len(r)))] if r else 0.0
+    def snapshot(self) -> dict[str, float | None]:
         return {"count": self.count, "mean": self.total / self.count if self.count else 0.0,
-                "p50": pct(0.50), "p99": pct(0.99), "max": self.max}
+                "p50": percentile(self.recent, 0.50), "p99": percentile(self.recent, 0.99),
+                "max": self.max}
 
 
 class MicroBatcher(Generic[T, R]):

@@ -19,6 +19,7 @@ from model.predictor import Predictor
 from model.recommenders.neural import NeuralRecommender
 from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor
+from model.stats import percentile
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
 
@@ -54,13 +55,8 @@ def untrained_predictor(device: torch.device, n_items: int = 20_000, kind: str =
                           version="untrained", risk_version="untrained", **batcher)
 
 
-def _pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(p * len(s)))] if s else 0.0
-
-
 def per_event(pred: ModelPredictor, contexts: list[PredictionContext], seconds: float
-              ) -> dict[str, float]:
+              ) -> dict[str, Any]:
     """Batch of one in a loop, no batcher: what calling the model per event costs."""
     lat: list[float] = []
     t_end = time.perf_counter() + seconds
@@ -73,7 +69,8 @@ def per_event(pred: ModelPredictor, contexts: list[PredictionContext], seconds: 
             lat.append((time.perf_counter() - s) * 1000.0)
             i += 1
     wall = time.perf_counter() - t0
-    return {"pps": i / wall, "p50_ms": _pct(lat, 0.5), "p99_ms": _pct(lat, 0.99), "n": i}
+    return {"pps": i / wall, "p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+            "n": i}
 
 
 def direct(pred: ModelPredictor, contexts: list[PredictionContext], rows: int, seconds: float
@@ -92,7 +89,7 @@ def direct(pred: ModelPredictor, contexts: list[PredictionContext], rows: int, s
 
 
 def batched(pred: ModelPredictor, contexts: list[PredictionContext], concurrency: int,
-            seconds: float) -> dict[str, float]:
+            seconds: float) -> dict[str, Any]:
     """Closed loop: `concurrency` requests always in flight through the micro-batcher."""
     sem = threading.Semaphore(concurrency)
     lat: list[float] = []
@@ -119,8 +116,8 @@ def batched(pred: ModelPredictor, contexts: list[PredictionContext], concurrency
         sem.acquire()
     wall = time.perf_counter() - t0
     done.set()
-    return {"concurrency": concurrency, "pps": count[0] / wall, "p50_ms": _pct(lat, 0.5),
-            "p99_ms": _pct(lat, 0.99), "n": count[0]}
+    return {"concurrency": concurrency, "pps": count[0] / wall, "p50_ms": percentile(lat, 0.5),
+            "p99_ms": percentile(lat, 0.99), "n": count[0]}
 
 
 def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: float = 3.0,

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from model.stats import percentile
 from stream.settings import Settings
 
 
@@ -127,13 +128,8 @@ def _stats(base: str) -> dict[str, Any]:
         return dict(json.loads(r.read()))
 
 
-def _percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
-
-
 def _latency_at_load(s: Settings, payloads: list[tuple[bytes, bytes]], rate: float,
-                     seconds: float, out_topic: str | None = None) -> dict[str, float]:
+                     seconds: float, out_topic: str | None = None) -> dict[str, Any]:
     """Offered load `rate` ev/s for `seconds` on s's events topic; e2e = send time -> the
     record of the same event id received on `out_topic`: the recommendations (events of the
     types in s.recommend_on have one), or with a topic given, a copy of every event."""
@@ -145,7 +141,7 @@ def _latency_at_load(s: Settings, payloads: list[tuple[bytes, bytes]], rate: flo
 
 async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate: float,
                          seconds: float, out_topic: str, every_event: bool
-                         ) -> dict[str, float]:
+                         ) -> dict[str, Any]:
     """The load generator and the observer as one asyncio client (aiokafka): a producer paced
     to `rate` and a consumer of `out_topic`, each record matched to its send time by event id.
     The observer asks the broker for records no more than 5 ms late (tansu holds a fetch that
@@ -204,14 +200,14 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
         await consumer.stop()
         await producer.stop()
     # only some event types trigger recommendations; the sample is the measured records
-    return {"p50_ms": _percentile(lat, 0.5), "p99_ms": _percentile(lat, 0.99),
-            "samples": len(lat), "worker_p50_ms": _percentile(inside, 0.5),
-            "worker_p99_ms": _percentile(inside, 0.99)}
+    return {"p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
+            "samples": len(lat), "worker_p50_ms": percentile(inside, 0.5),
+            "worker_p99_ms": percentile(inside, 0.99)}
 
 
 def _floor_latency(base: Settings, run_id: str, fetch_wait_ms: int,
                    payloads: list[tuple[bytes, bytes]], rate: float, seconds: float, tmp: Path
-                   ) -> dict[str, float]:
+                   ) -> dict[str, Any]:
     """Latency at `rate` through devtools.bench_floor (consume, forward, nothing else), with the
     worker's fetch wait, in its own process as the worker is."""
     s = base.model_copy(update={"topic_prefix": f"bench-{run_id}-floor."})

@@ -18,6 +18,7 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from model.stats import percentile
 from stream.errors import InfraError
 from stream.settings import Settings
 
@@ -83,11 +84,8 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     return proc.returncode
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def _injected(now_ms: int) -> list[tuple[bytes | None, bytes, str]]:
@@ -216,8 +214,8 @@ def run_demo(settings: Settings, *, data: str | None, events: int, rate: float,
                 "late": stats.get("late"), "recommendations": stats.get("recommendations"),
                 "risk_alerts": stats.get("alerts"),
                 "throughput_eps": round(stats.get("events", 0) / elapsed, 1),
-                "latency_p50_ms": round(_pct(recs, 0.5), 2),
-                "latency_p99_ms": round(_pct(recs, 0.99), 2),
+                "latency_p50_ms": _rounded(percentile(recs, 0.5)),
+                "latency_p99_ms": _rounded(percentile(recs, 0.99)),
                 "demo_burst_user_counts": burst.get("counts"),
             }
             console.print("[bold]summary[/]")

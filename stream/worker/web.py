@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
+from model.stats import percentile
 from stream.worker.routing import (
     LOCAL_ONLY,
     SERVED_BY,
@@ -115,10 +116,8 @@ def broker_connected(worker: Worker) -> bool | None:
 
 
 def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return round(s[min(len(s) - 1, int(q * len(s)))], 3)
+    p = percentile(values, q)
+    return None if p is None else round(p, 3)
 
 
 def _since(recent: deque[tuple[float, float]], horizon: float) -> list[float]:
