@@ -12,20 +12,13 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from model.errors import BatcherClosed, Overloaded
 from model.stats import percentile
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 HIST_BOUNDS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-class BatcherClosed(RuntimeError):
-    """The batcher is shutting down or shut down and takes no new requests."""
-
-
-class Overloaded(RuntimeError):
-    """The request queue stayed full for longer than the caller was willing to wait."""
 
 
 @dataclass(slots=True)

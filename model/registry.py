@@ -12,13 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model.errors import RegistryError
+
 MODEL_NAMES: tuple[str, ...] = ("recommender", "risk")
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class RegistryError(Exception):
-    """A registry operation that cannot be done (unknown name/version, nothing to roll back)."""
 
 
 def _fsync_dir(path: Path) -> None:

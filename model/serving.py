@@ -12,11 +12,12 @@ import torch
 
 from model.batching import MicroBatcher
 from model.device import resolve_device
+from model.errors import RegistryError
 from model.predictor import Predictor
 from model.recommenders.base import METHODS, Recommender, load_recommender
 from model.recommenders.baseline import BaselinePredictor
 from model.recommenders.neural import CPU_ROWS
-from model.registry import ModelRegistry, RegistryError
+from model.registry import ModelRegistry
 from model.risk.model import RiskScorer
 from model.types import Prediction, PredictionContext, RiskOutput, ScoredItem, SeqItem
 

@@ -1,6 +1,34 @@
-"""The exception hierarchy: bad input (PoisonMessage) versus broken infrastructure (InfraError)."""
+"""The exception hierarchy of `stream/`: bad input, broken infrastructure, misuse, bad settings.
+
+```
+LamstreamError                  every error lamstream raises on purpose; the CLI prints its
+ |                              message as one line and exits 1
+ +-- PoisonMessage              a record that can never be processed: it goes to the DLQ with
+ |                              its original bytes and the worker goes on
+ +-- InfraError                 broker, disk or network trouble: retried with backoff, then the
+ |    |                         worker crashes loudly and its supervisor restarts it
+ |    +-- BrokerError           the embedded broker could not start or did not become ready
+ +-- ClientError                misuse of the client SDK (an invalid event handed to send())
+ +-- SettingsError              settings that cannot work (also a ValueError, as pydantic
+ |                              expects of validators); refused at start, before any work
+ +-- UsageError                 arguments that cannot work for a command or a tool (also a
+                                ValueError): a wrong option value, an input file of the
+                                wrong shape; nothing was started
+```
+The model side has its own root, `model.errors.ModelError`; the CLI catches both roots.
+"""
 
 from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "ClientError",
+    "InfraError",
+    "LamstreamError",
+    "PoisonMessage",
+    "SettingsError",
+    "UsageError",
+]
 
 
 class LamstreamError(Exception):
@@ -29,3 +57,11 @@ class BrokerError(InfraError):
 
 class ClientError(LamstreamError):
     """Misuse of the client SDK (e.g. an invalid event handed to EventProducer.send)."""
+
+
+class SettingsError(LamstreamError, ValueError):
+    """Settings that cannot work; the message is one line meant for a person."""
+
+
+class UsageError(LamstreamError, ValueError):
+    """Arguments that cannot work for a command or tool; the message says which and why."""

@@ -10,12 +10,10 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stream.errors import SettingsError
+
 EventType = Literal["view", "click", "add_to_cart", "purchase"]
 PolicyName = Literal["greedy", "epsilon_greedy", "softmax"]
-
-
-class SettingsError(ValueError):
-    """Settings that cannot work; the message is one line meant for a person."""
 
 
 class Settings(BaseSettings):

@@ -21,8 +21,8 @@ import orjson
 import typer
 
 from stream.cli.export import export_app
-from stream.errors import LamstreamError
-from stream.settings import Settings, SettingsError, load_settings
+from stream.errors import LamstreamError, SettingsError
+from stream.settings import Settings, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lamstream: real-time user-behaviour prediction on Kafka.")

@@ -62,7 +62,7 @@ def _announce(name: str, version: str, action: str = "publish") -> bool:
 @contextmanager
 def _errors() -> Iterator[None]:
     """One clear line and exit code 2 instead of a traceback."""
-    from model.registry import RegistryError
+    from model.errors import RegistryError
     try:
         yield
     except typer.Exit:

@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from model.batching import BatcherClosed, MicroBatcher, Overloaded
+from model.batching import MicroBatcher
+from model.errors import BatcherClosed, Overloaded
 
 
 def double(xs: list[int]) -> list[int]:

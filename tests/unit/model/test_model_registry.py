@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from model.registry import ModelRegistry, RegistryError
+from model.errors import RegistryError
+from model.registry import ModelRegistry
 
 
 def _writer(tag: str, slow: float = 0.0):  # type: ignore[no-untyped-def]

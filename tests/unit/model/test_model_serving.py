@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.errors import RegistryError
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
 from model.predictor import Predictor
 from model.recommenders.baseline import BaselinePredictor
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.recommenders.neural import NeuralRecommender
-from model.registry import ModelRegistry, RegistryError
+from model.registry import ModelRegistry
 from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor
 from model.types import FEATURE_NAMES, PredictionContext, SeqItem

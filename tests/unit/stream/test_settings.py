@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stream.settings import Settings, SettingsError, load_settings, window_label
+from stream.errors import LamstreamError, SettingsError
+from stream.settings import Settings, load_settings, window_label
 
 
 @pytest.fixture(autouse=True)
@@ -230,3 +231,10 @@ def test_the_advertised_url_is_how_peers_reach_the_worker(monkeypatch: pytest.Mo
     monkeypatch.setenv("LAMSTREAM_WEB_ADVERTISED_URL", "worker-2:6066")
     with pytest.raises(SettingsError, match="LAMSTREAM_WEB_ADVERTISED_URL"):
         load_settings()
+
+
+def test_a_settings_error_is_a_lamstream_error_and_still_a_value_error() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(partitions=0)
+    assert isinstance(info.value, LamstreamError)
+    assert isinstance(info.value, ValueError)
