@@ -240,6 +240,8 @@ class BaselinePredictor:
             if v <= offset:
                 continue
             c = weight * min(v - offset, cap)
+            if not c:  # a subnormal excess (5e-324) underflows to 0: no reason to give
+                continue
             reasons.append(Reason(feature, v, c))
             logit += c
         if len(reasons) > 1:
