@@ -16,6 +16,7 @@ import torch
 from model.device import resolve_device
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
 from model.predictor import Predictor
+from model.recommenders.base import NEURAL_METHODS
 from model.recommenders.neural import NeuralRecommender
 from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor
@@ -134,7 +135,7 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     if data_dir is not None:
         pred = load_predictor(data_dir, device=device, prefer=prefer)
     if not isinstance(pred, ModelPredictor):
-        kind = prefer if prefer in ("gru", "sasrec") else "sasrec"
+        kind = prefer if prefer in NEURAL_METHODS else "sasrec"
         say(f"registry empty (or baseline): benchmarking default-size untrained {kind} + risk")
         pred = untrained_predictor(dev, kind=kind)
     assert isinstance(pred, ModelPredictor)
