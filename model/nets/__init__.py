@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from model.errors import ConfigError
 from model.nets.base import SeqRecConfig, SeqRecNet
 from model.nets.gru import GRURec
 from model.nets.risk import RiskConfig, RiskNet
@@ -16,7 +17,7 @@ def build_recommender(kind: str, config: SeqRecConfig | dict[str, Any]) -> SeqRe
     """A fresh net of the given kind ("sasrec" or "gru")."""
     cls = RECOMMENDER_NETS.get(kind)
     if cls is None:
-        raise ValueError(f"unknown recommender net {kind!r}; known: {sorted(RECOMMENDER_NETS)}")
+        raise ConfigError(f"unknown recommender net {kind!r}; known: {sorted(RECOMMENDER_NETS)}")
     cfg = config if isinstance(config, SeqRecConfig) else SeqRecConfig(**config)
     return cls(cfg)
 

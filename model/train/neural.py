@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from model.encoding import SeqBatch, encode_rows, seq_rows
+from model.errors import DataError
 from model.nets import SeqRecConfig, SeqRecNet, build_recommender
 from model.recommenders.neural import NeuralRecommender
 from model.train.data import Case, cases_between
@@ -159,7 +160,7 @@ def _fit(kind: str, train: Mapping[str, Sequence[SeqItem]], cfg: TrainConfig, ep
         max_len=cfg.max_len, dropout=cfg.dropout, repeat=cfg.repeat))
     data = windows(train, vocab, cfg.max_len)
     if not data:
-        raise ValueError("no training sequences with at least two events")
+        raise DataError("no training sequences with at least two events")
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     t0 = time.perf_counter()
     report = TrainReport(0)

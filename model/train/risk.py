@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from model.encoding import encode_sequences, feature_matrix
+from model.errors import ConfigError, DataError
 from model.nets import RiskConfig, RiskNet
 from model.recommenders.baseline import BaselinePredictor
 from model.risk.model import _NO_ITEMS, RiskScorer
@@ -41,7 +42,7 @@ def _fraud_ms(text: str) -> int:
             return int(datetime.strptime(text.strip(), fmt).timestamp() * 1000)
         except ValueError:
             continue
-    raise ValueError(f"unreadable time {text!r}")
+    raise DataError(f"unreadable time {text!r}")
 
 
 def purchase_features(signup_ms: int, purchase_ms: int, value: float) -> dict[str, float]:
@@ -95,7 +96,7 @@ def load_labelled(path: Path) -> Labelled:
         ts = [int(float(r[col["time"]]) * 1000) for r in rows]
         return Labelled("creditcard", names, feats, [() for _ in rows],
                         [int(float(r[col["class"]])) for r in rows], ts)
-    raise ValueError(f"{path}: not a known labelled layout (need Fraud_Data.csv columns "
+    raise DataError(f"{path}: not a known labelled layout (need Fraud_Data.csv columns "
                      "signup_time,purchase_time,purchase_value,class or creditcard Time,V1..,"
                      "Amount,Class)")
 
@@ -115,7 +116,7 @@ def _split(ds: Labelled, how: str, seed: int) -> tuple[list[int], list[int], lis
         a, b = int(len(order) * 0.6), int(len(order) * 0.8)
         return order[:a], order[a:b], order[b:]
     if how != "random":
-        raise ValueError("split must be temporal or random")
+        raise ConfigError("split must be temporal or random")
     g = torch.Generator().manual_seed(seed)
     parts: tuple[list[int], list[int], list[int]] = ([], [], [])
     for label in (0, 1):
