@@ -15,6 +15,8 @@ import torch
 from model.errors import BatcherClosed, BatchError, ConfigError, Overloaded
 from model.stats import percentile
 
+__all__ = ["HIST_BOUNDS", "MicroBatcher"]
+
 T = TypeVar("T")
 R = TypeVar("R")
 

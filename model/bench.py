@@ -24,6 +24,11 @@ from model.stats import percentile
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
 
+__all__ = [
+    "CONCURRENCY", "batched", "direct", "per_event", "run_inference_bench", "synthetic_contexts",
+    "untrained_predictor",
+]
+
 CONCURRENCY: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512)
 
 

@@ -51,6 +51,11 @@ import orjson
 
 from model.errors import ConfigError, DataError
 
+__all__ = [
+    "EVENT_FIELDS", "LAYOUTS", "OTTO_TYPES", "PathLike", "REQUIRED_FIELDS", "TAOBAO_TYPES",
+    "TYPE_ALIASES", "detect_layout", "iter_events", "iter_fraud_labels", "iter_payloads",
+]
+
 log = logging.getLogger(__name__)
 
 LAYOUTS: tuple[str, ...] = ("taobao", "yoochoose", "otto", "fraud", "jsonl", "csv")

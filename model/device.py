@@ -8,6 +8,8 @@ import torch
 
 from model.errors import ConfigError
 
+__all__ = ["DeviceName", "autocast_dtype", "resolve_device"]
+
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 

@@ -22,6 +22,8 @@ from model.registry import ModelRegistry
 from model.risk.model import RiskScorer
 from model.types import Prediction, PredictionContext, RiskOutput, ScoredItem, SeqItem
 
+__all__ = ["ModelPredictor", "RULES_VERSION", "load_predictor", "with_trigger"]
+
 RULES_VERSION = "rules-v1"
 
 

@@ -6,6 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, get_args
 
+__all__ = [
+    "EVENT_TYPES", "EVENT_TYPE_INDEX", "EventType", "FEATURE_NAMES", "PolicyTrace", "Prediction",
+    "PredictionContext", "RERANKER", "RERANK_SEQ_WINDOW", "Reason", "RerankInput", "RiskOutput",
+    "ScoredItem", "SeqItem",
+]
+
 # The one definition of the event types: stream.schemas validates records against it, stream
 # settings check their per-type options against it, features count one column per type.
 EventType = Literal["view", "click", "add_to_cart", "purchase"]

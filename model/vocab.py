@@ -10,6 +10,8 @@ from pathlib import Path
 
 from model.errors import ConfigError, DataError
 
+__all__ = ["ItemVocab", "PAD", "RESERVED", "UNK"]
+
 PAD = 0
 UNK = 1
 RESERVED = 2  # ids below this are never items

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+__all__ = ["N_DENSE", "N_DENSE_V1", "RerankConfig", "RerankNet"]
+
 # the dense columns, named in model.policy.reranker.DENSE_COLUMNS: base score, rank, trigger
 # type one-hot (4), repeat (people come back to items they looked at), then category taste
 N_DENSE = 11

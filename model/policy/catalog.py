@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 
 from model.errors import ConfigError
 
+__all__ = ["DEFAULT_CAPACITY", "ItemCatalog"]
+
 DEFAULT_CAPACITY = 200_000
 
 

@@ -19,6 +19,8 @@ from model.types import (
     ScoredItem,
 )
 
+__all__ = ["ExplorationPredictor"]
+
 if TYPE_CHECKING:  # torch is imported only where a reranker is actually served
     from model.policy.reranker import Reranker
 

@@ -37,6 +37,11 @@ from typing import Any
 from model.errors import DataError
 from model.policy.policies import EpsilonGreedyPolicy, GreedyPolicy, Policy, top_k_indices
 
+__all__ = [
+    "Target", "Terms", "evaluate", "logged_epsilon", "policy_target", "shadow_target",
+    "slate_epsilon", "slate_weight", "terms",
+]
+
 Target = Callable[[Sequence[float], int, dict[str, Any]], Sequence[float]]
 
 

@@ -22,6 +22,11 @@ from typing import Protocol
 from model.errors import ConfigError
 from model.types import ScoredItem
 
+__all__ = [
+    "Choice", "EpsilonGreedyPolicy", "GreedyPolicy", "KeyedRandom", "Policy", "SoftmaxPolicy",
+    "capped_softmax", "make_policy", "parse_policy", "systematic_sample", "top_k_indices",
+]
+
 _MASK = (1 << 64) - 1
 _EPS = 1e-12
 

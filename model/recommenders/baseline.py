@@ -16,6 +16,8 @@ from model.types import (
     ScoredItem,
 )
 
+__all__ = ["BaselinePredictor", "RISK_RULES", "RiskRule"]
+
 # How much one event says about an item, by type (view, click, add_to_cart, purchase).
 _TYPE_WEIGHT = {"view": 1.0, "click": 1.5, "add_to_cart": 3.0, "purchase": 4.0}
 

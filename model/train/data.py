@@ -12,6 +12,10 @@ from model.datasets import iter_events
 from model.errors import ConfigError, DataError
 from model.types import SeqItem
 
+__all__ = [
+    "Case", "EventLog", "Split", "cases_between", "events_to_log", "load_log", "temporal_split",
+]
+
 
 @dataclass
 class EventLog:

@@ -16,6 +16,8 @@ from model.train.data import Case, Split, cases_between
 from model.train.metrics import rank_metrics
 from model.train.neural import TrainConfig, train_sequence_model
 
+__all__ = ["Comparison", "K", "PRIMARY", "compare_methods", "score_cases", "tune_covisitation"]
+
 K = 20
 PRIMARY = "ndcg@20"  # the metric that picks the served method
 

@@ -10,6 +10,11 @@ import torch
 
 from model.errors import ConfigError, DataError
 
+__all__ = [
+    "auc_rows", "log_loss", "negative_weight", "paired_auc_bootstrap", "pr_auc", "rank_metrics",
+    "roc_auc",
+]
+
 
 def rank_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int = 20
                  ) -> dict[str, float]:

@@ -21,6 +21,11 @@ from model.risk.model import _NO_ITEMS, RiskScorer
 from model.train.metrics import negative_weight, pr_auc, roc_auc
 from model.types import FEATURE_NAMES, SeqItem
 
+__all__ = [
+    "Labelled", "ORIGINAL_RATES", "fit_platt", "load_labelled", "purchase_features", "rule_scores",
+    "train_and_evaluate_risk",
+]
+
 # Fraud rates of the full public datasets our samples come from (PR-AUC depends on it).
 ORIGINAL_RATES: dict[str, float] = {"fraud-ecommerce": 14151 / 151112,
                                     "creditcard": 492 / 284807}
