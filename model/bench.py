@@ -16,12 +16,18 @@ import torch
 from model.device import resolve_device
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
 from model.predictor import Predictor
+from model.recommenders.base import NEURAL_METHODS
 from model.recommenders.neural import NeuralRecommender
 from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor
 from model.stats import percentile
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
+
+__all__ = [
+    "CONCURRENCY", "batched", "direct", "per_event", "run_inference_bench", "synthetic_contexts",
+    "untrained_predictor",
+]
 
 CONCURRENCY: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512)
 
@@ -134,7 +140,7 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     if data_dir is not None:
         pred = load_predictor(data_dir, device=device, prefer=prefer)
     if not isinstance(pred, ModelPredictor):
-        kind = prefer if prefer in ("gru", "sasrec") else "sasrec"
+        kind = prefer if prefer in NEURAL_METHODS else "sasrec"
         say(f"registry empty (or baseline): benchmarking default-size untrained {kind} + risk")
         pred = untrained_predictor(dev, kind=kind)
     assert isinstance(pred, ModelPredictor)

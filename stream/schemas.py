@@ -10,10 +10,9 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from model.types import EventType
 from stream.errors import PoisonMessage
 
-EventType = Literal["view", "click", "add_to_cart", "purchase"]
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 # 9999-12-31T23:59:59.999Z, the last instant ISO-8601 names. Beyond it is a unit mix-up (us, ns)
 # that would drag the user's event time (and every later event's lateness) into the far future.
 MAX_TS_MS = 253_402_300_799_999

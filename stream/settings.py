@@ -10,9 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.types import EVENT_TYPES, EventType
 from stream.errors import SettingsError
 
-EventType = Literal["view", "click", "add_to_cart", "purchase"]
 PolicyName = Literal["greedy", "epsilon_greedy", "softmax"]
 
 
@@ -213,7 +213,7 @@ class Settings(BaseSettings):
     @field_validator("feedback_rewards")
     @classmethod
     def _check_rewards(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = set(v) - {"view", "click", "add_to_cart", "purchase"}
+        bad = set(v) - set(EVENT_TYPES)
         if bad or not v or any(w <= 0 for w in v.values()):
             raise ValueError("rewards need event types and positive weights, e.g. "
                              "click=1,add_to_cart=2,purchase=5")

@@ -12,6 +12,8 @@ from pathlib import Path
 from model.recommenders.base import Ranked
 from model.types import SeqItem
 
+__all__ = ["CoVisitationRecommender", "PopularityRecommender", "TYPE_WEIGHT", "split_sessions"]
+
 # How much a past event of each type says "the user may come back to this item".
 TYPE_WEIGHT: dict[str, float] = {"view": 1.0, "click": 1.0, "add_to_cart": 2.0, "purchase": 0.5}
 

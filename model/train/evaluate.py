@@ -9,11 +9,14 @@ from typing import Any
 
 import torch
 
-from model.recommenders.base import METHODS, Recommender
+from model.errors import ConfigError
+from model.recommenders.base import METHODS, NEURAL_METHODS, Recommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.train.data import Case, Split, cases_between
 from model.train.metrics import rank_metrics
 from model.train.neural import TrainConfig, train_sequence_model
+
+__all__ = ["Comparison", "K", "PRIMARY", "compare_methods", "score_cases", "tune_covisitation"]
 
 K = 20
 PRIMARY = "ndcg@20"  # the metric that picks the served method
@@ -95,12 +98,12 @@ def compare_methods(split: Split, methods: Sequence[str] = METHODS,
             w = tune_covisitation(split, say)
             rec = CoVisitationRecommender.fit(split.train.values(), repeat_weight=w)
             notes["covisitation_repeat_weight"] = w
-        elif method in ("gru", "sasrec"):
+        elif method in NEURAL_METHODS:
             rec, report = train_sequence_model(method, split.train, train_cfg, say)
             notes[f"{method}_epochs"] = report.epochs
             notes[f"{method}_training"] = report.to_json()
         else:
-            raise ValueError(f"unknown method {method!r}")
+            raise ConfigError(f"unknown method {method!r}")
         train_s = time.perf_counter() - t0
         metrics, infer_ms = score_cases(rec, split.test)
         results[method] = {**{k: round(v, 5) for k, v in metrics.items()},

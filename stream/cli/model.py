@@ -227,11 +227,12 @@ def bench_inference(
     """Predictions/s and p50/p99 latency: per-event calls (batch 1 in a loop) vs the
     micro-batcher under 1..512 concurrent requests, recommender + risk model together."""
     from model.bench import run_inference_bench
+    from model.recommenders.base import METHODS
     from model.registry import ModelRegistry
 
     with _errors():
         ddir = _data_dir(data_dir)
-        if prefer not in ("auto", "covisitation", "popularity", "gru", "sasrec"):
+        if prefer not in ("auto", *METHODS):
             raise ValueError("--prefer must be auto, sasrec, gru, covisitation or popularity")
         has = ModelRegistry(ddir).latest("recommender") is not None
         if has and prefer != "auto":

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.types import EVENT_TYPES
 from stream.errors import InfraError, PoisonMessage
-from stream.schemas import EVENT_TYPES, decode_event
+from stream.schemas import decode_event
 from stream.settings import Settings
 
 Counts = tuple[int, ...]  # lifetime count per event type, in EVENT_TYPES order

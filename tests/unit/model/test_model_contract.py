@@ -12,7 +12,8 @@ import torch
 from model.device import resolve_device
 from model.encoding import SeqBatch, encode_sequences
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, SeqRecNet, build_recommender
-from model.recommenders.base import Recommender, load_recommender
+from model.recommenders.base import Recommender
+from model.recommenders.loading import load_recommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.recommenders.neural import NeuralRecommender
 from model.types import FEATURE_NAMES, SeqItem
