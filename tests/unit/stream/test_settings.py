@@ -205,7 +205,7 @@ def test_security_settings_reach_the_aiokafka_clients_of_the_benchmarks(
 def test_the_worker_takes_its_switch_interval_from_the_settings() -> None:
     import sys
 
-    from stream.cli.main import tune_switching
+    from stream.cli.service import tune_switching
 
     before = sys.getswitchinterval()
     try:
