@@ -12,8 +12,8 @@ from stream.cli._common import FeedbackOpt, JsonOpt, command, errors
 from stream.feedback.source import load_feedback
 from stream.feedback.stats_export import export_stats
 
-export_app = typer.Typer(no_args_is_help=True, help="Aggregate exports of feedback "
-                         "(optionally differentially private).")
+export_app = typer.Typer(no_args_is_help=True,
+                         help="Feedback aggregates, optionally differentially private.")
 
 
 @command(export_app, "stats")
