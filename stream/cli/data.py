@@ -13,8 +13,11 @@ from typing import Annotated
 import orjson
 import typer
 
+from model.datasets import iter_payloads
 from stream.cli._common import command, errors, fail, get_settings, say
 from stream.devtools.replay import paced
+from stream.schemas import export_json_schemas
+from stream.topics import full_topic_name
 
 app = typer.Typer()
 topics_app = typer.Typer(no_args_is_help=True, help="List or create lamstream's topics.")
@@ -37,7 +40,6 @@ def produce(
     Lines are sent as they are, malformed ones too: the worker validates them and sends
     what it cannot read to the dead-letter topic.
     """
-    from model.datasets import iter_payloads
     from stream.client import EventProducer  # kafka: not for --help
 
     settings = get_settings()
@@ -66,7 +68,6 @@ def tail(
 ) -> None:
     """Print records of a topic as JSON lines."""
     from stream.client import tail as tail_records  # kafka: not for --help
-    from stream.topics import full_topic_name
 
     settings = get_settings()
     name = full_topic_name(settings, topic)
@@ -132,8 +133,6 @@ def features(
 @command(schema_app, "export")
 def schema_export(out_dir: Annotated[Path, typer.Argument(help="Directory to write.")]) -> None:
     """Write one JSON Schema file per wire record."""
-    from stream.schemas import export_json_schemas  # pydantic models: not for --help
-
     with errors():
         for path in export_json_schemas(out_dir):
             typer.echo(str(path))

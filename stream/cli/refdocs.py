@@ -23,6 +23,7 @@ from pydantic_core import PydanticUndefined
 from typer.testing import CliRunner
 
 from stream.cli.main import app
+from stream.errors import LamstreamError
 from stream.settings import SECTIONS, Settings
 
 WIDTH = 100  # columns of the rendered --help
@@ -127,7 +128,7 @@ def _help(path: tuple[str, ...]) -> str:
     result = CliRunner().invoke(app, [*path, "--help"], prog_name="lamstream", color=False,
                                 env={"COLUMNS": str(WIDTH)})
     if result.exit_code != 0:
-        raise RuntimeError(f"lamstream {' '.join(path)} --help: {result.output[-500:]}")
+        raise LamstreamError(f"lamstream {' '.join(path)} --help: {result.output[-500:]}")
     return "\n".join(line.rstrip() for line in result.output.splitlines()).strip("\n")
 
 

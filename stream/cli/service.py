@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from model.recommenders.baseline import BaselinePredictor
+from model.registry import ModelRegistry
 from stream.cli._common import command, errors, get_settings, setup_logging, sigterm_to_exit
 from stream.devtools.procs import broker_for
 from stream.settings import Settings
@@ -131,9 +133,6 @@ def trainer(
 def build_predictor(settings: Settings) -> Any:
     """The predictor the worker starts with: the registry's latest, else the online baseline
     (with the latest published risk model, if any: model.risk.overlay)."""
-    from model.recommenders.baseline import BaselinePredictor
-    from model.registry import ModelRegistry
-
     predictor: Any = BaselinePredictor()
     try:  # torch: imported here so that --help and a torch-less install stay light
         from model.risk.overlay import overlay_risk

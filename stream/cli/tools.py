@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from model.registry import ModelRegistry
 from stream.cli._common import (
     DataDirOpt,
     JsonOpt,
@@ -188,7 +189,6 @@ def bench_inference(
     1..512 concurrent requests, the recommender and the risk model together.
     """
     from model.bench import run_inference_bench  # torch: not for --help
-    from model.registry import ModelRegistry
 
     with errors(missing_field=True):
         ddir = resolve_data_dir(data_dir)

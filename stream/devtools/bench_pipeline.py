@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from model.stats import percentile
 from stream.devtools.procs import broker_for, get_json, start_worker, stop_worker, wait_healthy
@@ -41,8 +43,6 @@ Log = Callable[[str], None]
 
 
 def create(settings: Settings, names: list[str]) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-
     admin = KafkaAdminClient(**settings.kafka_python_config())
     try:
         admin.create_topics([NewTopic(n, settings.partitions, settings.replication_factor)
@@ -52,8 +52,6 @@ def create(settings: Settings, names: list[str]) -> None:
 
 
 async def _raw(settings: Settings, topic: str, n: int) -> float:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
     consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_poll_records=5000)
     producer = AIOKafkaProducer(**settings.aiokafka_config(), linger_ms=2,
@@ -114,8 +112,6 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
     to `rate` and a consumer of `out_topic`, each record matched to its send time by event id.
     The observer asks the broker for records no more than 5 ms late (tansu holds a fetch that
     long even when records are waiting), so the figure is the pipeline's, not the client's."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
     consumer = AIOKafkaConsumer(**s.aiokafka_config(), enable_auto_commit=False,
                                 fetch_max_wait_ms=5, max_poll_records=5000)
     producer = AIOKafkaProducer(**s.aiokafka_config(), linger_ms=0, acks=1)

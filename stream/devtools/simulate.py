@@ -35,6 +35,7 @@ from kafka import KafkaProducer
 
 from model.policy.ope import evaluate, policy_target, slate_epsilon
 from model.policy.policies import parse_policy
+from model.recommenders.neighbors import PopularityRecommender
 from model.registry import ModelRegistry
 from stream.client import _assign_all, _consumer, tail
 from stream.devtools.procs import broker_for, start_worker, stop_worker, wait_healthy
@@ -111,7 +112,6 @@ class _Recs:
 
 def publish_base(world: World, data_dir: Path) -> str:
     """The frozen base: popularity over the catalogue, from the real data's counts."""
-    from model.recommenders.neighbors import PopularityRecommender  # torch: only when run
 
     rec = PopularityRecommender(world.counts, keep=len(world.counts))
     return ModelRegistry(data_dir).publish(
