@@ -6,6 +6,7 @@ __all__ = [
     "main",
     "model",
     "policy",
+    "refdocs",
     "service",
     "tools",
 ]

@@ -8,6 +8,7 @@ __all__ = [
     "demo",
     "procs",
     "replay",
+    "sim_report",
     "sim_world",
     "simulate",
 ]

@@ -38,7 +38,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from stream.devtools.procs import (
     broker_with_pid,
+    cpu_seconds,
     get_json_status,
+    machine_busy_seconds,
     start_worker,
     stop_worker,
     wait_healthy,
@@ -109,26 +111,6 @@ def table_counts(settings: Settings, topic: str, partitions: int, idle_s: float 
         if value:  # a tombstone (expired user) deletes the key
             out[key.decode()] = tuple(UserState.from_bytes(value, n_windows).counts)
     return out
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of one process (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy_seconds() -> float | None:
-    """CPU seconds the whole machine (all processes, all cores) spent not idle, so far."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except OSError:
-        return None
-    ticks = [int(x) for x in first[1:9]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -210,9 +192,9 @@ class _Cpu:
 
     @classmethod
     def now(cls, procs: list[_Proc], broker_pid: int | None) -> _Cpu:
-        return cls([_cpu_seconds(w.proc.pid) for w in procs],
-                   _cpu_seconds(broker_pid) if broker_pid else None,
-                   _machine_busy_seconds(), time.monotonic())
+        return cls([cpu_seconds(w.proc.pid) for w in procs],
+                   cpu_seconds(broker_pid) if broker_pid else None,
+                   machine_busy_seconds(), time.monotonic())
 
 
 def _cores_busy(c0: _Cpu, c1: _Cpu, processed: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The processes the tools run: a broker for a command, and `lamstream` subprocesses."""
+"""The processes the tools run: a broker for a command, `lamstream` subprocesses, CPU time."""
 
 from __future__ import annotations
 
@@ -108,3 +108,23 @@ def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine (all processes, all cores) spent not idle, so far."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    ticks = [int(x) for x in first[1:9]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")

@@ -33,15 +33,13 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from model.policy.ope import evaluate, policy_target, slate_epsilon
-from model.policy.policies import parse_policy
 from model.recommenders.neighbors import PopularityRecommender
 from model.registry import ModelRegistry
 from stream.client import _assign_all, _consumer, tail
 from stream.devtools.procs import broker_for, start_worker, stop_worker, wait_healthy
+from stream.devtools.sim_report import ope_check, plot
 from stream.devtools.sim_world import World, WorldConfig
 from stream.errors import UsageError
-from stream.feedback.source import load_feedback
 from stream.kafka.admin import consumer_lag, ensure_topics
 from stream.kafka.broker import free_port
 from stream.settings import Settings
@@ -318,52 +316,6 @@ def _save_feedback(s: Settings, topic: str, path: Path) -> int:
     return n
 
 
-def ope_check(frozen_feedback: Path, random_online: float) -> dict[str, Any]:
-    """Off-policy estimate of the random arm's policy (uniform slates from the pool) from the
-    frozen arm's logged feedback, next to the value the random arm measured online: what
-    `lamstream evaluate policy --feedback FILE --policy epsilon_greedy:1.0` prints."""
-    spec = "epsilon_greedy:1.0"
-    policy = parse_policy(spec)
-    est = evaluate(load_feedback(str(frozen_feedback)), policy_target(policy),
-                   bootstrap=300, slate_eps=slate_epsilon(policy))
-    out: dict[str, Any] = {"feedback": str(frozen_feedback), "policy": spec,
-                           "random_online": random_online}
-    for key in ("ips", "snips", "dr", "slate_ips", "slate_snips"):
-        e = est[key]
-        out[key] = {**e, "contains_online": e["ci_low"] <= random_online <= e["ci_high"]}
-    return out
-
-
-def plot(result: dict[str, Any], cfg: SimConfig, path: Path) -> None:
-    """The learning curve (mean reward per window) and the exploratory fraction, as a PNG."""
-    import matplotlib  # the backend must be chosen before pyplot is imported
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per = max(1, cfg.rounds // cfg.windows)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 1.3]})
-    styles = {"learning": ("tab:blue", "-o"), "frozen": ("tab:gray", "--s"),
-              "random": ("tab:red", ":^")}
-    for arm, res in result["arms"].items():
-        xs = [(i + 1) * per for i in range(len(res["window_reward"]))]
-        color, style = styles.get(arm, ("k", "-"))
-        ax1.plot(xs, res["window_reward"], style, color=color, label=arm)
-        ax2.plot(xs, res["explored_fraction"], style, color=color, label=arm)
-    ax1.set_ylabel("mean reward per recommendation")
-    ax1.set_title(f"lamstream simulate: {cfg.users} concurrent users, window = {per} rounds"
-                  f" ({per * cfg.users} recommendations)")
-    ax1.grid(alpha=0.3)
-    ax1.legend()
-    ax2.set_ylabel("exploratory slates")
-    ax2.set_xlabel("round (one event per user per round)")
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def simulate(cfg: SimConfig, settings: Settings, workdir: Path, png: Path, log: Log
              ) -> dict[str, Any]:
     """Every arm of `cfg` on one broker; the arms' results, comparisons and the curve."""
@@ -384,7 +336,7 @@ def simulate(cfg: SimConfig, settings: Settings, workdir: Path, png: Path, log: 
             arms[arm] = run_arm(arm, world, cfg, s, workdir / arm, log)
     result: dict[str, Any] = {"arms": arms, **_compare(arms)}
     result["config"] = {**asdict(cfg), "data": str(cfg.data)}
-    plot(result, cfg, png)
+    plot(result, max(1, cfg.rounds // cfg.windows), cfg.users, png)
     result["png"] = str(png)
     return result
 
