@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install clean browser-deps
+.PHONY: demo test lint docs install clean browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check stream model tests
 	$(BIN)/mypy stream model
+
+# The generated references docs/settings.md and docs/cli.md (a unit test fails when they are stale)
+docs: $(STAMP)
+	$(BIN)/python -m stream.cli.refdocs
 
 # The dashboard's browser test drives Debian's Chromium: installed here where apt-get can (CI
 # runs as root); elsewhere that test skips and says why.
