@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint docs install clean browser-deps
+.PHONY: demo test lint docs install clean browser-deps soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ browser-deps:
 
 test: lint browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Long runs, by hand (not in `make test`): a 20-minute soak at 1,000 events/s.
+soak: $(STAMP)
+	$(BIN)/lamstream bench soak --minutes 20 --rate 1000 --json
 
 clean:
 	rm -rf $(VENV) .lamstream .mypy_cache .ruff_cache .pytest_cache *.egg-info

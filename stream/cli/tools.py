@@ -170,6 +170,33 @@ def bench_scale(
         raise fail("per-user counts differ between configurations or from the offline counts")
 
 
+@command(bench_app, "soak")
+def bench_soak(
+    minutes: Annotated[int, typer.Option(help="Minutes of steady load.")] = 20,
+    rate: Annotated[float, typer.Option(help="Events per second offered.")] = 1000.0,
+    json_out: JsonOpt = False,
+    data: BenchDataOpt = None,
+) -> None:
+    """Steady load for minutes: worker RSS, lag and p99 each minute.
+
+    One worker with its default settings and predictor; real events replayed under fresh
+    ids at --rate for --minutes. Each minute: the worker's RSS, its group's lag on the events
+    topic (end offset minus committed) and the end-to-end p50/p99 of that minute's
+    recommendations; then the RSS growth after a two-minute warm-up.
+    """
+    from stream.devtools.bench_soak import run_soak  # kafka: not for --help
+
+    settings = get_settings()
+    with errors():
+        result = run_soak(settings, minutes=minutes, rate=rate, data=data, log=say)
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        for k, v in result.items():
+            if k != "samples":
+                typer.echo(f"{k:>28}: {v}")
+
+
 RECOMMENDERS = ("auto", *METHODS)
 
 

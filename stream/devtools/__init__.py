@@ -5,6 +5,7 @@ __all__ = [
     "bench_naive",
     "bench_pipeline",
     "bench_scale",
+    "bench_soak",
     "demo",
     "procs",
     "replay",

@@ -117,7 +117,7 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
     producer = AIOKafkaProducer(**s.aiokafka_config(), linger_ms=0, acks=1)
     await consumer.start()
     await producer.start()
-    obs = _Observed()
+    obs = LatencyObserver()
     try:
         consumer.assign([TopicPartition(out_topic, p) for p in range(s.partitions)])
         await consumer.seek_to_end()
@@ -139,7 +139,7 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
 
 
 @dataclass
-class _Observed:
+class LatencyObserver:
     """Send times by event id, and the latencies of the records seen on the output topic."""
 
     sent_at: dict[str, float] = field(default_factory=dict)
