@@ -113,59 +113,8 @@ async def fetch(consumer: Consumer, timeout: float) -> list[tuple[TP, Message]]:
 
 async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: no cover
     """Faust's Consumer._drain_messages with batch hand-over for registered topics."""
-    callback = self.callback
-    consumer_should_stop = cast(Service, self)._stopped.is_set
-    fetcher_should_stop = fetcher._stopped.is_set
-    get_read_offset = self._read_offset.__getitem__
-    set_read_offset = self._read_offset.__setitem__
-    acks_enabled_for = self.app.topics.acks_enabled_for
-    suspend_flow = self.suspend_flow
-    commit_every = self._commit_every
-    flow_control = self.app.flow_control
-    sleep = asyncio.sleep
-    yield_every = 100
-    num_since_yield = 0
     try:
-        while not (consumer_should_stop() or fetcher_should_stop()):
-            sinks: dict[str, BatchSink] = getattr(self, _SINKS_ATTR, {})
-            epochs = {topic: sink.epoch for topic, sink in sinks.items()}  # at fetch time
-            fetched = await fetch(self, 1.0)
-            await self.sleep(0)
-            if self.should_stop:
-                continue
-            pending: dict[str, list[Message]] = {}
-            for tp, message in fetched:
-                offset = message.offset
-                r_offset = get_read_offset(tp)
-                if r_offset is not None and offset < r_offset:
-                    continue  # already delivered (seek back after rebalance)
-                gap = offset - (r_offset or 0)
-                if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                    await self._add_gap(tp, r_offset + 1, offset)
-                sink_list = pending.get(message.topic)
-                if sink_list is not None or message.topic in sinks:
-                    if sink_list is None:
-                        sink_list = pending[message.topic] = []
-                    sink_list.append(message)
-                    set_read_offset(tp, offset)
-                    continue
-                num_since_yield += 1
-                if num_since_yield > yield_every:
-                    await sleep(0)
-                    num_since_yield = 0
-                if commit_every is not None and self._n_acked >= commit_every:
-                    self._n_acked = 0
-                    await self.commit()
-                if suspend_flow.is_set():
-                    await self.wait_first(callback(message), suspend_flow.wait())
-                else:
-                    await callback(message)
-                set_read_offset(tp, offset)
-            for topic, messages in pending.items():
-                # hold them while flow is suspended (rebalance, recovery), like Faust's own
-                # delivery path does; a rebalance in the meantime makes put_many drop them
-                await flow_control.acquire()
-                await sinks[topic].put_many(messages, epochs[topic])
+        await _drain(self, fetcher)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
             self.log.info("Broker stopped consumer, shutting down...")
@@ -179,6 +128,63 @@ async def _drain_messages(self: Consumer, fetcher: Service) -> None:  # pragma: 
     except Exception as exc:
         self.log.exception("Drain messages raised: %r", exc)
         raise
+
+
+async def _drain(self: Consumer, fetcher: Service) -> None:  # pragma: no cover
+    """The loop of Faust's drain: records of a registered topic go to its sink as one list
+    per fetch; the others take Faust's per-message path."""
+    callback = self.callback
+    consumer_should_stop = cast(Service, self)._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    suspend_flow = self.suspend_flow
+    commit_every = self._commit_every
+    flow_control = self.app.flow_control
+    sleep = asyncio.sleep
+    yield_every = 100
+    num_since_yield = 0
+    while not (consumer_should_stop() or fetcher_should_stop()):
+        sinks: dict[str, BatchSink] = getattr(self, _SINKS_ATTR, {})
+        epochs = {topic: sink.epoch for topic, sink in sinks.items()}  # at fetch time
+        fetched = await fetch(self, 1.0)
+        await self.sleep(0)
+        if self.should_stop:
+            continue
+        pending: dict[str, list[Message]] = {}
+        for tp, message in fetched:
+            offset = message.offset
+            r_offset = get_read_offset(tp)
+            if r_offset is not None and offset < r_offset:
+                continue  # already delivered (seek back after rebalance)
+            gap = offset - (r_offset or 0)
+            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                await self._add_gap(tp, r_offset + 1, offset)
+            sink_list = pending.get(message.topic)
+            if sink_list is not None or message.topic in sinks:
+                if sink_list is None:
+                    sink_list = pending[message.topic] = []
+                sink_list.append(message)
+                set_read_offset(tp, offset)
+                continue
+            num_since_yield += 1
+            if num_since_yield > yield_every:
+                await sleep(0)
+                num_since_yield = 0
+            if commit_every is not None and self._n_acked >= commit_every:
+                self._n_acked = 0
+                await self.commit()
+            if suspend_flow.is_set():
+                await self.wait_first(callback(message), suspend_flow.wait())
+            else:
+                await callback(message)
+            set_read_offset(tp, offset)
+        for topic, messages in pending.items():
+            # hold them while flow is suspended (rebalance, recovery), like Faust's own
+            # delivery path does; a rebalance in the meantime makes put_many drop them
+            await flow_control.acquire()
+            await sinks[topic].put_many(messages, epochs[topic])
 
 
 def install_batch_drain() -> None:

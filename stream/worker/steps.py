@@ -156,27 +156,31 @@ async def decide(pending: list[Pending], predictions: list[Prediction], out: Bat
     """5. Per event: remember it for the dashboard; publish its recommendation (and decision
     log record) when it asked for one, and a risk alert when its score reaches the
     threshold."""
-    threshold = to.risk_threshold
-    dumps = orjson.dumps
-    latest = recent.latest
+    threshold, rec_topic, decisions_topic = to.risk_threshold, to.recommendations, to.decisions
+    # locals: the loop runs per event (they pay for the builders' two calls per event)
+    add, dumps, encode_last = out.add, orjson.dumps, LastDecision.encode
+    monotonic, wall = time.monotonic, time.time
+    latest, add_latency = recent.latest, stats.latencies_ms.append
+    n_recs = stats.recommendations
     for p, pred in zip(pending, predictions, strict=True):
         ev = p.event
         key = ev.user_id.encode()
-        latest[ev.user_id] = LastDecision.encode(ev, pred)
+        latest[ev.user_id] = encode_last(ev, pred)
         if p.ctx.recommend:  # cold start: may be empty until the model knows items
-            lat = (time.monotonic() - p.recv) * 1000
-            rec = recommendation_record(ev, pred, lat, int(time.time() * 1000))
-            await out.add(to.recommendations, key, dumps(rec))
-            if to.decisions is not None:  # issue #5: the feedback join's input
-                await out.add(to.decisions, key, decision_record(rec, p.ctx, pred, threshold))
-            stats.recommendations += 1
-            stats.latencies_ms.append(lat)
-            if stats.recommendations % 50 == 1:
+            lat = (monotonic() - p.recv) * 1000
+            rec = recommendation_record(ev, pred, lat, int(wall() * 1000))
+            await add(rec_topic, key, dumps(rec))
+            if decisions_topic is not None:  # issue #5: the feedback join's input
+                await add(decisions_topic, key, decision_record(rec, p.ctx, pred, threshold))
+            n_recs += 1
+            add_latency(lat)
+            if n_recs % 50 == 1:
                 recent.remember("recommendation", rec)
         if pred.risk.score >= threshold:
-            lat = (time.monotonic() - p.recv) * 1000
-            alert = alert_record(ev, pred, p.ctx, threshold, lat, int(time.time() * 1000))
-            await out.add(to.risk_alerts, key, dumps(alert))
+            lat = (monotonic() - p.recv) * 1000
+            alert = alert_record(ev, pred, p.ctx, threshold, lat, int(wall() * 1000))
+            await add(to.risk_alerts, key, dumps(alert))
             stats.alerts += 1
             recent.remember("risk_alert", alert)
+    stats.recommendations = n_recs
     recent.rotate()
