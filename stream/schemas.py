@@ -1,4 +1,7 @@
-"""Pydantic models of every record on the wire, with JSON Schema export."""
+"""Pydantic models of every record on the wire, decoding at the edge, JSON Schema export.
+
+The records lamstream writes are built by stream.records, one builder per model here.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from model.types import EventType
-from stream.errors import PoisonMessage
+from stream.errors import FieldError, PoisonMessage
 
 # 9999-12-31T23:59:59.999Z, the last instant ISO-8601 names. Beyond it is a unit mix-up (us, ns)
 # that would drag the user's event time (and every later event's lateness) into the far future.
@@ -26,23 +29,23 @@ _ONE_MS = timedelta(milliseconds=1)
 def _to_epoch_ms(v: Any) -> int:
     """Event time as epoch milliseconds: an integer (ms) or an ISO-8601 string."""
     if isinstance(v, bool):
-        raise ValueError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
+        raise FieldError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
     if isinstance(v, int | float):
         if not 0 <= v <= MAX_TS_MS:  # also rejects NaN
-            raise ValueError(f"ts must be epoch milliseconds from 0 to {MAX_TS_MS}")
+            raise FieldError(f"ts must be epoch milliseconds from 0 to {MAX_TS_MS}")
         return int(v)
     if isinstance(v, str):
         try:
             dt = datetime.fromisoformat(v.replace("Z", "+00:00") if v.endswith("Z") else v)
         except ValueError:
-            raise ValueError(f"ts {v[:40]!r} is not ISO-8601") from None
+            raise FieldError(f"ts {v[:40]!r} is not ISO-8601") from None
         if dt.tzinfo is None:
-            raise ValueError("ISO-8601 ts needs a timezone (e.g. 'Z' or '+00:00')")
+            raise FieldError("ISO-8601 ts needs a timezone (e.g. 'Z' or '+00:00')")
         ms = (dt - _EPOCH) // _ONE_MS  # exact; float seconds * 1000 can be 1 ms short
         if not 0 <= ms <= MAX_TS_MS:
-            raise ValueError(f"ts {v[:40]!r} is outside 1970-01-01 .. 9999-12-31")
+            raise FieldError(f"ts {v[:40]!r} is outside 1970-01-01 .. 9999-12-31")
         return ms
-    raise ValueError("ts must be epoch milliseconds or an ISO-8601 string")
+    raise FieldError("ts must be epoch milliseconds or an ISO-8601 string")
 
 
 EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms, json_schema_input_type=int | str)]
@@ -84,17 +87,6 @@ class DlqRecord(Record):
 
     def raw_bytes(self) -> bytes:
         return base64.b64decode(self.raw)
-
-
-def dlq_record(bad: PoisonMessage, raw: bytes | None, key: bytes | None, topic: str,
-               partition: int, offset: int, received_at: int) -> bytes:
-    """The DlqRecord of one rejected input record, ready to send (any agent, any topic)."""
-    return orjson.dumps({
-        "error": bad.message, "error_kind": bad.kind,
-        "raw": base64.b64encode(raw or b"").decode(),
-        "key": base64.b64encode(key).decode() if key is not None else None,
-        "topic": topic, "partition": partition, "offset": offset, "received_at": received_at,
-    })
 
 
 class RecItem(Record):

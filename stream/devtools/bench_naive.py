@@ -15,8 +15,8 @@ import time
 import faust
 import orjson
 
+from stream.kafka.faust_app import faust_brokers, faust_credentials
 from stream.settings import load_settings
-from stream.worker.app import faust_brokers, faust_credentials
 
 
 def main(bootstrap: str, topic: str, n: int, data_dir: str) -> None:

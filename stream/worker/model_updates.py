@@ -6,23 +6,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
+from model.policy.exploration import ExplorationPredictor
+from model.predictor import Predictor
+from model.recommenders.baseline import BaselinePredictor
 from model.types import RERANKER
+from stream.kafka.faust_app import bytes_topic
 from stream.schemas import ModelUpdate
-
-if TYPE_CHECKING:
-    from model.predictor import Predictor
-    from stream.settings import Settings
-    from stream.worker.app import Worker
-    from stream.worker.ingest import PredictorHolder
+from stream.settings import Settings
+from stream.worker.exploration import ExploringHolder, load_reranker
+from stream.worker.holder import PredictorHolder
+from stream.worker.types import Worker
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("recommender", "risk", RERANKER)
-Loader = Callable[[ModelUpdate], "Predictor | None"]
+Loader = Callable[[ModelUpdate], Predictor | None]
 
 
 def decode_update(raw: bytes | None) -> ModelUpdate | None:
@@ -42,9 +44,7 @@ def decode_update(raw: bytes | None) -> ModelUpdate | None:
 def online_base(predictor: Predictor) -> Predictor | None:
     """The online baseline inside a served predictor (under its exploration policy and risk
     overlay), or None when a published recommender serves."""
-    from model.policy.exploration import ExplorationPredictor
-    from model.recommenders.baseline import BaselinePredictor
-    from model.risk.overlay import RiskOverlay
+    from model.risk.overlay import RiskOverlay  # brings torch: only once a model is announced
 
     if isinstance(predictor, ExplorationPredictor):
         predictor = predictor.inner
@@ -62,7 +62,8 @@ def registry_loader(settings: Settings, current: Callable[[], Predictor] | None 
     (model.risk.overlay), keeping what the baseline learned online."""
 
     def load(update: ModelUpdate) -> Predictor | None:
-        from model.recommenders.baseline import BaselinePredictor
+        # imported on the first announced model: they bring torch, which a worker serving the
+        # online baseline never needs
         from model.registry import ModelRegistry
         from model.risk.overlay import overlay_risk
         from model.serving import load_predictor
@@ -86,8 +87,6 @@ def registry_loader(settings: Settings, current: Callable[[], Predictor] | None 
 async def apply_reranker(update: ModelUpdate, holder: PredictorHolder, settings: Settings
                          ) -> bool:
     """Load the announced reranker off the event loop and offer it (between batches)."""
-    from stream.worker.exploration import ExploringHolder, load_reranker
-
     if not isinstance(holder, ExploringHolder):
         log.warning("model-updates: reranker %s ignored: this worker does not explore",
                     update.version)
@@ -133,10 +132,11 @@ async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader
 
 
 def attach_model_updates(worker: Worker) -> None:
+    """The agent that reads `model-updates` and offers each announced model to the ingest
+    agent's predictor holder."""
     app = worker.app
     settings = worker.settings
-    topic = app.topic(worker.topics.model_updates.name, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw", partitions=1)
+    topic = bytes_topic(app, worker.topics.model_updates.name, partitions=1)
     load = registry_loader(settings, lambda: worker.ingest.holder.current)
 
     @app.agent(topic, name=f"{settings.topic_prefix}model-updates")

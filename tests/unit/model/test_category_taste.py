@@ -18,8 +18,8 @@ from model.policy.reranker import DENSE_COLUMNS, Reranker, RerankInput, featuriz
 from model.testing import FakePredictor
 from model.train.online import Example, OnlineConfig, OnlineTrainer, example_from_feedback
 from model.types import PredictionContext, ScoredItem, SeqItem
+from stream.records import decision_record
 from stream.schemas import Decision, Feedback
-from stream.worker.decision_log import decision_record
 
 
 def test_catalog_is_bounded_and_keeps_the_newest() -> None:

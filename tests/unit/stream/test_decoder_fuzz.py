@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.errors import PoisonMessage
-from stream.schemas import MAX_PRICE, MAX_TS_MS, DlqRecord, Event, decode_event, dlq_record
+from stream.records import dlq_record
+from stream.schemas import MAX_PRICE, MAX_TS_MS, DlqRecord, Event, decode_event
 from stream.settings import Settings
 
 MAX = Settings.model_fields["max_event_bytes"].default  # 64 KiB, the worker's default limit

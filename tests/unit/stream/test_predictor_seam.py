@@ -10,7 +10,7 @@ from model.predictor import Predictor
 from model.testing import FakePredictor, FakeRecommender
 from model.types import PredictionContext, SeqItem
 from stream.schemas import ModelUpdate
-from stream.worker.ingest import PredictorHolder
+from stream.worker.holder import PredictorHolder
 from stream.worker.model_updates import apply_update, decode_update
 from tests.helpers import poll_until
 
