@@ -279,11 +279,20 @@ WIRE_RECORDS: dict[str, type[Record]] = {
 }
 
 
+def _loc_part(part: int | str) -> str:
+    """One step of an error's field path: a field name as it is; a key from the input (an
+    attrs key can hold newlines, escapes or 60 KB) quoted and cut, so the error stays one
+    short printable line."""
+    if isinstance(part, int) or (part.isidentifier() and len(part) <= 64):
+        return str(part)
+    return repr(part[:64])
+
+
 def _first_error(exc: ValidationError) -> str:
     errs = exc.errors()
     parts = []
     for err in errs[:3]:
-        loc = ".".join(str(x) for x in err["loc"]) or "record"
+        loc = ".".join(_loc_part(x) for x in err["loc"]) or "record"
         parts.append(f"{loc}: {err['msg']}")
     more = f" (+{len(errs) - 3} more)" if len(errs) > 3 else ""
     return "; ".join(parts) + more
