@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,33 @@ def collect(settings: Settings, want: set[str], timeout: float) -> dict[str, Rec
 def test_broker_frozen_mid_stream_then_back(own_broker: EmbeddedBroker, tmp_path: Path,
                                             prefix: str, freeze_s: int) -> None:
     s = make_settings(own_broker.bootstrap, prefix, tmp_path, store="rocksdb")
+    pid = own_broker.pid
+    assert pid is not None
+    growth = freeze_mid_stream(s, tmp_path, lambda _worker: pid, freeze_s)
+    assert growth < RSS_GROWTH_LIMIT_MB
+
+
+@pytest.mark.faults
+def test_worker_frozen_past_the_session_timeout_rejoins(own_broker: EmbeddedBroker,
+                                                        tmp_path: Path, prefix: str) -> None:
+    """The other side of a network partition: the broker expires the silent member (session
+    timeout 10 s) and the worker, back after 20 s, must find itself fenced and rejoin."""
+    s = make_settings(own_broker.bootstrap, prefix, tmp_path, store="rocksdb")
+    freeze_mid_stream(s, tmp_path, lambda worker: worker, 20)
+
+
+def freeze_mid_stream(s: Settings, tmp: Path, target: Callable[[int], int],
+                      freeze_s: int) -> float:
+    """Run a worker, SIGSTOP `target(worker pid)` for `freeze_s` while a producer keeps
+    sending, SIGCONT; check the worker is alive and lost nothing. Returns its RSS growth."""
     ensure_topics(s)
     base = f"http://127.0.0.1:{s.web_port}"
     events = make_events(4000, users=50, seed=11)
-    log = tmp_path / "w.log"
+    log = tmp / "w.log"
     proc = start_worker(s, s.data_dir, log, extra_env={"LAMSTREAM_LOG_LEVEL": "INFO"})
     try:
         wait_healthy(base, proc, 90, log)
-        rss_before = rss_mb(proc.pid)
+        rss_before = rss_peak = rss_mb(proc.pid)
         progress = [0]
         # 40 chunks of 100 over the freeze and ~12 s more: ~4 s of stream before it
         pause = (freeze_s + 12) / 40
@@ -90,43 +110,45 @@ def test_broker_frozen_mid_stream_then_back(own_broker: EmbeddedBroker, tmp_path
         producer.start()
         while progress[0] < 1000:
             time.sleep(0.1)
-        pid = own_broker.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
+        frozen = target(proc.pid)
+        os.kill(frozen, signal.SIGSTOP)
         frozen_at = time.monotonic()
-        rss_peak = rss_before
         try:
             while time.monotonic() - frozen_at < freeze_s:
                 assert proc.poll() is None, f"the worker died during the freeze\n{tail(log)}"
                 rss_peak = max(rss_peak, rss_mb(proc.pid))
                 time.sleep(0.5)
         finally:
-            os.kill(pid, signal.SIGCONT)
-        sent_during = progress[0]
+            os.kill(frozen, signal.SIGCONT)
+        assert progress[0] < len(events), "the stream must still flow after the freeze"
         producer.join(120)
         assert not producer.is_alive(), "the producer never finished after the freeze"
-        assert sent_during < len(events), "the stream must still flow after the freeze"
-
-        want = offline_counts(events)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"the worker died after the freeze\n{tail(log)}"
-            if get_json(f"{base}/api/stats")[1]["events"] >= len(events):
-                break
-            time.sleep(1.0)
-        wrong = [u for u, c in want.items() if get_json(f"{base}/features/{u}")[1].get(
-            "counts") != c]
-        assert not wrong, f"{len(wrong)} users with wrong counts, e.g. {wrong[:3]}\n{tail(log)}"
-        recs = collect(s, triggers(events), timeout=60)
-        missing = triggers(events) - set(recs)
-        assert not missing, f"{len(missing)} views/clicks without a recommendation"
-        growth = rss_peak - rss_before
+        assert_nothing_lost(s, base, events, proc, log)
         print(f"freeze {freeze_s}s: RSS {rss_before:.0f} -> peak {rss_peak:.0f} MB "
-              f"(+{growth:.0f}); worker pid {proc.pid} alive")
-        assert growth < RSS_GROWTH_LIMIT_MB
-        assert proc.poll() is None
+              f"(+{rss_peak - rss_before:.0f}); worker pid {proc.pid} alive")
+        return rss_peak - rss_before
     finally:
         stop_worker(proc)
+
+
+def assert_nothing_lost(s: Settings, base: str, events: list[dict[str, Any]],
+                        proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Every event counted once for its user, every view/click recommended, worker alive."""
+    want = offline_counts(events)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the worker died after the freeze\n{tail(log)}"
+        status, stats = get_json(f"{base}/api/stats")
+        if status == 200 and stats["events"] >= len(events):
+            break
+        time.sleep(1.0)
+    wrong = [u for u, c in want.items()
+             if get_json(f"{base}/features/{u}")[1].get("counts") != c]
+    assert not wrong, f"{len(wrong)} users with wrong counts, e.g. {wrong[:3]}\n{tail(log)}"
+    recs = collect(s, triggers(events), timeout=60)
+    missing = triggers(events) - set(recs)
+    assert not missing, f"{len(missing)} views/clicks without a recommendation\n{tail(log)}"
+    assert proc.poll() is None
 
 
 def tail(log: Path, lines: int = 40) -> str:
