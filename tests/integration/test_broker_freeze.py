@@ -153,3 +153,52 @@ def assert_nothing_lost(s: Settings, base: str, events: list[dict[str, Any]],
 
 def tail(log: Path, lines: int = 40) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.mark.faults
+def test_one_of_two_workers_frozen_past_the_session_timeout(own_broker: EmbeddedBroker,
+                                                            tmp_path: Path,
+                                                            prefix: str) -> None:
+    """With a second member heartbeating, the broker expires the frozen one and moves its
+    partitions; back after 20 s, the frozen worker is fenced and must rejoin cleanly (or
+    exit, for its supervisor to restart it): the two together lose nothing."""
+    s = make_settings(own_broker.bootstrap, prefix, tmp_path, store="rocksdb")
+    ensure_topics(s)
+    workers = [s.model_copy(update={"data_dir": tmp_path / f"d{i}", "web_port": free_port()})
+               for i in range(2)]
+    bases = [f"http://127.0.0.1:{w.web_port}" for w in workers]
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    events = make_events(4000, users=50, seed=12)
+    procs = [start_worker(w, w.data_dir, log, extra_env={"LAMSTREAM_LOG_LEVEL": "INFO"})
+             for w, log in zip(workers, logs, strict=True)]
+    try:
+        for base, proc, log in zip(bases, procs, logs, strict=True):
+            wait_healthy(base, proc, 90, log)
+        progress = [0]
+        producer = threading.Thread(target=produce, args=(s, events, 100, 0.8, progress),
+                                    daemon=True)
+        producer.start()
+        while progress[0] < 1000:
+            time.sleep(0.1)
+        procs[0].send_signal(signal.SIGSTOP)
+        time.sleep(20)
+        procs[0].send_signal(signal.SIGCONT)
+        producer.join(120)
+        want = offline_counts(events)
+        deadline = time.monotonic() + 120
+        wrong: list[str] = []
+        while time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), "\n".join(tail(g) for g in logs)
+            wrong = [u for u, c in want.items() if [
+                body.get("counts") for code, body in (
+                    get_json(f"{b}/features/{u}?local=1") for b in bases) if code == 200
+            ] != [c]]
+            if not wrong:
+                break
+            time.sleep(1.0)
+        assert not wrong, f"{len(wrong)} users wrong, e.g. {wrong[:3]}\n{tail(logs[0])}"
+        recs = collect(s, triggers(events), timeout=60)
+        assert triggers(events) <= set(recs)
+    finally:
+        for proc in procs:
+            stop_worker(proc)
