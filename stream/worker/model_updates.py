@@ -147,35 +147,54 @@ class ModelUpdatesReader(Service):
     every partition, from the end, committing nothing. An agent in the group got the topic's
     one partition on one member only, and the other workers kept the old model.
 
-    Started, it first takes the end offsets, then loads the registry's latest recommender if
-    it differs from the one serving (announced between this worker's start-up load and its
-    first fetch), then applies each record as it comes."""
+    Started, it takes the end offsets before the worker goes on starting (so an
+    announcement sent once /health says ok is never missed), then loads the registry's latest
+    recommender if it differs from the one serving (announced between this worker's start-up
+    load and its positioning), then applies each record as it comes."""
+
+    START_WAIT_S = 30.0  # past this the worker starts anyway; the reader keeps trying
 
     def __init__(self, worker: Worker, load: Loader, **kwargs: Any) -> None:
         self.worker = worker
         self.load = load
         self.topic = worker.topics.model_updates
+        self._consumer: Any = None  # aiokafka.AIOKafkaConsumer, started and positioned
         super().__init__(**kwargs)
 
-    @Service.task
-    async def _read(self) -> None:
+    async def on_start(self) -> None:
+        try:
+            await asyncio.wait_for(self._open(), self.START_WAIT_S)
+        except TimeoutError:
+            log.warning("model-updates: not positioned after %.0fs; still trying",
+                        self.START_WAIT_S)
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _open(self) -> None:
         from aiokafka import TopicPartition  # the worker's own Kafka client
 
         consumer = await self._connect()
         if consumer is None:
             return
         tps = [TopicPartition(self.topic.name, p) for p in range(self.topic.partitions)]
-        try:
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            await self._catch_up()
-            while not self.should_stop:
-                batches = await consumer.getmany(*tps, timeout_ms=1000)
-                for records in batches.values():
-                    for record in records:
-                        await handle_update(record.value, self.worker, self.load)
-        finally:
-            await consumer.stop()
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        self._consumer = consumer
+
+    @Service.task
+    async def _read(self) -> None:
+        while self._consumer is None and not self.should_stop:
+            await self._open()
+        if self._consumer is None:
+            return
+        await self._catch_up()
+        while not self.should_stop:
+            batches = await self._consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    await handle_update(record.value, self.worker, self.load)
 
     async def _connect(self) -> Any:
         """A started consumer with no group, or None when the worker stops first."""
