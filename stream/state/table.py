@@ -93,15 +93,17 @@ class TableAccess:
         """The partitions with data open here ([] for the memory store, see `shared`)."""
         return open_partitions(self.store) if self.rocks else []
 
-    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+    def items(self, partition: int, after: bytes | None = None
+              ) -> Iterator[tuple[bytes, bytes]]:
         """Every stored (key, value) of the partition, the store's own bookkeeping left out;
-        with a shared store, every stored pair of every partition."""
+        with a shared store, every stored pair of every partition. With `after`, RocksDB
+        yields only the keys past it, in key order (a resumed walk)."""
         if not self.rocks:
             yield from list(self.store.data.items())
             return
         offset_key = self.store.offset_key
-        for key, value in partition_db(self.store, partition).items():
-            if key != offset_key:
+        for key, value in partition_db(self.store, partition).items(from_key=after):
+            if key != offset_key and key != after:
                 yield key, value
 
     def read_owned(self, key: bytes, partitions: Iterable[int]) -> bytes | None:
@@ -116,3 +118,33 @@ class TableAccess:
             if raw:
                 return raw
         return None
+
+
+class SweepCursor:
+    """Where a bounded walk of a RocksDB table stopped: each walk resumes after the last key
+    it saw, partition after partition, and wraps around, so successive walks of `budget`
+    keys reach every key (the TTL sweep; a walk from the start each time would only ever
+    see the first `budget` keys)."""
+
+    def __init__(self) -> None:
+        self._partition: int | None = None  # the partition the last walk stopped in
+        self._after: dict[int, bytes] = {}  # partition -> the last key walked there
+
+    def walk(self, table: TableAccess, budget: int) -> Iterator[tuple[int, bytes, bytes]]:
+        """Up to `budget` (partition, key, value), each partition at most once per walk.
+        The caller must not write to the store before the walk ends (deletes come after)."""
+        parts = sorted(table.partitions())
+        if not parts:
+            return
+        start = parts.index(self._partition) if self._partition in parts else 0
+        seen = 0
+        for partition in parts[start:] + parts[:start]:
+            self._partition = partition
+            for key, value in table.items(partition, after=self._after.get(partition)):
+                self._after[partition] = key  # before the yield: a caller may stop here
+                yield partition, key, value
+                seen += 1
+                if seen >= budget:
+                    return
+            self._after.pop(partition, None)  # walked to its end: from its start next time
+        self._partition = None

@@ -14,6 +14,11 @@ class PredictorHolder:
         self.current = predictor
         self._next: Predictor | None = None
 
+    @property
+    def pending(self) -> Predictor | None:
+        """The predictor offered and loaded, waiting for the next batch to serve."""
+        return self._next
+
     def offer(self, predictor: Predictor) -> None:
         replaced, self._next = self._next, predictor
         if replaced is not None and replaced is not predictor:

@@ -22,7 +22,7 @@ from stream.kafka.faust_patches import register_sink, subscribe_without_stream, 
 from stream.kafka.publish import LazyPublisher, Sent
 from stream.settings import Settings
 from stream.state.features import FeatureConfig, UserState
-from stream.state.table import TableAccess
+from stream.state.table import SweepCursor, TableAccess
 from stream.topics import Topics
 from stream.worker import steps
 from stream.worker.holder import PredictorHolder
@@ -88,6 +88,7 @@ class IngestAgent(Service):
         # partition -> user key -> state bytes of batches sent but not yet stored
         self._overlay: dict[int, dict[bytes, bytes]] = {}
         self._last_sweep = time.monotonic()
+        self._sweep_cursor = SweepCursor()
         super().__init__(**kwargs)
         app.add_dependency(self)
         subscribe_without_stream(app, events_topic)
@@ -343,18 +344,14 @@ class IngestAgent(Service):
         now_ms = int(time.time() * 1000)
         n_windows = len(self.features.windows_s)
         expired: list[tuple[int, bytes]] = []
-        seen = 0
-        for partition in table.partitions():
-            for key, value in table.items(partition):
-                seen += 1
-                try:
-                    st = UserState.from_bytes(value, n_windows)
-                except ValueError:  # StateError, or bytes that are no state at all
-                    continue
-                if st.expired(self.features, now_ms):
-                    expired.append((partition, key))
-                if seen >= budget:
-                    break
+        # resumes where the last call stopped, so successive calls reach every user
+        for partition, key, value in self._sweep_cursor.walk(table, budget):
+            try:
+                st = UserState.from_bytes(value, n_windows)
+            except ValueError:  # StateError, or bytes that are no state at all
+                continue
+            if st.expired(self.features, now_ms):
+                expired.append((partition, key))
         changelog = self.table.changelog_topic.get_topic_name()
         futures = []
         for partition, key in expired:

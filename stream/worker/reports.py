@@ -25,6 +25,7 @@ def health_report(worker: Worker) -> dict[str, Any]:
     ingest = worker.ingest
     consumer = app.consumer
     assignment = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment())
+    pending = ingest.holder.pending
     recovery_done = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
     ok = (ingest.state == "running" and not app.should_stop and recovery_done
           and not app.rebalancing)
@@ -36,6 +37,8 @@ def health_report(worker: Worker) -> dict[str, Any]:
         "assignment": assignment,
         "model": worker.ingest.holder.current.name,
         "model_version": worker.ingest.holder.current.version,
+        # loaded from an announcement, serving from the next batch (an idle worker waits)
+        "model_version_pending": pending.version if pending is not None else None,
         "uptime_s": round(time.time() - ingest.started_at, 1),
     }
 
