@@ -36,6 +36,7 @@ def health_report(worker: Worker) -> dict[str, Any]:
         "assignment": assignment,
         "model": worker.ingest.holder.current.name,
         "model_version": worker.ingest.holder.current.version,
+        "model_refused": worker.metrics.last_refusal,  # the latest announcement not served
         "uptime_s": round(time.time() - ingest.started_at, 1),
     }
 

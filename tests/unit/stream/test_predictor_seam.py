@@ -75,3 +75,18 @@ def test_model_update_loads_the_announced_version_and_ignores_bad_records() -> N
     assert holder.swap_if_offered() and holder.current.version == "v2"
     assert decode_update(_update("risk", "v3")) == ModelUpdate(
         name="risk", version="v3", action="publish", ts=1)
+
+
+def test_a_refused_model_keeps_the_current_one_and_is_reported() -> None:
+    from model.errors import FeatureMismatch
+
+    holder = PredictorHolder(FakePredictor(version="v1"))
+    refusals: list[tuple[str, str, str]] = []
+
+    def load(update: ModelUpdate) -> FakePredictor:
+        raise FeatureMismatch(f"risk {update.version} reads 30 of its 30 input features ...")
+
+    got = asyncio.run(apply_update(_update("risk", "v7"), holder, load,
+                                   lambda *r: refusals.append(r)))
+    assert got is None and not holder.swap_if_offered() and holder.current.version == "v1"
+    assert refusals == [("risk", "v7", "risk v7 reads 30 of its 30 input features ...")]
