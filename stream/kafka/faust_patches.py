@@ -215,6 +215,12 @@ def read_offset(consumer: Any, tp: TP) -> int | None:
     return consumer._read_offset.get(tp)  # type: ignore[no-any-return]
 
 
+def committed_offset(consumer: Any, tp: TP) -> int | None:
+    """The offset the group last committed for `tp` (the next one to read; None: none yet)."""
+    offset = consumer._committed_offset.get(tp)
+    return None if offset is None else int(offset)
+
+
 def broker_connected(consumer: Any) -> bool | None:
     """Whether the consumer holds a live broker connection (None: cannot tell)."""
     try:
