@@ -103,6 +103,23 @@ class _Collect(Collector):
         return self.families()
 
 
+_JSON = "application/json"
+
+
+def _answer(path: str, health: Health, registry: CollectorRegistry) -> tuple[int, str, bytes]:
+    """(status, content type, body) of GET `path`."""
+    try:
+        if path == "/health":
+            report = health()
+            return (200 if report.get("status") == "ok" else 503), _JSON, orjson.dumps(report)
+        if path == "/metrics":
+            return 200, _PROM_TEXT, generate_latest(registry)
+        return 404, _JSON, b'{"error": "not found"}'
+    except Exception as exc:  # noqa: BLE001 - a probe answers, it never dies
+        log.exception("probe %s failed", path)
+        return 500, _JSON, orjson.dumps({"error": repr(exc)})
+
+
 class ProbeServer:
     """GET /health: the process's report as JSON (200 when its "status" is "ok", else 503);
     GET /metrics: Prometheus text. Served from a daemon thread, so a process busy in a
@@ -114,15 +131,7 @@ class ProbeServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                path = self.path.split("?", 1)[0]
-                if path == "/health":
-                    report = health()
-                    body, ctype = orjson.dumps(report), "application/json"
-                    status = 200 if report.get("status") == "ok" else 503
-                elif path == "/metrics":
-                    body, ctype, status = generate_latest(registry), _PROM_TEXT, 200
-                else:
-                    body, ctype, status = b'{"error": "not found"}', "application/json", 404
+                status, ctype, body = _answer(self.path.split("?", 1)[0], health, registry)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))

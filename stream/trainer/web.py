@@ -53,7 +53,7 @@ def trainer_health(ct: Any, lag: LagProbe, started: float) -> dict[str, Any]:
         stats = _stats(ct, attr)
         models[name] = {"serving": stats.get("serving"), "seen": stats.get("seen"),
                         "trained": stats.get("trained"), "gates": dict(_outcomes(gates)),
-                        "last_gate": gates[-1]["gate"] if gates else None}
+                        "last_gate": gates[-1].get("gate") if gates else None}
     return {"status": "ok", "process": "trainer", "uptime_s": round(time.time() - started, 1),
             "models": models, "published": {"reranker": list(ct.published[-5:]),
                                             "risk": list(ct.risk_published[-5:])},

@@ -344,13 +344,14 @@ function trainerView(part) {
   }
   const h = part.health || {};
   const models = Object.entries(h.models || {});
+  const gates = (m) => Object.entries(m.gates || {}).map(([o, n]) => `${o} ${n}`).join(", ");
   return el("div", { "data-state": "trainer" },
     el("h3", null, "Trainer ", el("small", null, `lag ${lagOf(h)}`)),
-    el("div", { class: "facts" }, models.map(([name, m]) => {
-      const gates = Object.entries(m.gates || {}).map(([o, n]) => `${o} ${n}`).join(" · ");
-      return fact(`${name} serving`, el("span", null, String(m.serving ?? "–"),
-        el("small", null, ` ${fmtInt(m.seen)} seen${gates ? ` · gates: ${gates}` : ""}`)));
-    })));
+    el("div", { class: "facts pair" },
+      models.map(([name, m]) => fact(`${name} serving`, String(m.serving ?? "–")))),
+    el("div", { class: "metrics gap-top" }, models.map(([name, m]) =>
+      el("span", { class: "chip", "data-model": name }, `${name}: `, el("b", null, fmtInt(m.seen)),
+        ` seen${gates(m) ? ` · gates ${gates(m)}` : ""}`))));
 }
 
 async function pollLearning() {
