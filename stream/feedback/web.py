@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from stream import probes
+from stream.kafka.faust_patches import recovery_done
 from stream.probes import LagProbe, counter, gauge, lag_gauge
 from stream.settings import Settings
 from stream.topics import topics_for
@@ -21,10 +22,7 @@ _P = "lamstream_feedback"
 
 
 def _ready(app: Any) -> bool:
-    try:
-        return bool(app.tables.recovery.completed.is_set()) and not app.should_stop
-    except AttributeError:  # not started yet
-        return False
+    return recovery_done(app) and not app.should_stop
 
 
 def feedback_health(fw: Any, lag: LagProbe, started: float) -> dict[str, Any]:

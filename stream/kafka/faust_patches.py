@@ -215,6 +215,14 @@ def read_offset(consumer: Any, tp: TP) -> int | None:
     return consumer._read_offset.get(tp)  # type: ignore[no-any-return]
 
 
+def recovery_done(app: Any) -> bool:
+    """Whether the app's table recovery completed, read from another thread: without
+    creating the Recovery service (TableManager.recovery would build it on first access,
+    outside the app's event loop) when the app has not started it yet."""
+    recovery = getattr(app.tables, "_recovery", None)
+    return recovery is not None and bool(recovery.completed.is_set())
+
+
 def committed_offset(consumer: Any, tp: TP) -> int | None:
     """The offset the group last committed for `tp` (the next one to read; None: none yet)."""
     offset = consumer._committed_offset.get(tp)

@@ -126,7 +126,7 @@ def learning_processes() -> Iterator[None]:
         stats.add_feedback(policy, rewarded)
     ready = SimpleNamespace(is_set=lambda: True)
     fw = SimpleNamespace(
-        app=SimpleNamespace(tables=SimpleNamespace(recovery=SimpleNamespace(completed=ready)),
+        app=SimpleNamespace(tables=SimpleNamespace(_recovery=SimpleNamespace(completed=ready)),
                             should_stop=False),
         join=SimpleNamespace(stats=stats), risk=SimpleNamespace(stats=LabelStats()))
     ct = SimpleNamespace(trainer=Model(), risk=Model(), risk_gates=[], published=["v3"],

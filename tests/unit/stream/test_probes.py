@@ -42,7 +42,7 @@ def _feedback() -> Any:
     stats = JoinStats(decisions=10, engagements=7)
     for policy, rewarded in (("greedy", True), ("greedy", False), ("epsilon_greedy", True)):
         stats.add_feedback(policy, rewarded)
-    app = SimpleNamespace(tables=SimpleNamespace(recovery=SimpleNamespace(
+    app = SimpleNamespace(tables=SimpleNamespace(_recovery=SimpleNamespace(
         completed=SimpleNamespace(is_set=lambda: True))), should_stop=False, rebalancing=False)
     return SimpleNamespace(app=app, join=SimpleNamespace(stats=stats),
                            risk=SimpleNamespace(stats=LabelStats(labels=4, joined=3)))
