@@ -129,7 +129,8 @@ def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str,
 
 def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *,
                    recommender_version: str | None = None, risk_version: str | None = None,
-                   features: Collection[str] | None = None, **batcher: Any) -> Predictor:
+                   features: Collection[str] | None = None, with_risk: bool = True,
+                   **batcher: Any) -> Predictor:
     """The Predictor for the registry's latest versions in `data_dir`.
 
     prefer: "auto" serves the method that won the evaluation at training time; a method name
@@ -141,6 +142,7 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     published version (what a `model-updates` record names) instead of `latest`. With
     `features` (the names the stream produces), a risk model that reads any other raises
     FeatureMismatch (model.features) instead of serving scores built on zeros.
+    `with_risk=False` serves the rule risk whatever the registry holds.
     """
     if prefer not in ("auto", "baseline", *METHODS):
         raise ConfigError(f"prefer must be auto, baseline or one of {', '.join(METHODS)}")
@@ -151,7 +153,7 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     rec = _load_recommender(reg, dev, prefer, recommender_version)
     if rec is None:
         return BaselinePredictor()
-    risk_version = risk_version or reg.latest("risk")
+    risk_version = (risk_version or reg.latest("risk")) if with_risk else None
     risk = (RiskScorer.load(reg.path("risk", risk_version), dev, produced=features)
             if risk_version else None)
     return ModelPredictor(rec[0], risk, version=rec[1], risk_version=risk_version, **batcher)

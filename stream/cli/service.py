@@ -145,17 +145,21 @@ def build_predictor(settings: Settings) -> Any:
     except ImportError:  # no torch: the online baseline alone
         return predictor
     produced = FeatureConfig.from_settings(settings).produced_names
-    try:
-        if settings.model_name != "baseline":
-            predictor = load_predictor(settings.data_dir, device=settings.device,
-                                       prefer=settings.model_name, features=produced)
-        if isinstance(predictor, BaselinePredictor):
-            return overlay_risk(predictor, ModelRegistry(settings.data_dir),
-                                device=settings.device, features=produced)
-    except FeatureMismatch as exc:  # the latest risk model reads columns the stream lacks
-        log.error("not serving the registry's latest models: %s; serving the online "
-                  "baseline with rule risk instead", exc)
-        return BaselinePredictor()
+    with_risk = True
+    for _ in range(2):
+        try:
+            if settings.model_name != "baseline":
+                predictor = load_predictor(settings.data_dir, device=settings.device,
+                                           prefer=settings.model_name, features=produced,
+                                           with_risk=with_risk)
+            if isinstance(predictor, BaselinePredictor) and with_risk:
+                return overlay_risk(predictor, ModelRegistry(settings.data_dir),
+                                    device=settings.device, features=produced)
+            return predictor
+        except FeatureMismatch as exc:  # the latest risk model reads columns the stream lacks
+            log.error("not serving the registry's latest risk model: %s; the rule risk "
+                      "serves instead", exc)
+            predictor, with_risk = BaselinePredictor(), False
     return predictor
 
 

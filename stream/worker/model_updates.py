@@ -70,8 +70,9 @@ def registry_loader(settings: Settings, current: Callable[[], Predictor] | None 
         from model.risk.overlay import overlay_risk
         from model.serving import load_predictor
 
-        pinned = {"recommender_version" if update.name == "recommender" else "risk_version":
-                  update.version}
+        pinned: dict[str, Any] = {
+            "recommender_version" if update.name == "recommender" else "risk_version":
+            update.version}
         # a risk model reading features the stream does not fill is refused (FeatureMismatch)
         produced = FeatureConfig.from_settings(settings).produced_names
         predictor = load_predictor(settings.data_dir, device=settings.device,
