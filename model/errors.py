@@ -9,7 +9,10 @@ ModelError                      every error the model side raises on purpose; th
  +-- ConfigError                arguments that cannot work (a k below 1, an unknown method or
  |                              policy name); also a ValueError. Nothing was trained or served
  +-- RegistryError              the model registry has no such name or version, or an artifact
- |                              is incomplete; the model in use keeps serving
+ |    |                         is incomplete; the model in use keeps serving
+ |    +-- FeatureMismatch       a published model reads input features the stream does not
+ |                              produce (trained on another dataset's columns); refused, the
+ |                              model in use keeps serving
  +-- BatcherClosed              a request reached a micro-batcher after close(); also a
  |                              RuntimeError. Happens only while a predictor is being replaced
  +-- BatchError                 a batch function returned a result count other than its
@@ -27,6 +30,7 @@ __all__ = [
     "BatcherClosed",
     "ConfigError",
     "DataError",
+    "FeatureMismatch",
     "ModelError",
     "Overloaded",
     "RegistryError",
@@ -47,6 +51,10 @@ class ConfigError(ModelError, ValueError):
 
 class RegistryError(ModelError):
     """No such model name or version in the registry, or an incomplete artifact."""
+
+
+class FeatureMismatch(RegistryError):
+    """A model declares input features the stream does not produce: it would read them as 0."""
 
 
 class BatcherClosed(ModelError, RuntimeError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import starmap
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,7 @@ def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str,
 
 def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *,
                    recommender_version: str | None = None, risk_version: str | None = None,
+                   features: Collection[str] | None = None, with_risk: bool = True,
                    **batcher: Any) -> Predictor:
     """The Predictor for the registry's latest versions in `data_dir`.
 
@@ -138,7 +139,10 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     (small files, cached per immutable version) and touches no shared state but the cache, so
     a worker may call it from any thread and swap predictors between batches; call `close()`
     on the old ModelPredictor after the swap. `recommender_version` / `risk_version` pin a
-    published version (what a `model-updates` record names) instead of `latest`.
+    published version (what a `model-updates` record names) instead of `latest`. With
+    `features` (the names the stream produces), a risk model that reads any other raises
+    FeatureMismatch (model.features) instead of serving scores built on zeros.
+    `with_risk=False` serves the rule risk whatever the registry holds.
     """
     if prefer not in ("auto", "baseline", *METHODS):
         raise ConfigError(f"prefer must be auto, baseline or one of {', '.join(METHODS)}")
@@ -149,6 +153,7 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     rec = _load_recommender(reg, dev, prefer, recommender_version)
     if rec is None:
         return BaselinePredictor()
-    risk_version = risk_version or reg.latest("risk")
-    risk = RiskScorer.load(reg.path("risk", risk_version), dev) if risk_version else None
+    risk_version = (risk_version or reg.latest("risk")) if with_risk else None
+    risk = (RiskScorer.load(reg.path("risk", risk_version), dev, produced=features)
+            if risk_version else None)
     return ModelPredictor(rec[0], risk, version=rec[1], risk_version=risk_version, **batcher)

@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, json_schema_extra=_in("web"),
         description="Token required by /features when set (Bearer or ?token=).")
+    feedback_url: str | None = Field(
+        "http://127.0.0.1:6067", pattern=r"^https?://[^/\s]+$", json_schema_extra=_in("web"),
+        description="Where the worker's dashboard reads the feedback join's /health (its "
+        "Learning panel; http://host:port). Empty: the panel shows no feedback join.")
+    trainer_url: str | None = Field(
+        "http://127.0.0.1:6068", pattern=r"^https?://[^/\s]+$", json_schema_extra=_in("web"),
+        description="Where the worker's dashboard reads the trainer's /health (its Learning "
+        "panel; http://host:port). Empty: the panel shows no trainer.")
 
     # --- state ----------------------------------------------------------------------------
     windows_s: Annotated[tuple[int, ...], NoDecode] = Field(
@@ -200,6 +208,9 @@ class Settings(BaseSettings):
         {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}, json_schema_extra=_in("feedback"),
         description="Reward per engagement type (type=weight,...); the highest within the "
         "window counts once.")
+    feedback_web_port: int = Field(6067, ge=0, le=65535, json_schema_extra=_in("feedback"),
+                                   description="Port of the feedback join's /health and "
+                                   "/metrics (on WEB_HOST); 0: not served.")
     feedback_max_pending: int = Field(200, ge=1, le=100_000, json_schema_extra=_in("feedback"),
                                       description="Pending recommendations kept per user; "
                                       "beyond it the oldest closes early with the reward it "
@@ -240,6 +251,9 @@ class Settings(BaseSettings):
                                  description="Torch CPU threads (1 leaves the other cores to "
                                  "workers and joins on a small host; more for a dedicated "
                                  "one).")
+    trainer_web_port: int = Field(6068, ge=0, le=65535, json_schema_extra=_in("trainer"),
+                                  description="Port of the trainer's /health and /metrics (on "
+                                  "WEB_HOST); 0: not served.")
     trainer_checkpoint_s: float = Field(10.0, gt=0.0, json_schema_extra=_in("trainer"),
                                         description="Seconds between checkpoints (state dir "
                                         "DATA_DIR/trainer), offsets committed after each.")
@@ -270,6 +284,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", json_schema_extra=_in("logging"), description="text: one readable line per "
         "record; json: one JSON object per line (ts, level, logger, msg), for log shippers.")
+
+    @field_validator("feedback_url", "trainer_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("windows_s", mode="before")
     @classmethod

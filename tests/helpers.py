@@ -43,6 +43,9 @@ def make_settings(bootstrap: str, prefix: str, tmp_path: Path, **overrides: Any)
         "data_dir": tmp_path / "data",
         "store": "memory",
         "web_port": free_port(),
+        # the feedback join's and the trainer's probes, when a test runs them in-process
+        "feedback_web_port": free_port(),
+        "trainer_web_port": free_port(),
     }
     values.update(overrides)
     return Settings(**values)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
 
 from model.encoding import encode_sequences, feature_matrix
+from model.features import check_features
 from model.nets import RiskConfig, RiskNet
 from model.types import PredictionContext, Reason, RiskOutput
 from model.vocab import ItemVocab
@@ -51,15 +52,22 @@ class RiskScorer:
                     strict=True)]
 
     def reasons(self, x: torch.Tensor, contrib: torch.Tensor) -> list[tuple[Reason, ...]]:
-        """Per row the features with the largest positive contributions, largest first."""
+        """Per row the features with the largest positive contributions, largest first.
+
+        Never empty: a row where no feature raised the risk (a high score carried by the
+        sequence encoder or the calibration alone) still names its top-contributing feature,
+        so every alert says why.
+        """
         names = self.feature_names
         k = min(self.n_reasons, len(names))
         top = torch.topk(contrib, k, dim=1)
         values = x.gather(1, top.indices.to(x.device)).tolist()
-        return [tuple(Reason(names[j], xv, v) for v, j, xv in zip(vals, idx, xs, strict=True)
-                      if v > 0)
-                for vals, idx, xs in zip(top.values.tolist(), top.indices.tolist(), values,
-                                         strict=True)]
+        rows: list[tuple[Reason, ...]] = []
+        for vals, idx, xs in zip(top.values.tolist(), top.indices.tolist(), values, strict=True):
+            row = [Reason(names[j], xv, v) for v, j, xv in zip(vals, idx, xs, strict=True)
+                   if v > 0]
+            rows.append(tuple(row) if row else (Reason(names[idx[0]], xs[0], vals[0]),))
+        return rows
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -69,9 +77,15 @@ class RiskScorer:
             json.dumps({"kind": "risk", "config": self.net.config.to_dict()}), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path, device: torch.device | None = None) -> RiskScorer:
+    def load(cls, directory: Path, device: torch.device | None = None, *,
+             produced: Collection[str] | None = None) -> RiskScorer:
+        """The scorer saved in `directory`; with `produced` (the feature names the stream
+        provides), FeatureMismatch before any weight is read when the net needs others."""
         cfg = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        net = RiskNet(RiskConfig.from_dict(cfg["config"]))
+        config = RiskConfig.from_dict(cfg["config"])
+        if produced is not None:
+            check_features(f"risk {directory.name}", config.feature_names, produced)
+        net = RiskNet(config)
         state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state)
         return cls(net, device)

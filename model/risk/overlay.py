@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from model.device import resolve_device
 from model.predictor import Predictor, Wrapper
@@ -51,11 +51,14 @@ class RiskOverlay(Wrapper):
 
 
 def overlay_risk(inner: Predictor, registry: ModelRegistry, version: str | None = None,
-                 device: str = "auto") -> Predictor:
+                 device: str = "auto", *, features: Collection[str] | None = None
+                 ) -> Predictor:
     """`inner` with the risk model `version` (default: the latest); `inner` itself when no
-    risk model is published."""
+    risk model is published. With `features` (what the stream produces), FeatureMismatch for
+    a risk model that reads others."""
     version = version or registry.latest(RISK)
     if version is None:
         return inner
-    scorer = RiskScorer.load(registry.path(RISK, version), resolve_device(device))
+    scorer = RiskScorer.load(registry.path(RISK, version), resolve_device(device),
+                             produced=features)
     return RiskOverlay(inner, scorer, version)

@@ -7,6 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from model.errors import FeatureMismatch
+from model.features import check_features, missing_features
 from model.recommenders.base import METHODS
 from model.registry import ModelRegistry
 from model.train.data import load_log, temporal_split
@@ -58,14 +60,30 @@ def train_recommender(data: Path, data_dir: Path, *, layout: str = "auto",
 
 
 def train_risk(data: Path, data_dir: Path, *, epochs: int = 20, split: str = "random",
-               base_rate: float | None = None, progress: Callable[[str], None] | None = None
-               ) -> tuple[str, dict[str, Any]]:
+               base_rate: float | None = None, allow_foreign_features: bool = False,
+               progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, Any]]:
+    """Train, evaluate and publish a risk net; its manifest declares its `features`.
+
+    A file whose columns are not the stream's features (the ULB credit-card file) is refused
+    before training (FeatureMismatch): workers would refuse to serve the net. With
+    `allow_foreign_features` it is published for offline use but `LATEST` stays where it was,
+    so nothing serves it by accident.
+    """
     ds = load_labelled(data)
+    foreign = bool(missing_features(ds.feature_names))
+    if foreign and not allow_foreign_features:
+        try:
+            check_features(f"a risk net trained on {data.name}", ds.feature_names)
+        except FeatureMismatch as exc:
+            raise FeatureMismatch(f"{exc}. Nothing published (--allow-foreign-features "
+                                  "publishes it for offline use, not as latest)") from None
     scorer, report = train_and_evaluate_risk(ds, epochs=epochs, split=split,
                                              base_rate=base_rate, progress=progress)
     meta = {"metrics": report["methods"], "evaluation": report,
+            "features": list(scorer.feature_names),
             "data": {"path": str(data), "kind": ds.kind, "rows": len(ds.labels),
                      "span_ms": [min(ds.ts), max(ds.ts)]},
             "config": scorer.net.config.to_dict()}
-    version = ModelRegistry(data_dir).publish("risk", scorer.save, metadata=meta)
+    version = ModelRegistry(data_dir).publish("risk", scorer.save, metadata=meta,
+                                              make_latest=not foreign)
     return version, report

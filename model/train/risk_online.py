@@ -267,6 +267,7 @@ class OnlineRiskTrainer:
                      "seen_records": self.seen, "trained_event_ts": self.span,
                      "window_event_ts": [min(window_ts), max(window_ts)] if window_ts else [],
                      "window_positives": gate.positives, "window_negatives": gate.negatives},
+            "features": list(self.config.feature_names),
             "online": self.cfg.to_dict(), "config": self.config.to_dict()}
 
     def promote(self, version: str) -> None:

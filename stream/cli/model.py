@@ -123,17 +123,22 @@ def train_risk(
                                                     "shifts the calibrated prior.")] = None,
     json_out: JsonOpt = False,
     announce: AnnounceOpt = False,
+    allow_foreign_features: Annotated[bool, typer.Option(
+        help="Publish a net whose input columns the stream does not produce (creditcard.csv) "
+             "for offline use: not made latest, and workers refuse it if announced.")] = False,
 ) -> None:
     """Train the calibrated risk net and publish it to the registry.
 
     The net is calibrated on held-out rows and explains its scores (attributions); the
-    registry keeps its evaluation against the rule baseline.
+    registry keeps its evaluation against the rule baseline and the features it reads. A
+    file whose columns are not the stream's features is refused before training.
     """
     from model.train.pipeline import train_risk as run  # torch: not for --help
 
     with errors(missing_field=True):
         version, report = run(data, resolve_data_dir(data_dir), epochs=epochs, split=split,
-                              base_rate=base_rate, progress=say)
+                              base_rate=base_rate, allow_foreign_features=allow_foreign_features,
+                              progress=say)
     if announce:
         _announce("risk", version)
     if json_out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import time
 from pathlib import Path
@@ -11,13 +12,17 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from model.errors import FeatureMismatch
 from model.recommenders.baseline import BaselinePredictor
 from model.registry import ModelRegistry
 from stream.cli._common import command, errors, get_settings, setup_logging, sigterm_to_exit
 from stream.devtools.procs import broker_for
 from stream.settings import Settings
+from stream.state.features import FeatureConfig
 
 app = typer.Typer()
+
+log = logging.getLogger(__name__)
 
 
 @command(app)
@@ -139,11 +144,22 @@ def build_predictor(settings: Settings) -> Any:
         from model.serving import load_predictor
     except ImportError:  # no torch: the online baseline alone
         return predictor
-    if settings.model_name != "baseline":
-        predictor = load_predictor(settings.data_dir, device=settings.device,
-                                   prefer=settings.model_name)
-    if isinstance(predictor, BaselinePredictor):
-        return overlay_risk(predictor, ModelRegistry(settings.data_dir), device=settings.device)
+    produced = FeatureConfig.from_settings(settings).produced_names
+    with_risk = True
+    for _ in range(2):
+        try:
+            if settings.model_name != "baseline":
+                predictor = load_predictor(settings.data_dir, device=settings.device,
+                                           prefer=settings.model_name, features=produced,
+                                           with_risk=with_risk)
+            if isinstance(predictor, BaselinePredictor) and with_risk:
+                return overlay_risk(predictor, ModelRegistry(settings.data_dir),
+                                    device=settings.device, features=produced)
+            return predictor
+        except FeatureMismatch as exc:  # the latest risk model reads columns the stream lacks
+            log.error("not serving the registry's latest risk model: %s; the rule risk "
+                      "serves instead", exc)
+            predictor, with_risk = BaselinePredictor(), False
     return predictor
 
 

@@ -35,6 +35,7 @@ from stream.client import _consumer
 from stream.errors import InfraError, LamstreamError, PoisonMessage
 from stream.feedback.privacy import Pseudonymizer
 from stream.feedback.risk_labels import RiskLabelJoin, attach_risk_labels
+from stream.feedback.web import serve_probes
 from stream.kafka.admin import ensure_topics
 from stream.kafka.faust_app import bytes_topic, new_faust_app, run_until_stopped
 from stream.kafka.recovery import install_exact_highwaters
@@ -71,6 +72,14 @@ class JoinStats:
     too_late: int = 0
     suppressed: int = 0  # closed again after a crash, already in the feedback topic
     malformed: int = 0
+    policies: dict[str, list[int]] = field(default_factory=dict)  # policy -> [feedback, rewarded]
+
+    def add_feedback(self, policy: str, rewarded: bool) -> None:
+        self.feedback += 1
+        self.rewarded += rewarded
+        counts = self.policies.setdefault(policy, [0, 0])
+        counts[0] += 1
+        counts[1] += rewarded
 
 
 def join_config(settings: Settings) -> JoinConfig:
@@ -238,8 +247,7 @@ class FeedbackJoin(PartitionedJoin[RewardPartition, UserJoin]):
             user_key = self.pseudo.user_key(uid)
             await batch.emit(self.topics.feedback.name, user_key,
                              feedback_record(o, user_key, self.pseudo.key_id, batch.now_ms), p)
-            self.stats.feedback += 1
-            self.stats.rewarded += o.reward > 0
+            self.stats.add_feedback(str(o.decision.get("policy", "greedy")), o.reward > 0)
 
     def after_emit(self, acked: dict[tuple[str, int], int], batch: JoinBatch) -> None:
         """Feedback first: once acked, a crash before the state is saved is caught by the
@@ -283,6 +291,9 @@ def create_feedback_app(settings: Settings) -> FeedbackWorker:
 
 
 def run_feedback(settings: Settings) -> None:
-    """`lamstream feedback`: run the join until SIGTERM / Ctrl-C."""
+    """`lamstream feedback`: run the join until SIGTERM / Ctrl-C, with its /health and
+    /metrics (stream.feedback.web) on FEEDBACK_WEB_PORT."""
     ensure_topics(settings)
-    run_until_stopped(create_feedback_app(settings).app, settings)
+    fw = create_feedback_app(settings)
+    with serve_probes(fw, settings):
+        run_until_stopped(fw.app, settings)

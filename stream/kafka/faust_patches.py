@@ -215,6 +215,20 @@ def read_offset(consumer: Any, tp: TP) -> int | None:
     return consumer._read_offset.get(tp)  # type: ignore[no-any-return]
 
 
+def recovery_done(app: Any) -> bool:
+    """Whether the app's table recovery completed, read from another thread: without
+    creating the Recovery service (TableManager.recovery would build it on first access,
+    outside the app's event loop) when the app has not started it yet."""
+    recovery = getattr(app.tables, "_recovery", None)
+    return recovery is not None and bool(recovery.completed.is_set())
+
+
+def committed_offset(consumer: Any, tp: TP) -> int | None:
+    """The offset the group last committed for `tp` (the next one to read; None: none yet)."""
+    offset = consumer._committed_offset.get(tp)
+    return None if offset is None else int(offset)
+
+
 def broker_connected(consumer: Any) -> bool | None:
     """Whether the consumer holds a live broker connection (None: cannot tell)."""
     try:

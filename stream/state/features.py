@@ -95,6 +95,20 @@ class FeatureConfig:
              self.windows_s[w] / 3600, self.windows_s[w] == 3600)
             for w, label in enumerate(self.labels))
 
+    @cached_property
+    def produced_names(self) -> frozenset[str]:
+        """Every name UserState.numeric_features fills: the features a served model may read
+        (model.features.check_features refuses one that reads others)."""
+        names = {"events_total", *(f"count_{t}" for t in EVENT_TYPES), "session_length",
+                 "session_duration_s", "distinct_items", "distinct_categories",
+                 "distinct_devices_24h", "distinct_ips_24h", "gap_s", "price", "new_device",
+                 "new_ip"}
+        for _, window, _, is_hour in self.feature_names:
+            names.update(window)
+            if is_hour:
+                names.update(("cart_to_view_1h", "purchase_to_view_1h"))
+        return frozenset(names)
+
     def tile_ms(self, w: int) -> int:
         return max(1, self.windows_s[w] * 1000 // self.window_buckets)
 

@@ -49,6 +49,7 @@ from stream.errors import InfraError
 from stream.feedback.source import load_feedback, load_risk_feedback
 from stream.settings import Settings
 from stream.topics import topics_for
+from stream.trainer.web import serve_probes
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,8 @@ def _batches(consumer: Any, stop: threading.Event, idle_exit: float | None, risk
 def run_trainer(settings: Settings, *, once: bool = False, idle_exit_s: float = 5.0,
                 stop: threading.Event | None = None) -> ContinuousTrainer:
     """Consume `feedback` and `risk-feedback` until SIGTERM/SIGINT (or, with `once`, until
-    both have been idle for `idle_exit_s`); returns the trainer (for its gate logs)."""
+    both have been idle for `idle_exit_s`); returns the trainer (for its gate logs). Its
+    /health and /metrics (stream.trainer.web) are served on TRAINER_WEB_PORT meanwhile."""
     def announce(name: str, version: str, action: str) -> None:
         try:
             announce_model(settings, name, version,
@@ -330,6 +332,16 @@ def run_trainer(settings: Settings, *, once: bool = False, idle_exit_s: float = 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    with serve_probes(ct, settings):
+        _consume(ct, settings, stop, idle_exit_s if once else None)
+    return ct
+
+
+def _consume(ct: ContinuousTrainer, settings: Settings, stop: threading.Event,
+             idle_exit_s: float | None) -> None:
+    """The poll loop: process, checkpoint and commit every TRAINER_CHECKPOINT_S; with
+    `idle_exit_s` (once), a final gate after the input went idle."""
+    once = idle_exit_s is not None
     topics = topics_for(settings)
     consumer = _consumer(settings, "lamstream-trainer", group_id=f"{settings.app_id}-trainer",
                          enable_auto_commit=False, auto_offset_reset="earliest",
@@ -339,7 +351,7 @@ def run_trainer(settings: Settings, *, once: bool = False, idle_exit_s: float = 
         consumer.subscribe([topics.feedback.name, topics.risk_feedback.name])
         last_ckpt = time.monotonic()
         dirty = False
-        for records, labelled in _batches(consumer, stop, idle_exit_s if once else None,
+        for records, labelled in _batches(consumer, stop, idle_exit_s,
                                           topics.risk_feedback.name):
             ct.process(records)
             ct.process_risk(labelled)
@@ -357,4 +369,3 @@ def run_trainer(settings: Settings, *, once: bool = False, idle_exit_s: float = 
         raise InfraError(f"trainer lost the broker at {settings.bootstrap}: {exc}") from None
     finally:
         consumer.close()
-    return ct

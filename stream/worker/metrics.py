@@ -34,11 +34,20 @@ class Metrics:
                              registry=r)
         self.model_version = Gauge("lamstream_model_version_info", "Model version in service",
                                    ["model", "version"], registry=r)
+        self.models_refused = Counter(
+            "lamstream_models_refused", "Announced model versions refused (not loadable, or "
+            "reading features the stream does not produce)", ["model"], registry=r)
+        self.last_refusal: dict[str, str] | None = None  # shown at /health
         self.table_keys = Gauge("lamstream_table_keys", "Users in the local feature table",
                                 registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def refuse(self, model: str, version: str, reason: str) -> None:
+        """Count a refused announcement and keep the latest one for /health."""
+        self.models_refused.labels(model=model).inc()
+        self.last_refusal = {"model": model, "version": version, "reason": reason}
 
     def set_model(self, model: str, version: str) -> None:
         self.model_version.clear()

@@ -17,6 +17,7 @@ from model.recommenders.baseline import BaselinePredictor
 from model.types import RERANKER
 from stream.schemas import ModelUpdate
 from stream.settings import Settings
+from stream.state.features import FeatureConfig
 from stream.worker.exploration import ExploringHolder, load_reranker
 from stream.worker.holder import PredictorHolder
 from stream.worker.types import Worker
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("recommender", "risk", RERANKER)
 Loader = Callable[[ModelUpdate], Predictor | None]
+Refused = Callable[[str, str, str], None]  # (model, version, reason)
 
 
 def decode_update(raw: bytes | None) -> ModelUpdate | None:
@@ -68,15 +70,18 @@ def registry_loader(settings: Settings, current: Callable[[], Predictor] | None 
         from model.risk.overlay import overlay_risk
         from model.serving import load_predictor
 
-        pinned = {"recommender_version" if update.name == "recommender" else "risk_version":
-                  update.version}
+        pinned: dict[str, Any] = {
+            "recommender_version" if update.name == "recommender" else "risk_version":
+            update.version}
+        # a risk model reading features the stream does not fill is refused (FeatureMismatch)
+        produced = FeatureConfig.from_settings(settings).produced_names
         predictor = load_predictor(settings.data_dir, device=settings.device,
-                                   prefer=settings.model_name, **pinned)
+                                   prefer=settings.model_name, features=produced, **pinned)
         if isinstance(predictor, BaselinePredictor):
             base = online_base(current()) if current is not None else None
             if update.name == "risk" and base is not None:
                 return overlay_risk(base, ModelRegistry(settings.data_dir), update.version,
-                                    settings.device)
+                                    settings.device, features=produced)
             # nothing servable (no recommender, or model_name=baseline): keep the current
             # predictor, which for the baseline holds what it learned online
             return None
@@ -103,8 +108,8 @@ async def apply_reranker(update: ModelUpdate, holder: PredictorHolder, settings:
     return True
 
 
-async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader
-                       ) -> Predictor | None:
+async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader,
+                       refused: Refused | None = None) -> Predictor | None:
     """Decode one record, load the predictor off the event loop, offer it to the holder.
 
     Returns the offered predictor, or None when the record was ignored or loading failed: a
@@ -118,7 +123,10 @@ async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader
     try:
         predictor = await loop.run_in_executor(None, load, update)
     except Exception as exc:  # noqa: BLE001 - logged, the current model keeps serving
-        log.error("model-updates: cannot load %s %s: %s", update.name, update.version, exc)
+        log.error("model-updates: refused %s %s, %s %s keeps serving: %s", update.name,
+                  update.version, holder.current.name, holder.current.version, exc)
+        if refused is not None:
+            refused(update.name, update.version, str(exc))
         return None
     if predictor is None:
         log.info("model-updates: %s %s gives nothing to serve; keeping %s %s", update.name,
@@ -137,7 +145,7 @@ async def handle_update(raw: bytes | None, worker: Worker, load: Loader) -> None
     if update is not None and update.name == RERANKER:
         await apply_reranker(update, worker.ingest.holder, worker.settings)
         return
-    predictor = await apply_update(raw, worker.ingest.holder, load)
+    predictor = await apply_update(raw, worker.ingest.holder, load, worker.metrics.refuse)
     if predictor is not None:
         worker.metrics.set_model(predictor.name, predictor.version)
 

@@ -10,13 +10,16 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from model.registry import ModelRegistry
 from model.stats import percentile
-from stream.kafka.faust_patches import read_offset
+from stream.kafka.faust_patches import committed_offset
 from stream.worker.types import Worker
 
 LATENCY_WINDOW_S = 5.0  # the dashboard's p50/p99 are over this many seconds
 TABLE_COUNT_EVERY_S = 10.0  # /metrics recounts the table's users at most this often
+LEARNING_TIMEOUT_S = 1.5  # the dashboard polls every 10 s; a process slower than this is away
 log = logging.getLogger(__name__)
 
 
@@ -39,11 +42,16 @@ def health_report(worker: Worker) -> dict[str, Any]:
         "model_version": worker.ingest.holder.current.version,
         # loaded from an announcement, serving from the next batch (an idle worker waits)
         "model_version_pending": pending.version if pending is not None else None,
+        "model_refused": worker.metrics.last_refusal,  # the latest announcement not served
         "uptime_s": round(time.time() - ingest.started_at, 1),
     }
 
 
 def update_lag(worker: Worker) -> dict[str, int]:
+    """Per events partition: high watermark minus the group's committed offset (what a
+    restart would read again; a partition never committed counts from 0), as
+    stream.kafka.admin.consumer_lag reads it from outside. Delivered-but-uncommitted records
+    count as lag."""
     consumer = worker.app.consumer
     lag: dict[str, int] = {}
     events = worker.topics.events.name
@@ -54,8 +62,8 @@ def update_lag(worker: Worker) -> dict[str, int]:
             hw = consumer.highwater(tp)
         except Exception:  # not fetched yet
             continue
-        pos = read_offset(consumer, tp)
-        value = max(0, (hw or 0) - ((pos + 1) if pos is not None else 0))
+        done = committed_offset(consumer, tp)
+        value = max(0, (hw or 0) - (done or 0))
         lag[str(tp.partition)] = value
         worker.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
             value)
@@ -176,19 +184,39 @@ def user_report(worker: Worker, user_id: str) -> dict[str, Any] | None:
     }
 
 
-def learning_report(worker: Worker) -> dict[str, Any]:
-    """Reward per window and exploration rate from the feedback topic, once a worker has them.
+async def _health_of(worker: Worker, url: str) -> dict[str, Any]:
+    """GET url/health: {"url", "reachable", "health"} or {"url", "reachable", "error"}."""
+    try:
+        async with worker.app.http_client.get(
+                url + "/health", timeout=aiohttp.ClientTimeout(total=LEARNING_TIMEOUT_S)) as resp:
+            body = await resp.json(content_type=None)
+    except Exception as exc:  # noqa: BLE001 - down, refused, timeout, not JSON: all "away"
+        return {"url": url, "reachable": False, "error": str(exc) or type(exc).__name__}
+    return {"url": url, "reachable": True, "health": body if isinstance(body, dict) else {}}
 
-    A feedback agent publishes its report as `worker.learning`; until one exists the dashboard
-    shows that feedback is not produced yet, never made-up data.
+
+async def learning_report(worker: Worker) -> dict[str, Any]:
+    """The feedback join's and the trainer's /health, read at FEEDBACK_URL and TRAINER_URL.
+
+    Those processes keep the learning loop's numbers (rewards per policy, pending, gate
+    decisions, serving versions, lag); the worker only relays them, so the panel shows what
+    they report or, when neither answers, that feedback is not produced yet, never made-up
+    data. A `worker.learning` source, when set, adds its report.
     """
-    source = worker.learning
-    if source is None:
-        return {"available": False, "topic": worker.topics.feedback.name,
-                "message": "Feedback is not produced yet: no agent on this worker joins "
-                           "decisions with their outcomes on the feedback topic."}
-    report: dict[str, Any] = source.report()
-    return {"available": True, "topic": worker.topics.feedback.name, **report}
+    s = worker.settings
+    urls = {"feedback": s.feedback_url, "trainer": s.trainer_url}
+    asked = {k: u for k, u in urls.items() if u}
+    answers = await asyncio.gather(*(_health_of(worker, u) for u in asked.values()))
+    report: dict[str, Any] = {"topic": worker.topics.feedback.name,
+                              **{k: None for k in urls}, **dict(zip(asked, answers, strict=True))}
+    report["available"] = any(a["reachable"] for a in answers)
+    if worker.learning is not None:
+        report.update(worker.learning.report(), available=True)
+    if not report["available"]:
+        where = ", ".join(f"{k} at {u}" for k, u in asked.items()) or "no FEEDBACK_URL set"
+        report["message"] = ("Feedback is not produced yet: no feedback join or trainer "
+                             f"answers ({where}).")
+    return report
 
 
 class TableSize:

@@ -219,7 +219,7 @@ class User(WorkerView):
 
 class Learning(WorkerView):
     async def get(self, request: Request) -> Response:
-        return self.json(learning_report(self.worker))
+        return self.json(await learning_report(self.worker))
 
 
 ROUTES: tuple[tuple[str, type[WorkerView]], ...] = (

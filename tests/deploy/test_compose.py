@@ -29,6 +29,17 @@ METRICS = {
     "lamstream_duplicates_total", "lamstream_late_events_total", "lamstream_consumer_lag",
     "lamstream_batch_size", "lamstream_inference_seconds", "lamstream_e2e_latency_seconds",
     "lamstream_model_version_info", "lamstream_table_keys", "lamstream_risk_alerts_total",
+    "lamstream_models_refused_total",
+}
+# What the feedback join and the trainer export (stream.feedback.web, stream.trainer.web)
+PROBE_METRICS = {
+    "lamstream_feedback_records_in_total", "lamstream_feedback_records_out_total",
+    "lamstream_feedback_rewards_joined_total", "lamstream_feedback_feedback_total",
+    "lamstream_feedback_reward_rate", "lamstream_feedback_pending",
+    "lamstream_feedback_risk_labels_total", "lamstream_feedback_consumer_lag",
+    "lamstream_trainer_records_in_total", "lamstream_trainer_records_trained_total",
+    "lamstream_trainer_gate_decisions_total", "lamstream_trainer_serving_version_info",
+    "lamstream_trainer_consumer_lag",
 }
 HISTOGRAMS = {"lamstream_batch_size", "lamstream_inference_seconds",
               "lamstream_e2e_latency_seconds"}
@@ -161,8 +172,8 @@ def test_lamstream_services_build_this_repo(services: dict[str, dict[str, Any]])
         assert (REPO / build["dockerfile"]).is_file(), name
         assert svc["command"][0] in LAMSTREAM_COMMANDS, f"{name}: {svc['command']}"
         assert svc["stop_grace_period"] == "30s", f"{name}: grace period for SIGTERM shutdown"
-        if svc["command"][0] != "worker":
-            # Only the worker serves /health; the image's HEALTHCHECK would fail elsewhere.
+        if svc["command"][0] not in ("worker", "feedback", "trainer"):
+            # The others serve no /health; the image's HEALTHCHECK would fail there.
             assert svc["healthcheck"] == {"disable": True}, name
 
 
@@ -220,20 +231,42 @@ def test_feedback_join_scales_with_its_own_state(
 
 # Importing the join imports kafka-python, whose import warns about importlib.resources.
 @pytest.mark.filterwarnings("ignore:.* is deprecated. Use files\\(\\) instead:DeprecationWarning")
-def test_feedback_join_has_no_http_server(
+def test_feedback_join_serves_its_probes_beside_faust(
         services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
-    """Why the feedback service has no port and its healthcheck is off (the image's
-    HEALTHCHECK calls /health): the app it runs has Faust's web server disabled."""
+    """The app the feedback service runs has Faust's web server off; its /health and
+    /metrics come from stream.probes on FEEDBACK_WEB_PORT, which its healthcheck calls."""
     from stream.feedback.app import create_feedback_app
 
     settings = settings_from(env_of(services["feedback"]), monkeypatch)
     app = create_feedback_app(settings.model_copy(update={"data_dir": tmp_path})).app
     assert app.conf.web_enabled is False
-    assert services["feedback"]["healthcheck"] == {"disable": True}
     assert app.conf.id == f"{settings.app_id}-feedback"
     # Its table state lives under DATA_DIR, i.e. on the replica's own volume.
     assert Path(app.conf.datadir).is_relative_to(tmp_path)
+
+
+@pytest.mark.parametrize(("service", "port_var"), [("feedback", "LAMSTREAM_FEEDBACK_WEB_PORT"),
+                                                   ("trainer", "LAMSTREAM_TRAINER_WEB_PORT")])
+def test_feedback_and_trainer_have_healthchecks_on_their_probe_port(
+        services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, service: str,
+        port_var: str) -> None:
+    settings = settings_from(env_of(services[service]), monkeypatch)
+    port = getattr(settings, f"{service}_web_port")
+    assert port > 0 and int(env_of(services[service])[port_var]) == port
+    check = services[service]["healthcheck"]
+    assert not check.get("disable")
+    test = " ".join(check["test"])
+    assert "/health" in test and port_var in test
+    assert check["start_period"] and check["retries"] >= 3
+    # the workers' dashboard reads this process's /health by its compose DNS name
+    worker = settings_from(env_of(services["worker"]), monkeypatch)
+    assert getattr(worker, f"{service}_url") == f"http://{service}:{port}"
+
+
+def test_compose_kafka_brokers_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("kafka-1", "kafka-2", "kafka-3"):
+        assert "9092" in " ".join(services[name]["healthcheck"]["test"]), name
 
 
 def test_gpu_profile_runs_the_cuda_worker(services: dict[str, dict[str, Any]]) -> None:
@@ -284,6 +317,20 @@ def test_prometheus_discovers_every_worker_replica(services: dict[str, dict[str,
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
 
 
+@pytest.mark.parametrize(("job_name", "service", "port_var"), [
+    ("lamstream-feedback", "feedback", "LAMSTREAM_FEEDBACK_WEB_PORT"),
+    ("lamstream-trainer", "trainer", "LAMSTREAM_TRAINER_WEB_PORT")])
+def test_prometheus_scrapes_the_feedback_join_and_the_trainer(
+        services: dict[str, dict[str, Any]], job_name: str, service: str,
+        port_var: str) -> None:
+    cfg = yaml.safe_load(PROMETHEUS.read_text())
+    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == job_name)
+    assert job["metrics_path"] == "/metrics"
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == [service] and sd["type"] == "A"
+    assert int(env_of(services[service])[port_var]) == sd["port"]
+
+
 def _mount_target(service: dict[str, Any], host_dir: Path) -> str:
     for vol in service["volumes"]:
         src, _, rest = vol.partition(":")
@@ -326,6 +373,34 @@ def test_metric_names_are_the_ones_the_worker_exports() -> None:
     assert {n for n, t in exported.items() if t == "histogram"} == HISTOGRAMS
 
 
+def _probe_families() -> list[Any]:
+    """Every family the feedback join and the trainer export, from stand-in processes."""
+    from types import SimpleNamespace
+
+    from stream.feedback.app import JoinStats
+    from stream.feedback.risk_labels import LabelStats
+    from stream.feedback.web import feedback_families
+    from stream.probes import LagProbe
+    from stream.trainer.web import trainer_families
+
+    class Model:
+        def stats(self) -> dict[str, Any]:
+            return {"seen": 1, "trained": 1, "serving": "v1"}
+    stats = JoinStats()
+    stats.add_feedback("greedy", True)
+    fw = SimpleNamespace(join=SimpleNamespace(stats=stats),
+                         risk=SimpleNamespace(stats=LabelStats()))
+    ct = SimpleNamespace(trainer=Model(), risk=Model(), gates=[{"published": "v1"}],
+                         risk_gates=[])
+    lag = LagProbe(Settings(), "g", ("t",))
+    lag.lag = {"t": {0: 1}}
+    return [*feedback_families(fw, lag), *trainer_families(ct, lag)]
+
+
+def _exported_name(family: Any) -> str:
+    return str(family.name) + ("_total" if family.type == "counter" else "")
+
+
 def _label_names() -> dict[str, set[str]]:
     from stream.worker.metrics import Metrics
 
@@ -335,7 +410,13 @@ def _label_names() -> dict[str, set[str]]:
         if hasattr(attr, "_labelnames"):
             name = attr._name + ("_total" if attr._type == "counter" else "")
             out[name] = set(attr._labelnames)
+    for family in _probe_families():
+        out[_exported_name(family)] = {k for smp in family.samples for k in smp.labels}
     return out
+
+
+def test_probe_metric_names_are_the_ones_the_processes_export() -> None:
+    assert {_exported_name(f) for f in _probe_families()} == PROBE_METRICS
 
 
 def test_dashboard_groups_by_labels_the_metrics_have() -> None:
@@ -356,11 +437,15 @@ def test_dashboard_panels_use_only_exported_metrics() -> None:
     for expr in _exprs(dash):
         for name in re.findall(r"\blamstream_[a-z0-9_]+", expr):
             base = re.sub(r"_(bucket|sum|count)$", "", name)
+            if base in PROBE_METRICS or name in PROBE_METRICS:
+                used.add(name)
+                continue
             assert base in METRICS, f"{name} is not exported by the worker"
             if name != base:
                 assert base in HISTOGRAMS, f"{name}: {base} is not a histogram"
             used.add(base)
-    assert used == METRICS, f"metrics without a panel: {METRICS - used}"
+    everything = METRICS | PROBE_METRICS
+    assert used == everything, f"metrics without a panel: {everything - used}"
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
 
@@ -377,6 +462,16 @@ def test_dashboard_panels_use_only_exported_metrics() -> None:
     ("histogram_quantile(0.99, sum by (le) (rate(lamstream_e2e_latency_seconds_bucket", "p99"),
     ("lamstream_model_version_info", "model version"),
     ("rate(lamstream_risk_alerts_total", "alert rate"),
+    ("lamstream_feedback_records_in_total", "feedback join records in"),
+    ("lamstream_feedback_records_out_total", "feedback join records out"),
+    ("lamstream_feedback_rewards_joined_total", "rewards joined"),
+    ("lamstream_feedback_feedback_total", "reward rate per policy"),
+    ("lamstream_feedback_pending", "pending decisions"),
+    ("lamstream_feedback_consumer_lag", "feedback join lag"),
+    ("lamstream_trainer_consumer_lag", "trainer lag"),
+    ("lamstream_trainer_gate_decisions_total", "gate decisions"),
+    ("lamstream_trainer_serving_version_info", "serving versions"),
+    ("lamstream_models_refused_total", "refused models"),
 ])
 def test_dashboard_has_the_issue_panels(needle: str, what: str) -> None:
     dash = json.loads((GRAFANA / "dashboards" / "lamstream.json").read_text())

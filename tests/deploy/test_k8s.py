@@ -128,6 +128,22 @@ def lamstream_pods(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]
     return [(n, s) for n, s in pod_specs(docs) if n.startswith("lamstream-")]
 
 
+def assert_probes(main: dict[str, Any], port: int, liveness: str) -> None:
+    """Startup and readiness on GET /health of the named port `port`; liveness by `liveness`
+    (httpGet /health, or tcpSocket where a rebalance may hold /health at 503 for long)."""
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert port > 0
+    for probe in ("startupProbe", "readinessProbe"):
+        get = main[probe]["httpGet"]
+        assert get["path"] == "/health", probe
+        assert ports[get["port"]] == port, probe
+    live = main["livenessProbe"][liveness]
+    assert ports[live["port"]] == port
+    assert liveness == "tcpSocket" or live["path"] == "/health"
+    assert main["startupProbe"]["failureThreshold"] * main["startupProbe"]["periodSeconds"] \
+        >= 300, "recovery or model loading at start gets minutes"
+
+
 def qty(value: str | int) -> float:
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
              "k": 1e3, "M": 1e6, "G": 1e9}
@@ -305,9 +321,8 @@ def test_feedback_statefulset_has_state_and_limits(
     assert mounts[str(settings.data_dir)] == claim["metadata"]["name"]
     assert f"{settings.data_dir}/models" not in mounts, "the join loads no model"
 
-    # No HTTP server in the join (Faust web off): no port to probe, so no probes.
-    assert "ports" not in main
-    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(main)
+    # Faust's web server is off; stream.probes serves /health and /metrics on its port.
+    assert_probes(main, settings.feedback_web_port, liveness="tcpSocket")
     for key in ("cpu", "memory"):
         assert main["resources"]["limits"][key] and main["resources"]["requests"][key]
 
@@ -384,6 +399,40 @@ def test_trainer_is_a_single_writer_deployment(
     pvc = only(docs, "PersistentVolumeClaim", "lamstream-models")
     expected = ["ReadWriteOnce"] if overlay == "dev" else ["ReadWriteMany"]
     assert pvc["spec"]["accessModes"] == expected
+    assert_probes(main, settings.trainer_web_port, liveness="httpGet")
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_workers_reach_the_feedback_join_and_trainer_probes_by_service(
+        rendered: dict[str, list[dict[str, Any]]], overlay: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Learning panel's FEEDBACK_URL / TRAINER_URL name a Service that selects those pods
+    on their probe port; Prometheus finds every pod by its scrape annotations."""
+    docs = rendered[overlay]
+    wmain = container(worker(docs)["spec"]["template"]["spec"], "worker")
+    wset = settings_from(container_env(docs, wmain), monkeypatch)
+    for kind, name, url, port in (
+            ("StatefulSet", "lamstream-feedback", wset.feedback_url, wset.feedback_web_port),
+            ("Deployment", "lamstream-trainer", wset.trainer_url, wset.trainer_web_port)):
+        assert url == f"http://{name}:{port}"
+        svc = only(docs, "Service", name)
+        (svc_port,) = svc["spec"]["ports"]
+        assert svc_port["port"] == port and svc_port["targetPort"] == "probes"
+        template = only(docs, kind, name)["spec"]["template"]
+        assert svc["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+        notes = template["metadata"]["annotations"]
+        assert notes["prometheus.io/scrape"] == "true"
+        assert int(notes["prometheus.io/port"]) == port
+        assert notes["prometheus.io/path"] == "/metrics"
+
+
+def test_dev_kafka_has_tcp_probes_on_its_port(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    main = container(only(rendered["dev"], "StatefulSet", "kafka")["spec"]["template"]["spec"],
+                     "kafka")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["tcpSocket"]["port"] == "kafka", probe
+    assert {p["name"]: p["containerPort"] for p in main["ports"]}["kafka"] == 9092
 
 
 # ------------------------------------------------------------------ settings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from model.datasets import iter_payloads
 from stream.client import EventProducer
 from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
+from stream.kafka.broker import free_port
 from stream.settings import Settings
 from tests.helpers import poll_until
 
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 SAMPLE = Path(__file__).resolve().parents[2] / "stream" / "sample" / "events.jsonl"
 TOKEN = "e2e-secret"
+FEEDBACK_PORT, TRAINER_PORT = free_port(), free_port()
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]
@@ -89,14 +92,56 @@ def worker(settings_factory: Callable[..., Settings], tmp_path: Path
     settings = settings_factory(partitions=2)
     ensure_topics(settings)
     log = tmp_path / "worker.log"
+    # the Learning panel asks these; nothing listens there until the test starts stand-ins
     proc = start_worker(settings, tmp_path / "worker", log, extra_env={
-        "LAMSTREAM_API_TOKEN": TOKEN, "LAMSTREAM_STORE": "memory"})
+        "LAMSTREAM_API_TOKEN": TOKEN, "LAMSTREAM_STORE": "memory",
+        "LAMSTREAM_FEEDBACK_URL": f"http://127.0.0.1:{FEEDBACK_PORT}",
+        "LAMSTREAM_TRAINER_URL": f"http://127.0.0.1:{TRAINER_PORT}"})
     base = f"http://127.0.0.1:{settings.web_port}"
     try:
         wait_healthy(base, proc, 60, log)
         yield settings, base
     finally:
         stop_worker(proc)
+
+
+@contextlib.contextmanager
+def learning_processes() -> Iterator[None]:
+    """Stand-ins for `lamstream feedback` and `lamstream trainer`: their own probe servers
+    and health reports (stream.feedback.web, stream.trainer.web) over made-up counters."""
+    from types import SimpleNamespace
+
+    from stream.feedback.app import JoinStats
+    from stream.feedback.risk_labels import LabelStats
+    from stream.feedback.web import feedback_health
+    from stream.probes import LagProbe, ProbeServer
+    from stream.trainer.web import trainer_health
+
+    class Model:
+        def stats(self) -> dict[str, Any]:
+            return {"seen": 120, "trained": 100, "serving": "v3"}
+    stats = JoinStats(decisions=9)
+    for policy, rewarded in [("greedy", True), ("greedy", False), ("softmax", True),
+                             ("softmax", True)]:
+        stats.add_feedback(policy, rewarded)
+    ready = SimpleNamespace(is_set=lambda: True)
+    fw = SimpleNamespace(
+        app=SimpleNamespace(tables=SimpleNamespace(_recovery=SimpleNamespace(completed=ready)),
+                            should_stop=False),
+        join=SimpleNamespace(stats=stats), risk=SimpleNamespace(stats=LabelStats()))
+    ct = SimpleNamespace(trainer=Model(), risk=Model(), risk_gates=[], published=["v3"],
+                         gates=[{"gate": {"passed": True}, "published": "v3"}],
+                         risk_published=[])
+    lag = LagProbe(Settings(), "g", ())
+    servers = [ProbeServer("127.0.0.1", FEEDBACK_PORT, lambda: feedback_health(fw, lag, 0.0),
+                           list).start(),
+               ProbeServer("127.0.0.1", TRAINER_PORT, lambda: trainer_health(ct, lag, 0.0),
+                           list).start()]
+    try:
+        yield
+    finally:
+        for server in servers:
+            server.close()
 
 
 def produce(settings: Settings, done: threading.Event, sent: list[int]) -> None:
@@ -201,6 +246,14 @@ def test_dashboard_shows_the_stream_and_explains_a_user(
             expect(insp.locator("#insp-decisions tr[data-kind=risk_alert]").first
                    ).to_be_visible()
             assert float(insp.locator("#insp-risk").get_attribute("data-score") or 0) >= 0.8
+
+            # the Learning panel fills from the feedback join's and the trainer's /health
+            with learning_processes():
+                learning = page.locator("#learning")
+                expect(learning.locator("[data-state=feedback] [data-policy=greedy]")
+                       ).to_contain_text("reward 0.500", timeout=15_000)
+                expect(learning.locator("#learning-feedback")).to_contain_text("4")
+                expect(learning.locator("[data-state=trainer]")).to_contain_text("v3")
 
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from stream.client import EventProducer, tail
 from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
+from stream.kafka.broker import free_port
 from stream.schemas import Decision, Feedback
 from stream.settings import Settings
 from tests.helpers import poll_until
@@ -57,6 +59,30 @@ def ev(i: str, user: str, typ: str, item: str, ts: int) -> tuple[str, dict[str, 
     return user, {"event_id": i, "user_id": user, "type": typ, "item_id": item, "ts": ts}
 
 
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return orjson.loads(resp.read())
+
+
+def check_probes(probes: str, worker: str) -> None:
+    """The join's /health and /metrics answer with what it joined, its lag is read from the
+    broker (end minus committed), and the worker's Learning panel relays its /health."""
+    def health() -> Any:
+        h = get_json(probes + "/health")
+        return h if h["rewards"]["feedback"] >= 6 and h["lag"]["read_at"] else None
+    h = poll_until(health, timeout=30, interval=1.0, message="the join's /health and lag")
+    assert h["status"] == "ok" and h["lag"]["error"] is None
+    assert h["lag"]["group"].endswith("-feedback") and h["policies"]
+    with urllib.request.urlopen(probes + "/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert 'lamstream_feedback_records_out_total{topic="feedback"}' in metrics
+    assert "lamstream_feedback_consumer_lag{" in metrics
+    learning = get_json(worker + "/api/learning")
+    assert learning["available"] and learning["feedback"]["reachable"]
+    assert learning["feedback"]["health"]["rewards"]["feedback"] >= 6
+    assert learning["trainer"] is None  # TRAINER_URL empty: not asked
+
+
 def test_worker_decisions_join_engagements_into_private_feedback(
         settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
     s = settings_factory(partitions=1)
@@ -65,8 +91,11 @@ def test_worker_decisions_join_engagements_into_private_feedback(
     warm = [ev(f"w{u}-{j}", f"user-{u}", "view", f"item{(u + j) % 12}", T0 + j * 1000)
             for u in range(6) for j in range(8)]
     triggers = [ev(f"t{u}", f"user-{u}", "view", f"item{u}", T0 + 10 * MIN) for u in range(6)]
-    wp = start_worker(s, s.data_dir, tmp_path / "w.log")
-    fp = start_feedback(s, tmp_path / "f.log")
+    probes = f"http://127.0.0.1:{free_port()}"  # the join's /health and /metrics
+    wp = start_worker(s, s.data_dir, tmp_path / "w.log",
+                      {"LAMSTREAM_FEEDBACK_URL": probes, "LAMSTREAM_TRAINER_URL": ""})
+    fp = start_feedback(s, tmp_path / "f.log",
+                        LAMSTREAM_FEEDBACK_WEB_PORT=probes.rsplit(":", 1)[1])
     try:
         wait_healthy(f"http://127.0.0.1:{s.web_port}", wp, 90, tmp_path / "w.log")
         send(s, warm + triggers)
@@ -107,6 +136,7 @@ def test_worker_decisions_join_engagements_into_private_feedback(
             have = {f["rec_id"] for f in fb}
             return all(d[u].rec_id in have for u in range(6))
         poll_until(all_closed, timeout=60, interval=1.0, message="feedback for the triggers")
+        check_probes(probes, f"http://127.0.0.1:{s.web_port}")
         # the worker is told to re-send a decision (a crash between publish and commit)
         with EventProducer(s, validate=False) as p:
             p.send_raw(decs["t0"].model_dump_json().encode(), b"user-0",

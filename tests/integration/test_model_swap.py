@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from model.datasets import iter_events
+from model.nets import RiskConfig, RiskNet
 from model.registry import ModelRegistry
+from model.risk.model import RiskScorer
 from model.train.neural import TrainConfig
 from model.train.pipeline import train_recommender
 from stream.client import PredictionSubscriber, announce_model
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 SAMPLE = Path(__file__).resolve().parents[2] / "stream" / "sample" / "events.jsonl"
 # tiny nets and a few seconds of training: this tests serving and swapping, not accuracy
+CARD = ("Time", *(f"V{i}" for i in range(1, 29)), "Amount")  # creditcard.csv's columns
 TINY = TrainConfig(dim=16, layers=1, heads=1, epochs=3, budget_s=3.0, negatives=256)
 
 
@@ -67,6 +70,17 @@ def test_worker_serves_trained_model_then_hot_swaps_without_losing_events(
         after = rest[sent:]
         send(s, encode(after))
         poll_until(collect(triggers(events)), timeout=30, message="recommendations for all")
+
+        # a risk net on another dataset's columns (the ULB credit-card file) is refused with
+        # the columns it lacks at /health; the recommender and risk in service stay
+        bad = reg.publish("risk", RiskScorer(RiskNet(RiskConfig(feature_names=CARD))).save,
+                          metadata={"features": list(CARD)})
+        announce_model(s, "risk", bad)
+        refused = poll_until(lambda: get_json(f"{base}/health")[1]["model_refused"],
+                             timeout=30, message="the refusal of the foreign risk net")
+        assert (refused["model"], refused["version"]) == ("risk", bad)
+        assert "does not produce (Time, V1, V2, V3, V4 and 25 more)" in refused["reason"]
+        assert get_json(f"{base}/health")[1]["model_version"] == v2
 
     assert set(recs) == triggers(events)  # nothing lost, nothing extra (no repeat of trigger)
     assert {recs[e].model_version for e in triggers(first)} == {v1}

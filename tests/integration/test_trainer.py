@@ -3,6 +3,8 @@ and the worker follows each (and a rollback) between batches."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,26 @@ def test_trainer_publishes_and_worker_follows_publish_and_rollback(
     with EventProducer(s, topic=topics_for(s).feedback.name, validate=False) as p:
         for rec in world(3000, 11):
             p.send_raw(orjson.dumps({**rec, "user_key": "k", "key_id": "k1"}), b"k")
-    ct = run_trainer(s, once=True, idle_exit_s=3.0)
+    probes = f"http://127.0.0.1:{s.trainer_web_port}"
+    seen: list[dict[str, Any]] = []  # the trainer's /health while it runs
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            with contextlib.suppress(OSError):
+                seen.append(get_json(probes + "/health")[1])
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        ct = run_trainer(s, once=True, idle_exit_s=3.0)
+    finally:
+        stop.set()
+        watcher.join()
     assert ct.trainer.seen == 3000 and ct.published, ct.gates
+    assert seen and all(h["status"] == "ok" for h in seen)
+    last = seen[-1]["models"]["reranker"]
+    assert last["seen"] == 3000 and last["gates"].get("published", 0) >= 1, seen[-1]
+    assert seen[-1]["lag"]["group"] == f"{s.app_id}-trainer"
     reg = ModelRegistry(s.data_dir)
     v_first = ct.published[0]
     assert reg.latest("reranker") == ct.published[-1]

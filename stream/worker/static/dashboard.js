@@ -310,7 +310,49 @@ async function refreshUser() {
 
 
 // ---------------------------------------------------------------------------------------
-// learning view: real feedback data or an explicit empty state
+// learning view: the feedback join's and the trainer's /health (relayed by the worker's
+// /api/learning), or an explicit empty state
+
+const lagOf = (h) => (h && h.lag ? fmtInt(h.lag.total) : "–");
+
+function feedbackView(part) {
+  if (!part) return null;
+  if (!part.reachable) {
+    return el("p", { class: "empty", "data-state": "feedback-away" }, "Feedback join: ",
+      code(part.url), ` does not answer (${part.error}).`);
+  }
+  const h = part.health || {};
+  const r = h.rewards || {};
+  const policies = Object.entries(h.policies || {});
+  return el("div", { "data-state": "feedback" },
+    el("h3", null, "Feedback join ", el("small", null, h.status || "")),
+    el("div", { class: "facts" },
+      fact("feedback", fmtInt(r.feedback), "learning-feedback"),
+      fact("rewarded", fmtInt(r.rewarded)),
+      fact("pending", fmtInt(h.pending)),
+      fact("lag", lagOf(h))),
+    policies.length ? el("div", { class: "metrics gap-top" }, policies.map(([name, p]) =>
+      el("span", { class: "chip", "data-policy": name }, `${name}: reward `,
+        el("b", null, fmtNum(p.reward_rate, 3)), ` of ${fmtInt(p.feedback)}`))) : null);
+}
+
+function trainerView(part) {
+  if (!part) return null;
+  if (!part.reachable) {
+    return el("p", { class: "empty", "data-state": "trainer-away" }, "Trainer: ",
+      code(part.url), ` does not answer (${part.error}).`);
+  }
+  const h = part.health || {};
+  const models = Object.entries(h.models || {});
+  const gates = (m) => Object.entries(m.gates || {}).map(([o, n]) => `${o} ${n}`).join(", ");
+  return el("div", { "data-state": "trainer" },
+    el("h3", null, "Trainer ", el("small", null, `lag ${lagOf(h)}`)),
+    el("div", { class: "facts pair" },
+      models.map(([name, m]) => fact(`${name} serving`, String(m.serving ?? "–")))),
+    el("div", { class: "metrics gap-top" }, models.map(([name, m]) =>
+      el("span", { class: "chip", "data-model": name }, `${name}: `, el("b", null, fmtInt(m.seen)),
+        ` seen${gates(m) ? ` · gates ${gates(m)}` : ""}`))));
+}
 
 async function pollLearning() {
   const box = $("#learning");
@@ -319,15 +361,11 @@ async function pollLearning() {
     if (!body) throw new Error("no answer");
     if (!body.available) {
       show(box, el("p", { class: "empty", "data-state": "no-feedback" }, body.message),
-        empty("Topic ", code(body.topic), ": reward per window and the exploration rate " +
-          "appear here once feedback records are joined."));
+        empty("Topic ", code(body.topic), ": rewards per policy, pending decisions, gate " +
+          "decisions and serving versions appear here once the feedback join and the trainer " +
+          "run (LAMSTREAM_FEEDBACK_URL, LAMSTREAM_TRAINER_URL)."));
     } else {
-      const last = (body.series || []).slice(-1)[0] || {};
-      const ope = body.ope ? chips(body.ope, Object.keys(body.ope), 3) : null;
-      if (ope) ope.classList.add("gap-top");
-      show(box, el("div", { class: "facts pair" },
-        fact("reward / window", fmtNum(last.reward, 3)),
-        fact("exploration rate", fmtNum(last.exploration, 3))), ope);
+      show(box, feedbackView(body.feedback), trainerView(body.trainer));
     }
   } catch (_) {
     show(box, empty("Unavailable while the worker is unreachable."));

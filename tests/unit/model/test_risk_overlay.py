@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
 import torch
 
 from model.nets import RiskConfig, RiskNet
@@ -58,6 +59,21 @@ def test_worker_starts_with_the_published_risk_model_next_to_the_baseline(
     assert [p.risk_model_version for p in preds] == [v1] * 3
     assert [p.risk.score for p in preds] == [w.score for w in want]
     assert all(p.model_version == "baseline-online" for p in preds)  # the recommender part
+
+
+def test_a_latest_risk_model_the_stream_cannot_feed_is_refused_at_start(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from model.nets import RiskConfig, RiskNet
+
+    s = Settings(data_dir=tmp_path)
+    reg = ModelRegistry(tmp_path)
+    names = ("Time", "V1", "Amount")  # the credit-card file's columns
+    bad = reg.publish("risk", RiskScorer(RiskNet(RiskConfig(feature_names=names))).save,
+                      metadata={"features": list(names)})
+    served = build_predictor(s)
+    assert isinstance(served, BaselinePredictor)  # the rules, not zeros through a net
+    assert {p.risk_model_version for p in served.predict_batch(_ctxs(2))} == {"rules-v1"}
+    assert f"risk {bad} reads 3 of its 3 input features" in caplog.text
 
 
 def test_risk_publish_and_rollback_swap_in_next_to_the_online_baseline(

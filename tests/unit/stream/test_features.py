@@ -476,3 +476,14 @@ def test_the_wire_event_type_is_accepted() -> None:
     state = UserState("u1", 3)
     assert state.apply(ev, CFG, NOW) == ApplyResult(duplicate=False, late=False)
     assert state.numeric_features(CFG, ev)["spend_1h"] == 6.0
+
+
+@pytest.mark.parametrize("cfg", [CFG, ONE_MIN], ids=["default windows", "one minute"])
+def test_produced_names_are_exactly_what_numeric_features_fills(cfg: FeatureConfig) -> None:
+    # the set a published model's declared features are checked against (model.features)
+    state = UserState("u", len(cfg.windows_s))
+    ev = Ev("e1", price=3.0)
+    state.apply(ev, cfg, T0)
+    assert set(state.numeric_features(cfg, ev)) == cfg.produced_names
+    # the default windows fill every name a model trained on event data reads
+    assert (set(FEATURE_NAMES) <= cfg.produced_names) == (cfg is CFG)

@@ -53,3 +53,15 @@ def test_announce_refuses_a_version_that_is_not_published(tmp_path: Path) -> Non
     r = runner.invoke(model_app, ["announce", "recommender", "--version", "v9",
                                   "--data-dir", str(tmp_path)])
     assert r.exit_code == 1 and "v9 not found" in r.output and "Traceback" not in r.output
+
+
+def test_train_risk_refuses_the_credit_card_file_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "creditcard.csv"
+    cols = ["Time", *(f"V{i}" for i in range(1, 29)), "Amount", "Class"]
+    data.write_text(",".join(cols) + "\n" + "\n".join(
+        ",".join(["1"] * (len(cols) - 1) + [str(i % 2)]) for i in range(20)) + "\n")
+    r = runner.invoke(train_app, ["risk", "--data", str(data), "--data-dir", str(tmp_path)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "the stream does not produce (Time, V1, V2, V3, V4 and 25 more)" in r.output
+    assert "Nothing published" in r.output and "--allow-foreign-features" in r.output
+    assert ModelRegistry(tmp_path).versions("risk") == []

@@ -91,3 +91,18 @@ def test_the_exploring_holder_names_the_loaded_version_while_it_waits(tmp_path: 
     assert holder.current.version == "v1"
     assert holder.swap_if_offered() and holder.current.version == "v2"
     assert holder.pending is None
+
+
+def test_a_refused_model_keeps_the_current_one_and_is_reported() -> None:
+    from model.errors import FeatureMismatch
+
+    holder = PredictorHolder(FakePredictor(version="v1"))
+    refusals: list[tuple[str, str, str]] = []
+
+    def load(update: ModelUpdate) -> FakePredictor:
+        raise FeatureMismatch(f"risk {update.version} reads 30 of its 30 input features ...")
+
+    got = asyncio.run(apply_update(_update("risk", "v7"), holder, load,
+                                   lambda *r: refusals.append(r)))
+    assert got is None and not holder.swap_if_offered() and holder.current.version == "v1"
+    assert refusals == [("risk", "v7", "risk v7 reads 30 of its 30 input features ...")]
