@@ -10,6 +10,7 @@ few µs per record. Keys are partitioned exactly like Kafka's default partitione
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -40,6 +41,8 @@ class BatchPublisher:
         self._futures: Sent = []
         self._parts: dict[str, int] = {}
         self._key_part: dict[int, dict[bytes, int]] = {}
+        # test-only (stream.worker.faults): called with each record batch's topic and ack
+        self.after_send: Callable[[str, asyncio.Future[Any]], Awaitable[None]] | None = None
 
     def partitions(self, topic: str) -> int:
         n = self._parts.get(topic)
@@ -102,6 +105,8 @@ class BatchPublisher:
         except KafkaError as exc:  # the broker's trouble, not the records': retried
             raise InfraError(f"sending to {tp[0]}[{tp[1]}] failed: {exc!r}") from exc
         self._futures.append((tp, count, fut))
+        if self.after_send is not None:
+            await self.after_send(tp[0], fut)
 
     def discard(self) -> None:
         """Forget what this batch collected (after a failure: the batch is processed again)."""

@@ -1,7 +1,8 @@
-"""The named steps of one ingest batch: decode, fold into state, stage the states, decide.
+"""The named steps of one ingest batch: decode, fold into state, stage the states, decide, log.
 
 stream.worker.ingest runs them in this order (the model call between fold and stage is the
-agent's, for its thread pool and predictor holder). They run for every event, so each keeps
+agent's, for its thread pool and predictor holder; the changelog, last, waits for the
+outputs' acks). They run for every event, so each keeps
 the loop it had inline: locals for what the loop reads, no per-event copies.
 """
 
@@ -132,13 +133,13 @@ def fold(by_part: Grouped, read: Callable[[int], Reader], cfg: FeatureConfig,
     return pending, states
 
 
-async def stage_states(states: list[tuple[int, bytes, UserState]],
-                       overlay: dict[int, dict[bytes, bytes]], out: BatchPublisher,
-                       changelog: str) -> dict[int, list[tuple[bytes, bytes]]]:
-    """4. Changelog records now (same partition as the source), and the states into the
-    overlay for the next batch; the local store is written only once the broker has
-    everything (IngestAgent.complete), so a batch that fails to publish leaves no trace and
-    its retry decides again instead of seeing duplicates. Returns partition -> items."""
+def stage_states(states: list[tuple[int, bytes, UserState]],
+                 overlay: dict[int, dict[bytes, bytes]]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """4. The states into the overlay for the next batch; their changelog records are sent
+    only once the batch's outputs are acknowledged (add_changelog), and the local store is
+    written only once the broker has everything (IngestAgent.complete), so a batch that fails
+    to publish leaves no trace and its retry decides again instead of seeing duplicates.
+    Returns partition -> items."""
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for partition, key, st in states:
         value = st.to_bytes()
@@ -147,8 +148,17 @@ async def stage_states(states: list[tuple[int, bytes, UserState]],
         if part_overlay is None:
             part_overlay = overlay[partition] = {}
         part_overlay[key] = value
-        await out.add(changelog, key, value, partition)
     return by_partition
+
+
+async def add_changelog(by_partition: dict[int, list[tuple[bytes, bytes]]], out: BatchPublisher,
+                        changelog: str) -> None:
+    """6. The batch's changelog records (same partition as the source), to send once its
+    outputs are acknowledged: a state on the broker never holds an event whose outputs are
+    not, so a redelivered event found there as a duplicate needs no outputs again."""
+    for partition, items in by_partition.items():
+        for key, value in items:
+            await out.add(changelog, key, value, partition)
 
 
 async def decide(pending: list[Pending], predictions: list[Prediction], out: BatchPublisher,
