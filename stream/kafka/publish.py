@@ -2,9 +2,11 @@
 
 aiokafka's per-record `send()` costs ~20 µs (partitioner, accumulator, one future per
 record); appending to a `BatchBuilder` and handing whole batches to `send_batch()` costs a
-few µs per record. Keys are partitioned exactly like Kafka's default partitioner
-(murmur2(key) & 0x7fffffff % partitions), so consumers see the same placement as with
-`send()`, and records of one key keep their order.
+few µs per record. A record goes to the partition its caller names (the worker puts a
+user's outputs on the partition the user's events came from: the co-partitioning the joins
+need, whatever partitioner the events' producer used); without one, keys are partitioned
+exactly like the Java client's default partitioner (murmur2(key) & 0x7fffffff % partitions),
+and records of one key keep their order.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from stream.kafka.faust_patches import app_producer, wait_for_topic_metadata
 
 
 def default_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java client, kafka-python, aiokafka) gives
-    a keyed record."""
+    """The partition the Java client's default partitioner (also kafka-python's and
+    aiokafka's) gives a keyed record; librdkafka-based clients default to CRC32 instead."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
@@ -67,6 +69,19 @@ class BatchPublisher:
             p = cache[key] = default_partition(key, n)
         return p
 
+    async def partition_count(self, topic: str) -> int:
+        """The topic's partition count; when it is not in the producer's metadata (its first
+        record here, after the metadata narrowed to other topics) it is fetched, as send()
+        would."""
+        try:
+            return self.partitions(topic)
+        except InfraError:
+            try:
+                await wait_for_topic_metadata(self._producer, topic)
+            except KafkaError as exc:
+                raise InfraError(f"no metadata for topic {topic!r}: {exc!r}") from exc
+            return self.partitions(topic)
+
     async def add(self, topic: str, key: bytes | None, value: bytes | None,
                   partition: int | None = None) -> None:
         if partition is None:
@@ -76,12 +91,7 @@ class BatchPublisher:
                 try:
                     partition = self.partition_for(topic, key)
                 except InfraError:
-                    # not in the producer's metadata (its first record here, after the
-                    # metadata narrowed to other topics): fetch it, as send() would
-                    try:
-                        await wait_for_topic_metadata(self._producer, topic)
-                    except KafkaError as exc:
-                        raise InfraError(f"no metadata for topic {topic!r}: {exc!r}") from exc
+                    await self.partition_count(topic)
                     partition = self.partition_for(topic, key)
         tp = (topic, partition)
         builder = self._builders.get(tp)
