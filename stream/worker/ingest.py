@@ -50,6 +50,9 @@ class _Flight:
             self.acked = asyncio.gather(*(f for _, _, f in self.sent), return_exceptions=True)
         return self.acked
 
+    def changelog_settled(self) -> asyncio.Future[Any]:
+        return asyncio.gather(*(f for _, _, f in self.changelog or ()), return_exceptions=True)
+
     def outputs_durable(self) -> bool:
         """Every output record acknowledged without error (no waiting)."""
         return all(f.done() and not f.cancelled() and f.exception() is None
@@ -140,13 +143,9 @@ class IngestAgent(Service):
                     getter = asyncio.ensure_future(self.sink.get_batch(settings.batch_max,
                                                                        within))
                 flight = self._flight
-                if flight is not None and not getter.done():
-                    await asyncio.wait((getter, flight.settled()),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():  # acks first, nothing new yet: complete it now
-                        async with self._batch_lock:
-                            await self._complete_pending()
-                        continue
+                if flight is not None and not getter.done() and await self._advance(flight,
+                                                                                    getter):
+                    continue
                 batch = await getter
                 getter = None
                 if self._closing:
@@ -159,6 +158,27 @@ class IngestAgent(Service):
         finally:
             if getter is not None:
                 getter.cancel()
+
+    async def _advance(self, flight: _Flight, getter: asyncio.Task[Batch]) -> bool:
+        """No next batch yet: move the batch in flight on as its acks arrive, outputs acked
+        -> send its changelog, changelog acked -> complete it. False when the next batch came
+        first (it takes the changelog along, see prepare)."""
+        waiting = flight.settled() if flight.changelog is None else flight.changelog_settled()
+        await asyncio.wait((getter, waiting), return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return False
+        async with self._batch_lock:
+            if self._flight is not flight:
+                return True
+            if flight.changelog is None and flight.outputs_durable():
+                try:
+                    flight.changelog = await self._send_changelog(flight)
+                except InfraError as exc:
+                    self._flight = None
+                    await self._recover([flight], [], exc)
+            else:  # changelog acked, or an output failed (complete raises, we recover)
+                await self._complete_pending()
+        return True
 
     async def _pipelined(self, batch: Batch) -> None:
         """Prepare `batch`, then complete the batch before it; broker trouble -> _recover."""
@@ -253,6 +273,13 @@ class IngestAgent(Service):
             sent = [s for s in sent if s[0][0] != changelog]
         return _Flight(batch, stats, sent, by_partition)
 
+    async def _send_changelog(self, flight: _Flight) -> Sent:
+        """The changelog records of `flight`, whose outputs are acknowledged, handed to the
+        producer (nothing else is collected between batches)."""
+        out = self._publisher()
+        await steps.add_changelog(flight.states, out, self.table.changelog_topic.get_topic_name())
+        return await self._send_all(out)
+
     @staticmethod
     async def _send_all(out: BatchPublisher) -> Sent:
         try:
@@ -296,9 +323,7 @@ class IngestAgent(Service):
         try:
             await out.wait(flight.sent)
             if flight.changelog is None:
-                await steps.add_changelog(flight.states, out,
-                                          self.table.changelog_topic.get_topic_name())
-                flight.changelog = await self._send_all(out)
+                flight.changelog = await self._send_changelog(flight)
             last = await out.wait(flight.changelog)
         except InfraError:
             raise
