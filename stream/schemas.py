@@ -298,8 +298,11 @@ def _first_error(exc: ValidationError) -> str:
     return "; ".join(parts) + more
 
 
-def decode_event(raw: bytes | None, key: bytes | None, max_bytes: int) -> Event:
-    """Bytes from the wire to a valid Event, or PoisonMessage saying exactly why not."""
+def decode_event(raw: bytes | None, key: bytes | None, max_bytes: int,
+                 require_key: bool = False) -> Event:
+    """Bytes from the wire to a valid Event, or PoisonMessage saying exactly why not. The
+    worker requires the key (`require_key`): an unkeyed event would put its user's state on
+    whatever partition the producer picked, splitting it across partitions."""
     if not raw:
         raise PoisonMessage("empty", "record has no value (tombstone)" if raw is None
                             else "record value is empty (0 bytes)")
@@ -315,7 +318,11 @@ def decode_event(raw: bytes | None, key: bytes | None, max_bytes: int) -> Event:
         event = Event.model_validate(obj)
     except ValidationError as exc:
         raise PoisonMessage("schema", _first_error(exc)) from None
-    if key is not None and key != event.user_id.encode():
+    if key is None:
+        if require_key:
+            raise PoisonMessage("key_mismatch", "record has no key: events must be keyed by "
+                                f"their user_id ({event.user_id[:64]!r})")
+    elif key != event.user_id.encode():
         shown = key[:64].decode("utf-8", "replace")
         raise PoisonMessage(
             "key_mismatch", f"record key {shown!r} differs from user_id {event.user_id[:64]!r}")

@@ -70,7 +70,7 @@ def offline_counts(payloads: list[tuple[bytes, bytes]], max_bytes: int
     bad = 0
     for key, value in payloads:
         try:
-            ev = decode_event(value, key, max_bytes)
+            ev = decode_event(value, key, max_bytes, True)  # as the worker
         except PoisonMessage:
             bad += 1
             continue

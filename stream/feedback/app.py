@@ -228,7 +228,7 @@ class FeedbackJoin(PartitionedJoin[RewardPartition, UserJoin]):
         ts = obj["ts"]
         if type(ts) is not int:
             ts = _EPOCH_MS.validate_python(ts)
-        if key is not None and key != uid.encode():  # the worker's DLQ has it
+        if key != uid.encode():  # unkeyed or keyed otherwise: the worker's DLQ has it
             raise PoisonMessage("key_mismatch", "record key differs from the user id")
         if typ in self.engage_types:
             users(uid).add_engagement(ts, typ, str(obj["item_id"]), str(obj["event_id"]),

@@ -2,14 +2,17 @@
 
 aiokafka's per-record `send()` costs ~20 µs (partitioner, accumulator, one future per
 record); appending to a `BatchBuilder` and handing whole batches to `send_batch()` costs a
-few µs per record. Keys are partitioned exactly like Kafka's default partitioner
-(murmur2(key) & 0x7fffffff % partitions), so consumers see the same placement as with
-`send()`, and records of one key keep their order.
+few µs per record. A record goes to the partition its caller names (the worker puts a
+user's outputs on the partition the user's events came from: the co-partitioning the joins
+need, whatever partitioner the events' producer used); without one, keys are partitioned
+exactly like the Java client's default partitioner (murmur2(key) & 0x7fffffff % partitions),
+and records of one key keep their order.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError
@@ -20,8 +23,8 @@ from stream.kafka.faust_patches import app_producer, wait_for_topic_metadata
 
 
 def default_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java client, kafka-python, aiokafka) gives
-    a keyed record."""
+    """The partition the Java client's default partitioner (also kafka-python's and
+    aiokafka's) gives a keyed record; librdkafka-based clients default to CRC32 instead."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
@@ -40,6 +43,8 @@ class BatchPublisher:
         self._futures: Sent = []
         self._parts: dict[str, int] = {}
         self._key_part: dict[int, dict[bytes, int]] = {}
+        # test-only (stream.worker.faults): called with each record batch's topic and ack
+        self.after_send: Callable[[str, asyncio.Future[Any]], Awaitable[None]] | None = None
 
     def partitions(self, topic: str) -> int:
         n = self._parts.get(topic)
@@ -64,6 +69,19 @@ class BatchPublisher:
             p = cache[key] = default_partition(key, n)
         return p
 
+    async def partition_count(self, topic: str) -> int:
+        """The topic's partition count; when it is not in the producer's metadata (its first
+        record here, after the metadata narrowed to other topics) it is fetched, as send()
+        would."""
+        try:
+            return self.partitions(topic)
+        except InfraError:
+            try:
+                await wait_for_topic_metadata(self._producer, topic)
+            except KafkaError as exc:
+                raise InfraError(f"no metadata for topic {topic!r}: {exc!r}") from exc
+            return self.partitions(topic)
+
     async def add(self, topic: str, key: bytes | None, value: bytes | None,
                   partition: int | None = None) -> None:
         if partition is None:
@@ -73,12 +91,7 @@ class BatchPublisher:
                 try:
                     partition = self.partition_for(topic, key)
                 except InfraError:
-                    # not in the producer's metadata (its first record here, after the
-                    # metadata narrowed to other topics): fetch it, as send() would
-                    try:
-                        await wait_for_topic_metadata(self._producer, topic)
-                    except KafkaError as exc:
-                        raise InfraError(f"no metadata for topic {topic!r}: {exc!r}") from exc
+                    await self.partition_count(topic)
                     partition = self.partition_for(topic, key)
         tp = (topic, partition)
         builder = self._builders.get(tp)
@@ -102,6 +115,8 @@ class BatchPublisher:
         except KafkaError as exc:  # the broker's trouble, not the records': retried
             raise InfraError(f"sending to {tp[0]}[{tp[1]}] failed: {exc!r}") from exc
         self._futures.append((tp, count, fut))
+        if self.after_send is not None:
+            await self.after_send(tp[0], fut)
 
     def discard(self) -> None:
         """Forget what this batch collected (after a failure: the batch is processed again)."""

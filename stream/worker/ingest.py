@@ -19,12 +19,13 @@ from model.types import Prediction, PredictionContext
 from stream.errors import InfraError
 from stream.kafka.fastpath import BatchSink
 from stream.kafka.faust_patches import register_sink, subscribe_without_stream, unacked_messages
-from stream.kafka.publish import LazyPublisher, Sent
+from stream.kafka.publish import BatchPublisher, LazyPublisher, Sent
 from stream.settings import Settings
 from stream.state.features import FeatureConfig, UserState
 from stream.state.table import SweepCursor, TableAccess
 from stream.topics import Topics
 from stream.worker import steps
+from stream.worker.faults import FaultPoint
 from stream.worker.holder import PredictorHolder
 from stream.worker.metrics import Metrics
 from stream.worker.recent import RecentDecisions
@@ -39,14 +40,23 @@ class _Flight:
 
     batch: Batch
     stats: BatchStats
-    sent: Sent  # BatchPublisher.send_all(): the delivery futures of its records
+    sent: Sent  # BatchPublisher.send_all(): the delivery futures of its output records
     states: dict[int, list[tuple[bytes, bytes]]]  # partition -> (user key, state) to store
+    changelog: Sent | None = None  # the delivery futures of its changelog records, once sent
     acked: asyncio.Future[Any] | None = None  # all of `sent` settled (created on demand)
 
     def settled(self) -> asyncio.Future[Any]:
         if self.acked is None:
             self.acked = asyncio.gather(*(f for _, _, f in self.sent), return_exceptions=True)
         return self.acked
+
+    def changelog_settled(self) -> asyncio.Future[Any]:
+        return asyncio.gather(*(f for _, _, f in self.changelog or ()), return_exceptions=True)
+
+    def outputs_durable(self) -> bool:
+        """Every output record acknowledged without error (no waiting)."""
+        return all(f.done() and not f.cancelled() and f.exception() is None
+                   for _, _, f in self.sent)
 
 
 class IngestAgent(Service):
@@ -55,9 +65,11 @@ class IngestAgent(Service):
     Per batch: decode + validate each record at the edge (bad ones go to the DLQ with their
     bytes), fold events into each user's state (one table read and write per user per
     batch), call the predictor once in a worker thread, publish decisions without awaiting
-    each send, wait for the batch's sends to be acknowledged, and only then ack the input
-    records so Faust commits their offsets. A crash at any point re-delivers the uncommitted
-    records; their event ids are already in the user's state, so counts stay exact.
+    each send, wait for them to be acknowledged, then send the states' changelog records and
+    wait for those, and only then ack the input records so Faust commits their offsets. A
+    crash at any point re-delivers the uncommitted records: those whose state reached the
+    changelog are found there as duplicates (counts stay exact) and had their outputs acked
+    before it; the others are decided again (outputs at least once, same ids).
     """
 
     def __init__(self, *, app: Any, settings: Settings, topics: Topics, table: Any,
@@ -84,6 +96,7 @@ class IngestAgent(Service):
             decisions=topics.decisions.name if settings.decision_log else None,
             dlq=topics.dlq.name, risk_threshold=settings.risk_threshold)
         self._publisher = LazyPublisher(app)
+        self._fault = FaultPoint.from_env()  # tests only (stream.worker.faults)
         self._flight: _Flight | None = None  # sent, not yet acknowledged (see _run)
         # partition -> user key -> state bytes of batches sent but not yet stored
         self._overlay: dict[int, dict[bytes, bytes]] = {}
@@ -131,13 +144,9 @@ class IngestAgent(Service):
                     getter = asyncio.ensure_future(self.sink.get_batch(settings.batch_max,
                                                                        within))
                 flight = self._flight
-                if flight is not None and not getter.done():
-                    await asyncio.wait((getter, flight.settled()),
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    if not getter.done():  # acks first, nothing new yet: complete it now
-                        async with self._batch_lock:
-                            await self._complete_pending()
-                        continue
+                if flight is not None and not getter.done() and await self._advance(flight,
+                                                                                    getter):
+                    continue
                 batch = await getter
                 getter = None
                 if self._closing:
@@ -151,11 +160,32 @@ class IngestAgent(Service):
             if getter is not None:
                 getter.cancel()
 
+    async def _advance(self, flight: _Flight, getter: asyncio.Task[Batch]) -> bool:
+        """No next batch yet: move the batch in flight on as its acks arrive, outputs acked
+        -> send its changelog, changelog acked -> complete it. False when the next batch came
+        first (it takes the changelog along, see prepare)."""
+        waiting = flight.settled() if flight.changelog is None else flight.changelog_settled()
+        await asyncio.wait((getter, waiting), return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            return False
+        async with self._batch_lock:
+            if self._flight is not flight:
+                return True
+            if flight.changelog is None and flight.outputs_durable():
+                try:
+                    flight.changelog = await self._send_changelog(flight)
+                except InfraError as exc:
+                    self._flight = None
+                    await self._recover([flight], [], exc)
+            else:  # changelog acked, or an output failed (complete raises, we recover)
+                await self._complete_pending()
+        return True
+
     async def _pipelined(self, batch: Batch) -> None:
         """Prepare `batch`, then complete the batch before it; broker trouble -> _recover."""
         prev, self._flight = self._flight, None
         try:
-            flight = await self.prepare(batch)
+            flight = await self.prepare(batch, prev)
         except InfraError as exc:
             await self._recover([prev] if prev is not None else [], [batch], exc)
             return
@@ -186,6 +216,8 @@ class IngestAgent(Service):
                     len(flights) + len(batches))
         for f in flights:
             await f.settled()
+            if f.changelog:  # the old records land before the retry's (the changelog's order)
+                await asyncio.gather(*(fut for _, _, fut in f.changelog), return_exceptions=True)
         self._publisher().discard()
         self._overlay.clear()
         for b in [f.batch for f in flights] + batches:
@@ -212,13 +244,16 @@ class IngestAgent(Service):
         await self.complete(flight)
         return flight.stats
 
-    async def prepare(self, batch: Batch) -> _Flight:
-        """Steps 1-5 of a batch (stream.worker.steps), its records handed to the producer
-        without waiting."""
+    async def prepare(self, batch: Batch, prev: _Flight | None = None) -> _Flight:
+        """Steps 1-5 of a batch (stream.worker.steps), its outputs handed to the producer
+        without waiting; with them the changelog of `prev` (the batch before) when its
+        outputs are already acknowledged, which saves complete() a round trip."""
         stats = self._take(batch)
         settings = self.settings
         now_ms = int(time.time() * 1000)
         out = self._publisher()
+        if self._fault is not None:
+            out.after_send = self._fault_after_send
         by_part = await steps.decode(batch, settings.max_event_bytes, out, self._outputs.dlq,
                                      stats, self.metrics.dlq, now_ms)
         table, overlay = TableAccess(self.table.data), self._overlay
@@ -226,16 +261,34 @@ class IngestAgent(Service):
             by_part, lambda partition: steps.reader(table, overlay, partition), self.features,
             settings.recommend_on, settings.top_k, now_ms, stats)
         predictions = await self._predict_pending(pending)  # 3. one model call
-        by_partition = await steps.stage_states(
-            states, overlay, out, self.table.changelog_topic.get_topic_name())
+        by_partition = steps.stage_states(states, overlay)
         await steps.decide(pending, predictions, out, self._outputs, stats, self.recent)
+        changelog = self.table.changelog_topic.get_topic_name()
+        early = (prev if prev is not None and prev.changelog is None and prev.outputs_durable()
+                 else None)
+        if early is not None:
+            await steps.add_changelog(early.states, out, changelog)
+        sent = await self._send_all(out)
+        if early is not None:
+            early.changelog = [s for s in sent if s[0][0] == changelog]
+            sent = [s for s in sent if s[0][0] != changelog]
+        return _Flight(batch, stats, sent, by_partition)
+
+    async def _send_changelog(self, flight: _Flight) -> Sent:
+        """The changelog records of `flight`, whose outputs are acknowledged, handed to the
+        producer (nothing else is collected between batches)."""
+        out = self._publisher()
+        await steps.add_changelog(flight.states, out, self.table.changelog_topic.get_topic_name())
+        return await self._send_all(out)
+
+    @staticmethod
+    async def _send_all(out: BatchPublisher) -> Sent:
         try:
-            sent = await out.send_all()
+            return await out.send_all()
         except InfraError:
             raise
         except Exception as exc:  # broker trouble: not the input's fault
             raise InfraError(f"publishing a batch failed: {exc!r}") from exc
-        return _Flight(batch, stats, sent, by_partition)
 
     def _take(self, batch: Batch) -> BatchStats:
         """A batch starts: Faust must not commit past its messages until they are acked."""
@@ -264,10 +317,17 @@ class IngestAgent(Service):
         return predictions
 
     async def complete(self, flight: _Flight) -> None:
-        """6. every record of the batch acknowledged by the broker -> write the local state,
-        ack the inputs (so Faust commits them)."""
+        """6. every output record of the batch acknowledged by the broker -> its changelog
+        records sent (unless the next batch took them along) and acknowledged -> write the
+        local state, ack the inputs (so Faust commits them)."""
+        out = self._publisher()
         try:
-            last = await self._publisher().wait(flight.sent)
+            await out.wait(flight.sent)
+            if flight.changelog is None:
+                flight.changelog = await self._send_changelog(flight)
+            last = await out.wait(flight.changelog)
+        except InfraError:
+            raise
         except Exception as exc:  # broker trouble: not the input's fault
             raise InfraError(f"publishing a batch failed: {exc!r}") from exc
         table = TableAccess(self.table.data)
@@ -282,10 +342,21 @@ class IngestAgent(Service):
                 if not part_overlay:
                     del overlay[partition]
         table.mark_persisted(self.table.changelog_topic.get_topic_name(), last)
+        if self._fault is not None and self._fault.reached("ack"):
+            self._fault.die()
         ack = self.app.consumer.ack
         for m, _ in flight.batch:
             ack(m)
         self._account(flight.stats)
+
+    async def _fault_after_send(self, topic: str, ack: asyncio.Future[Any]) -> None:
+        """Tests only: die once the planned step's record batch is acknowledged."""
+        fault, to = self._fault, self._outputs
+        step = ("changelog" if topic == self.table.changelog_topic.get_topic_name() else
+                "outputs" if topic in (to.recommendations, to.decisions, to.risk_alerts) else "")
+        if fault is not None and fault.reached(step):
+            await ack
+            fault.die()
 
     def _predict(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
         predictor = self.holder.current

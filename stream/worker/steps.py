@@ -1,7 +1,8 @@
-"""The named steps of one ingest batch: decode, fold into state, stage the states, decide.
+"""The named steps of one ingest batch: decode, fold into state, stage the states, decide, log.
 
 stream.worker.ingest runs them in this order (the model call between fold and stage is the
-agent's, for its thread pool and predictor holder). They run for every event, so each keeps
+agent's, for its thread pool and predictor holder; the changelog, last, waits for the
+outputs' acks). They run for every event, so each keeps
 the loop it had inline: locals for what the loop reads, no per-event copies.
 """
 
@@ -37,6 +38,7 @@ class Pending:
     event: Event
     recv: float
     ctx: PredictionContext
+    partition: int  # of the event on `events`: where its outputs go (co-partitioning)
 
 
 @dataclass
@@ -66,11 +68,12 @@ class Outputs:
 async def decode(batch: Batch, max_bytes: int, out: BatchPublisher, dlq_topic: str,
                  stats: BatchStats, dlq_count: Counter, now_ms: int) -> Grouped:
     """1. Decode at the edge; group valid events by partition, then user, in order. A record
-    that is not a valid event goes to the DLQ with its bytes (`dlq_count`: the metric)."""
+    that is not a valid event keyed by its user id goes to the DLQ with its bytes
+    (`dlq_count`: the metric)."""
     by_part: Grouped = {}
     for m, recv in batch:
         try:
-            ev = decode_event(m.value, m.key, max_bytes)
+            ev = decode_event(m.value, m.key, max_bytes, True)
         except PoisonMessage as bad:
             stats.dlq += 1
             dlq_count.labels(error_kind=bad.kind).inc()
@@ -127,18 +130,18 @@ def fold(by_part: Grouped, read: Callable[[int], Reader], cfg: FeatureConfig,
                 pending.append(Pending(ev, recv, PredictionContext(
                     user_id, ev.event_id, ev.item_id, ev.type, ev.ts, ev.category,
                     st.sequence(), st.numeric_features(cfg, ev),
-                    ev.type in recommend_on, top_k)))
+                    ev.type in recommend_on, top_k), partition))
             states.append((partition, key, st))
     return pending, states
 
 
-async def stage_states(states: list[tuple[int, bytes, UserState]],
-                       overlay: dict[int, dict[bytes, bytes]], out: BatchPublisher,
-                       changelog: str) -> dict[int, list[tuple[bytes, bytes]]]:
-    """4. Changelog records now (same partition as the source), and the states into the
-    overlay for the next batch; the local store is written only once the broker has
-    everything (IngestAgent.complete), so a batch that fails to publish leaves no trace and
-    its retry decides again instead of seeing duplicates. Returns partition -> items."""
+def stage_states(states: list[tuple[int, bytes, UserState]],
+                 overlay: dict[int, dict[bytes, bytes]]) -> dict[int, list[tuple[bytes, bytes]]]:
+    """4. The states into the overlay for the next batch; their changelog records are sent
+    only once the batch's outputs are acknowledged (add_changelog), and the local store is
+    written only once the broker has everything (IngestAgent.complete), so a batch that fails
+    to publish leaves no trace and its retry decides again instead of seeing duplicates.
+    Returns partition -> items."""
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for partition, key, st in states:
         value = st.to_bytes()
@@ -147,8 +150,17 @@ async def stage_states(states: list[tuple[int, bytes, UserState]],
         if part_overlay is None:
             part_overlay = overlay[partition] = {}
         part_overlay[key] = value
-        await out.add(changelog, key, value, partition)
     return by_partition
+
+
+async def add_changelog(by_partition: dict[int, list[tuple[bytes, bytes]]], out: BatchPublisher,
+                        changelog: str) -> None:
+    """6. The batch's changelog records (same partition as the source), to send once its
+    outputs are acknowledged: a state on the broker never holds an event whose outputs are
+    not, so a redelivered event found there as a duplicate needs no outputs again."""
+    for partition, items in by_partition.items():
+        for key, value in items:
+            await out.add(changelog, key, value, partition)
 
 
 async def decide(pending: list[Pending], predictions: list[Prediction], out: BatchPublisher,
@@ -157,21 +169,31 @@ async def decide(pending: list[Pending], predictions: list[Prediction], out: Bat
     log record) when it asked for one, and a risk alert when its score reaches the
     threshold."""
     threshold, rec_topic, decisions_topic = to.risk_threshold, to.recommendations, to.decisions
+    if not pending:
+        recent.rotate()
+        return
+    # each output on its event's partition number (Kafka Streams' co-partitioning rule): the
+    # joins read events and decisions partition by partition, and a producer's partitioner
+    # may not be murmur2. A topic with fewer partitions than `events` falls back to murmur2.
+    n_rec = await out.partition_count(rec_topic)
+    n_dec = await out.partition_count(decisions_topic) if decisions_topic is not None else 0
+    n_alert = await out.partition_count(to.risk_alerts)
     # locals: the loop runs per event (they pay for the builders' two calls per event)
     add, dumps, encode_last = out.add, orjson.dumps, LastDecision.encode
     monotonic, wall = time.monotonic, time.time
     latest, add_latency = recent.latest, stats.latencies_ms.append
     n_recs = stats.recommendations
     for p, pred in zip(pending, predictions, strict=True):
-        ev = p.event
+        ev, part = p.event, p.partition
         key = ev.user_id.encode()
         latest[ev.user_id] = encode_last(ev, pred)
         if p.ctx.recommend:  # cold start: may be empty until the model knows items
             lat = (monotonic() - p.recv) * 1000
             rec = recommendation_record(ev, pred, lat, int(wall() * 1000))
-            await add(rec_topic, key, dumps(rec))
+            await add(rec_topic, key, dumps(rec), part if part < n_rec else None)
             if decisions_topic is not None:  # issue #5: the feedback join's input
-                await add(decisions_topic, key, decision_record(rec, p.ctx, pred, threshold))
+                await add(decisions_topic, key, decision_record(rec, p.ctx, pred, threshold),
+                          part if part < n_dec else None)
             n_recs += 1
             add_latency(lat)
             if n_recs % 50 == 1:
@@ -179,7 +201,7 @@ async def decide(pending: list[Pending], predictions: list[Prediction], out: Bat
         if pred.risk.score >= threshold:
             lat = (monotonic() - p.recv) * 1000
             alert = alert_record(ev, pred, p.ctx, threshold, lat, int(wall() * 1000))
-            await add(to.risk_alerts, key, dumps(alert))
+            await add(to.risk_alerts, key, dumps(alert), part if part < n_alert else None)
             stats.alerts += 1
             recent.remember("risk_alert", alert)
     stats.recommendations = n_recs

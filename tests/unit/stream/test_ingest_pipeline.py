@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiokafka.errors import KafkaTimeoutError
 
+from stream.kafka.publish import default_partition
 from stream.settings import Settings
 from stream.state.features import FeatureConfig, UserState
 from stream.topics import topics_for
@@ -248,3 +249,51 @@ def test_a_batch_in_flight_completes_when_its_acks_arrive_with_no_next_batch() -
     asyncio.run(go())
     assert app.consumer.acked == [m for m, _ in a]
     assert _total(store, "u2") == 2
+
+
+def test_no_state_reaches_the_changelog_before_its_outputs_are_acknowledged() -> None:
+    agent, app, producer, store = _agent()
+    rec_topic = agent._outputs.recommendations
+    a = _batch("u3", ["c1", "c2"])
+    b = _batch("u3", ["c3"])
+    c = _batch("u3", ["c4"])
+
+    async def go() -> None:
+        producer.hold = True
+        await agent._pipelined(a)
+        assert [t for t, _, _ in producer.sent] == [rec_topic]  # outputs only
+        producer.hold = False
+        for f in producer.held:  # the recommendations are acknowledged
+            f.set_result(_Meta(0))
+        await agent._complete_pending()  # no next batch: a sends its changelog itself
+        assert [t for t, _, _ in producer.sent] == [rec_topic, CHANGELOG]
+        assert _total(store, "u3") == 2 and len(app.consumer.acked) == 2
+        await agent._pipelined(b)
+        await asyncio.sleep(0)  # b's outputs acknowledged meanwhile
+        await agent._pipelined(c)  # b's changelog rides along with c's outputs
+        assert [t for t, _, _ in producer.sent][2:] == [rec_topic, rec_topic, CHANGELOG]
+        await agent._complete_pending()
+
+    asyncio.run(go())
+    assert _changelog_totals(producer, "u3") == [2, 3, 4]
+    assert app.consumer.acked == [m for m, _ in a + b + c]
+
+
+def test_outputs_go_to_the_partition_their_event_came_from() -> None:
+    """Co-partitioning: the joins read events and decisions partition by partition, so the
+    outputs follow the event's partition, not murmur2 of the key (a CRC32 producer's)."""
+    agent, app, producer, store = _agent()
+    user = next(u for u in (f"u{i}" for i in range(100)) if default_partition(u.encode(), 8) != 5)
+    a = _batch(user, ["p1", "p2"], partition=5)
+    unkeyed = _batch(user, ["p3"], partition=5)
+    unkeyed[0][0].key = None  # type: ignore[assignment]
+
+    async def go() -> None:
+        await agent._pipelined(a + unkeyed)
+        await agent._complete_pending()
+
+    asyncio.run(go())
+    placed = {(t, p) for t, p, _ in producer.sent}
+    assert placed == {(agent._outputs.recommendations, 5), (CHANGELOG, 5),
+                      (agent._outputs.dlq, 0)}
+    assert _total(store, user) == 2 and agent.stats.dlq == 1

@@ -175,6 +175,15 @@ def test_a_key_that_is_not_the_user_id_is_a_key_mismatch(key: bytes) -> None:
     assert bad.kind == "key_mismatch" and "u1" in bad.message
 
 
+def test_the_worker_sends_an_unkeyed_event_to_the_dlq() -> None:
+    raw = orjson.dumps(valid())
+    assert decode_event(raw, None, MAX).user_id == "u1"  # a plain decode takes it
+    with pytest.raises(PoisonMessage) as exc:
+        decode_event(raw, None, MAX, require_key=True)  # as stream.worker.steps.decode
+    assert exc.value.kind == "key_mismatch" and "no key" in exc.value.message
+    assert decode_event(raw, b"u1", MAX, require_key=True).user_id == "u1"
+
+
 def test_a_non_ascii_user_id_matches_its_utf8_key() -> None:
     assert decode(valid(user_id="usér-ß"), key="usér-ß".encode()).user_id == "usér-ß"
 
