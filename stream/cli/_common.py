@@ -51,8 +51,8 @@ def say(message: str) -> None:
 
 
 def get_settings(**overrides: Any) -> Settings:
-    """The Settings of this run (environment + the options given); exit 1 when invalid."""
-    with errors():
+    """The Settings of this run (environment + the options given); exit 2 when invalid."""
+    with errors(code=OFFLINE_EXIT):
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -66,21 +66,28 @@ def resolve_data_dir(value: Path | None) -> Path:
                                                                ".lamstream"))
 
 
+OFFLINE_EXIT = 2  # invalid settings, and errors of the offline commands (see errors())
+
+
 @contextmanager
-def errors(missing_field: bool = False) -> Iterator[None]:
-    """One clear line and exit 1 for what lamstream and the model side raise on purpose (and
-    for bad input files: OSError, ValueError), never a traceback with locals. With
-    `missing_field`, a KeyError reads as a record or manifest without that field."""
+def errors(missing_field: bool = False, code: int = 1) -> Iterator[None]:
+    """One clear line and exit `code` for what lamstream and the model side raise on purpose
+    (and for bad input files: OSError, ValueError), never a traceback with locals. With
+    `missing_field`, a KeyError reads as a record or manifest without that field.
+
+    The codes are the CLI's since its first release: 2 for invalid settings and for the
+    offline commands (train, evaluate, model, export, bench inference), where 1 means a
+    verdict (a gate that refused); 1 for the service and data commands."""
     try:
         yield
     except typer.Exit:
         raise
     except (LamstreamError, ModelError, OSError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), code) from None
     except KeyError as exc:
         if not missing_field:
             raise
-        raise fail(f"missing field {exc}") from None
+        raise fail(f"missing field {exc}", code) from None
 
 
 class _JsonLines(logging.Formatter):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from stream.cli._common import FeedbackOpt, JsonOpt, command, errors
+from stream.cli._common import OFFLINE_EXIT, FeedbackOpt, JsonOpt, command, errors
 from stream.feedback.source import load_feedback
 from stream.feedback.stats_export import export_stats
 
@@ -43,7 +43,7 @@ def export_stats_command(
     With --epsilon, every released value is (epsilon, delta)-differentially private with
     respect to one user_key (see the README's privacy section).
     """
-    with errors():
+    with errors(code=OFFLINE_EXIT):
         result = export_stats(load_feedback(feedback), epsilon=epsilon, delta=delta,
                               max_per_user=max_per_user, max_reward=max_reward, top=top,
                               seed=seed)

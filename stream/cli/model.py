@@ -10,6 +10,7 @@ import typer
 
 from model.registry import ModelRegistry
 from stream.cli._common import (
+    OFFLINE_EXIT,
     DataDirOpt,
     FeedbackOpt,
     JsonOpt,
@@ -98,7 +99,7 @@ def train_recommender(
     """
     from model.train.pipeline import train_recommender as run  # torch: not for --help
 
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         version, comp = run(data, resolve_data_dir(data_dir), layout=layout, test=test,
                             cfg=_train_cfg(epochs, budget_s), max_events=max_events,
                             progress=say)
@@ -135,7 +136,7 @@ def train_risk(
     """
     from model.train.pipeline import train_risk as run  # torch: not for --help
 
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         version, report = run(data, resolve_data_dir(data_dir), epochs=epochs, split=split,
                               base_rate=base_rate, allow_foreign_features=allow_foreign_features,
                               progress=say)
@@ -170,7 +171,7 @@ def evaluate_recommender(
     temporal split; nothing is published. Without --data: the evaluation stored with the
     latest published recommender.
     """
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         if data is None:
             reg = ModelRegistry(resolve_data_dir(data_dir))
             version = reg.latest("recommender")
@@ -207,7 +208,7 @@ def evaluate_risk(
     """
     from model.train.risk import load_labelled, train_and_evaluate_risk  # torch
 
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         _, report = train_and_evaluate_risk(load_labelled(data), epochs=epochs, split=split,
                                             base_rate=base_rate, progress=say)
     if json_out:
@@ -221,7 +222,7 @@ def evaluate_risk(
 @command(model_app, "list")
 def model_list(data_dir: DataDirOpt = None) -> None:
     """Published models and versions; the latest marked with *."""
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         reg = ModelRegistry(resolve_data_dir(data_dir))
         for name, versions in reg.list().items():
             latest = reg.latest(name)
@@ -237,7 +238,7 @@ def model_rollback(name: Annotated[str, typer.Argument(help="recommender, risk o
     The model-updates record makes running workers serve it from their next batch
     (--no-announce: the registry only).
     """
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         v = ModelRegistry(resolve_data_dir(data_dir)).rollback(name)
     typer.echo(f"{name}: latest is now {v}")
     if announce:
@@ -261,7 +262,7 @@ def model_gate(
     """
     from stream.trainer.loop import gate_candidate  # torch: not for --help
 
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         if name != "reranker":
             raise UsageError("only the reranker is gated (the trainer's model)")
         settings = load_settings()
@@ -291,7 +292,7 @@ def model_announce(
     A model-updates record: running workers load that version from their data dir (it must
     be published there) and serve it from their next batch, dropping no events.
     """
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         reg = ModelRegistry(resolve_data_dir(data_dir))
         v = version or reg.latest(name)
         if v is None:

@@ -9,7 +9,7 @@ import typer
 
 from model.policy.ope import evaluate, policy_target, shadow_target, slate_epsilon
 from model.policy.policies import parse_policy
-from stream.cli._common import FeedbackOpt, JsonOpt, errors
+from stream.cli._common import OFFLINE_EXIT, FeedbackOpt, JsonOpt, errors
 from stream.feedback.source import load_feedback
 
 
@@ -30,7 +30,7 @@ def evaluate_policy(
     greedy / epsilon-greedy candidates and logs also the slate-level IPS and SNIPS, which hold
     when the items of a slate interact (users stop at the first item they like).
     """
-    with errors():
+    with errors(code=OFFLINE_EXIT):
         records = load_feedback(feedback)
         if policy == "shadow":
             result = evaluate(records, shadow_target, bootstrap=bootstrap, seed=seed)

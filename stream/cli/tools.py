@@ -11,6 +11,7 @@ import typer
 from model.recommenders.base import METHODS
 from model.registry import ModelRegistry
 from stream.cli._common import (
+    OFFLINE_EXIT,
     DataDirOpt,
     JsonOpt,
     command,
@@ -218,7 +219,7 @@ def bench_inference(
     """
     from model.bench import run_inference_bench  # torch: not for --help
 
-    with errors(missing_field=True):
+    with errors(missing_field=True, code=OFFLINE_EXIT):
         ddir = resolve_data_dir(data_dir)
         if prefer not in RECOMMENDERS:
             raise UsageError(f"--prefer must be one of {', '.join(RECOMMENDERS)}")

@@ -40,11 +40,11 @@ def test_top_level_help_lists_each_command_on_one_line() -> None:
     assert all(line[2] != " " for line in panel), out  # no line continues the one above
 
 
-def test_errors_are_one_line_with_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                         ) -> None:
+def test_errors_are_one_line_with_the_documented_exit_codes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAMSTREAM_PARTITIONS", "0")  # a SettingsError
     r = CliRunner().invoke(app, ["tail", "events", "--timeout", "1"])
-    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output  # settings: 2, as since 0.1
     assert r.output.strip().splitlines() == [
         "error: invalid settings: LAMSTREAM_PARTITIONS: Input should be greater than or "
         "equal to 1"]
@@ -53,7 +53,7 @@ def test_errors_are_one_line_with_exit_1(tmp_path: Path, monkeypatch: pytest.Mon
     assert r.exit_code == 1 and r.output.strip() == "error: --workers needs counts >= 1, got '0'"
     r = CliRunner().invoke(app, ["evaluate", "policy", "--feedback",  # a ConfigError
                                  str(_feedback(tmp_path)), "--policy", "nope"])
-    assert r.exit_code == 1 and r.output.startswith("error: ") and len(r.output.splitlines()) == 1
+    assert r.exit_code == 2 and r.output.startswith("error: ") and len(r.output.splitlines()) == 1
     r = CliRunner().invoke(app, ["produce", "f.csv", "--map", "user_id"])
     assert r.exit_code == 1 and r.output.strip() == "error: --map takes field=column, got 'user_id'"
     assert CliRunner().invoke(app, ["tail"]).exit_code == 2  # click: a missing argument

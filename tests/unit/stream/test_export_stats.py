@@ -188,5 +188,5 @@ def test_cli_exact_noisy_and_errors(tmp_path: Path) -> None:
     assert out["protected"] and out["not_protected"] and "epsilon / 9" in out["epsilon_split"]
 
     r = runner.invoke(app, ["export", "stats", "--feedback", str(path), "--epsilon", "0"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert r.output.strip().splitlines() == ["error: --epsilon must be a number > 0, not 0.0"]

@@ -13,14 +13,14 @@ from stream.cli.model import evaluate_app, model_app, train_app
 runner = CliRunner()
 
 
-def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
+def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     r = runner.invoke(evaluate_app, ["recommender", "--data-dir", str(tmp_path)])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "error: no --data and no trained recommender" in r.output
     assert "Traceback" not in r.output
     r = runner.invoke(train_app, ["risk", "--data", str(tmp_path / "missing.csv"),
                                   "--data-dir", str(tmp_path)])
-    assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
 
 
 def test_evaluate_prints_stored_evaluation_and_registry_commands(tmp_path: Path) -> None:
@@ -43,16 +43,16 @@ def test_evaluate_prints_stored_evaluation_and_registry_commands(tmp_path: Path)
     assert r.exit_code == 0 and reg.latest("recommender") == "v1"
     r = runner.invoke(model_app, ["rollback", "recommender", "--no-announce", "--data-dir",
                                       str(tmp_path)])
-    assert r.exit_code == 1 and "oldest" in r.output
+    assert r.exit_code == 2 and "oldest" in r.output
 
 
 def test_announce_refuses_a_version_that_is_not_published(tmp_path: Path) -> None:
     r = runner.invoke(model_app, ["announce", "recommender", "--data-dir", str(tmp_path)])
-    assert r.exit_code == 1 and "no published recommender" in r.output
+    assert r.exit_code == 2 and "no published recommender" in r.output
     ModelRegistry(tmp_path).publish("recommender", lambda d: (d / "x").write_text("x"))
     r = runner.invoke(model_app, ["announce", "recommender", "--version", "v9",
                                   "--data-dir", str(tmp_path)])
-    assert r.exit_code == 1 and "v9 not found" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "v9 not found" in r.output and "Traceback" not in r.output
 
 
 def test_train_risk_refuses_the_credit_card_file_in_one_line(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_train_risk_refuses_the_credit_card_file_in_one_line(tmp_path: Path) -> 
     data.write_text(",".join(cols) + "\n" + "\n".join(
         ",".join(["1"] * (len(cols) - 1) + [str(i % 2)]) for i in range(20)) + "\n")
     r = runner.invoke(train_app, ["risk", "--data", str(data), "--data-dir", str(tmp_path)])
-    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.exit_code == 2 and "Traceback" not in r.output
     assert "the stream does not produce (Time, V1, V2, V3, V4 and 25 more)" in r.output
     assert "Nothing published" in r.output and "--allow-foreign-features" in r.output
     assert ModelRegistry(tmp_path).versions("risk") == []
