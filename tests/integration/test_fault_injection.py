@@ -74,3 +74,53 @@ def test_every_view_and_click_is_decided_whatever_the_crash_point(
         assert not triggers - decisions, f"{fault}: {len(triggers - decisions)} decisions lost"
     finally:
         stop_worker(proc)
+
+
+@pytest.mark.faults
+def test_six_sigkills_while_events_flow(settings_factory: Callable[..., Settings],
+                                        tmp_path: Path) -> None:
+    """The acceptance run of issue 18: 3,000 events sent at a steady pace while the worker is
+    SIGKILLed six times at random moments (each time restarted): every view/click has its
+    recommendation and every user's counts are exact."""
+    import random
+    import threading
+    import time
+
+    s = settings_factory(store="rocksdb")
+    ensure_topics(s)
+    events = make_events(3000, users=20, seed=6)
+    records = encode(events)
+
+    def produce() -> None:  # ~100 events/s: the kills land while events flow
+        for i in range(0, len(records), 50):
+            send(s, records[i:i + 50])
+            time.sleep(0.5)
+
+    sender = threading.Thread(target=produce, daemon=True)
+    base, rng = f"http://127.0.0.1:{s.web_port}", random.Random(6)
+    small = {"LAMSTREAM_BATCH_MAX": "250"}
+    sender.start()
+    for kill in range(6):
+        proc = start_worker(s, s.data_dir, tmp_path / f"w{kill}.log", small)
+        wait_healthy(base, proc, 90, tmp_path / f"w{kill}.log")
+        time.sleep(rng.uniform(0.5, 3.0))
+        proc.kill()
+        proc.wait()
+    sender.join(120)
+    proc = start_worker(s, s.data_dir, tmp_path / "last.log", small)
+    try:
+        wait_healthy(base, proc, 90, tmp_path / "last.log")
+        want = offline_counts(events)
+        poll_until(lambda: all(get_json(f"{base}/features/{u}")[1].get("counts") == c
+                               for u, c in want.items()),
+                   timeout=120, interval=0.5, message="counts exact after six SIGKILLs")
+        triggers = {f"rec:{e['event_id']}" for e in events if e["type"] in ("view", "click")}
+        recs: set[str] = set()
+
+        def covered() -> bool:
+            recs.update(ids(s, "recommendations", "rec_id"))
+            return triggers <= recs
+        poll_until(covered, timeout=30, interval=1.0,
+                   message="every view/click recommended after six SIGKILLs")
+    finally:
+        stop_worker(proc)
