@@ -115,6 +115,17 @@ def _print_simulation(result: dict[str, Any]) -> None:
     typer.echo(f"learning curve: {result['png']}")
 
 
+def _print_result(result: dict[str, Any], json_out: bool, skip: str = "") -> None:
+    """A benchmark's result: one JSON line, or `key: value` lines without the bulky `skip`."""
+    if json_out:
+        typer.echo(json.dumps(result))
+        return
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        if k != skip:
+            typer.echo(f"{k:>{width}}: {v}")
+
+
 @command(bench_app, "pipeline")
 def bench_pipeline(
     events: Annotated[int, typer.Option(help="Events per measured run.")] = 60000,
@@ -132,11 +143,7 @@ def bench_pipeline(
     settings = get_settings()
     with errors():
         result = run_pipeline_bench(settings, n_events=events, data=data, log=say)
-    if json_out:
-        typer.echo(json.dumps(result))
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:>16}: {v}")
+    _print_result(result, json_out)
 
 
 @command(bench_app, "scale")
@@ -190,12 +197,7 @@ def bench_soak(
     settings = get_settings()
     with errors():
         result = run_soak(settings, minutes=minutes, rate=rate, data=data, log=say)
-    if json_out:
-        typer.echo(json.dumps(result))
-    else:
-        for k, v in result.items():
-            if k != "samples":
-                typer.echo(f"{k:>28}: {v}")
+    _print_result(result, json_out, skip="samples")
 
 
 RECOMMENDERS = ("auto", *METHODS)
@@ -229,12 +231,7 @@ def bench_inference(
             has = prefer in methods
         result = run_inference_bench(ddir if has else None, device=device, seconds=seconds,
                                      prefer=prefer, log=say, threads=threads)
-    if json_out:
-        typer.echo(json.dumps(result))
-    else:
-        for k, v in result.items():
-            if k != "levels":
-                typer.echo(f"{k:>18}: {v}")
+    _print_result(result, json_out, skip="levels")
 
 
 app.add_typer(bench_app, name="bench")

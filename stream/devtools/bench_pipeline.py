@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,14 +121,12 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
     try:
         consumer.assign([TopicPartition(out_topic, p) for p in range(s.partitions)])
         await consumer.seek_to_end()
-        rx = asyncio.create_task(obs.receive(consumer))
-        expected = await _offer(s, producer, payloads, rate, seconds, every_event, obs.sent_at)
-        deadline = time.perf_counter() + 10
-        while len(obs.lat) < expected and time.perf_counter() < deadline:
-            await asyncio.sleep(0.05)
-        rx.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await rx
+        async with obs.watching(consumer):
+            expected = await _offer(s, producer, payloads, rate, seconds, every_event,
+                                    obs.sent_at)
+            deadline = time.perf_counter() + 10
+            while len(obs.lat) < expected and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
     finally:
         await consumer.stop()
         await producer.stop()
@@ -145,6 +143,17 @@ class LatencyObserver:
     sent_at: dict[str, float] = field(default_factory=dict)
     lat: list[float] = field(default_factory=list)
     inside: list[float] = field(default_factory=list)  # the worker's share: receipt -> publish
+
+    @contextlib.asynccontextmanager
+    async def watching(self, consumer: Any) -> AsyncIterator[None]:
+        """Match the records `consumer` receives while the body runs."""
+        rx = asyncio.create_task(self.receive(consumer))
+        try:
+            yield
+        finally:
+            rx.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rx
 
     async def receive(self, consumer: Any) -> None:
         while True:

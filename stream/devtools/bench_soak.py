@@ -11,7 +11,6 @@ and latency that degrades as state accumulates. One worker process on the config
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import time
 import uuid
@@ -86,24 +85,21 @@ async def _offer_minutes(soak: _Soak) -> list[dict[str, Any]]:
         consumer.assign([TopicPartition(s.topic_prefix + "recommendations", p)
                          for p in range(s.partitions)])
         await consumer.seek_to_end()
-        rx = asyncio.create_task(obs.receive(consumer))
-        t0, i = time.perf_counter(), 0
-        for minute in range(1, soak.minutes + 1):
-            while (elapsed := time.perf_counter() - t0) < minute * 60.0:
-                key, value = soak.payloads[i % len(soak.payloads)]
-                ev = orjson.loads(value)
-                ev["event_id"] = f"soak-{i}-{ev['event_id']}"
-                if ev.get("type") in s.recommend_on:
-                    obs.sent_at[ev["event_id"]] = time.perf_counter()
-                await producer.send(topic, orjson.dumps(ev), key=key)
-                i += 1
-                ahead = i / soak.rate - elapsed
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            samples.append(await asyncio.to_thread(_minute_sample, soak, minute, obs, i))
-        rx.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await rx
+        async with obs.watching(consumer):
+            t0, i = time.perf_counter(), 0
+            for minute in range(1, soak.minutes + 1):
+                while (elapsed := time.perf_counter() - t0) < minute * 60.0:
+                    key, value = soak.payloads[i % len(soak.payloads)]
+                    ev = orjson.loads(value)
+                    ev["event_id"] = f"soak-{i}-{ev['event_id']}"
+                    if ev.get("type") in s.recommend_on:
+                        obs.sent_at[ev["event_id"]] = time.perf_counter()
+                    await producer.send(topic, orjson.dumps(ev), key=key)
+                    i += 1
+                    ahead = i / soak.rate - elapsed
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                samples.append(await asyncio.to_thread(_minute_sample, soak, minute, obs, i))
     finally:
         await consumer.stop()
         await producer.stop()
