@@ -25,7 +25,7 @@ from stream.kafka.publish import default_partition
 from stream.settings import Settings
 from tests.helpers import poll_until
 from tests.integration.test_feedback import MIN, T0, ev, read, start_feedback
-from tests.integration.test_worker import get_json, offline_counts, worker
+from tests.integration.test_worker import get_json, offline_counts, wait_sharing, worker
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +71,7 @@ def _run(s1: Settings, s2: Settings, tmp_path: Path, first: list[tuple[str, dict
     moves on; checks the counts and the routing, returns (feedback, decisions) by id."""
     with worker(s1, tmp_path, "a"), worker(s2, tmp_path, "b"):
         bases = [f"http://127.0.0.1:{x.web_port}" for x in (s1, s2)]
-
-        def both_assigned() -> bool:
-            parts = [{p for p in get_json(f"{b}/health")[1]["assignment"]
-                      if p.startswith(s1.topic_prefix + "events:")} for b in bases]
-            return bool(parts[0]) and bool(parts[1]) and not parts[0] & parts[1]
-        poll_until(both_assigned, timeout=60, interval=0.5,
-                   message="the two workers share the events partitions")
+        wait_sharing(s1, bases)
         crc32_send(s1, first)
         decs: dict[str, dict[str, Any]] = {}
 

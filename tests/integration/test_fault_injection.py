@@ -20,7 +20,7 @@ from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from stream.worker.faults import ENV
 from tests.helpers import poll_until
-from tests.integration.test_worker import encode, get_json, make_events, offline_counts, send
+from tests.integration.test_worker import encode, make_events, send, wait_exact_counts
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +49,7 @@ def test_every_view_and_click_is_decided_whatever_the_crash_point(
     proc = start_worker(s, s.data_dir, tmp_path / "w2.log", small)
     try:
         wait_healthy(base, proc, 90, tmp_path / "w2.log")
-        want = offline_counts(events)
-
-        def exact() -> bool:
-            return all(get_json(f"{base}/features/{u}")[1].get("counts") == c
-                       for u, c in want.items())
-        poll_until(exact, timeout=90, interval=0.5,
-                   message="lifetime counts equal the offline counts after the restart")
+        wait_exact_counts(base, events)
         triggers = {f"rec:{e['event_id']}" for e in events if e["type"] in ("view", "click")}
         recs: set[str] = set()
         decisions: set[str] = set()
@@ -110,10 +104,7 @@ def test_six_sigkills_while_events_flow(settings_factory: Callable[..., Settings
     proc = start_worker(s, s.data_dir, tmp_path / "last.log", small)
     try:
         wait_healthy(base, proc, 90, tmp_path / "last.log")
-        want = offline_counts(events)
-        poll_until(lambda: all(get_json(f"{base}/features/{u}")[1].get("counts") == c
-                               for u, c in want.items()),
-                   timeout=120, interval=0.5, message="counts exact after six SIGKILLs")
+        wait_exact_counts(base, events, timeout=120)
         triggers = {f"rec:{e['event_id']}" for e in events if e["type"] in ("view", "click")}
         recs: set[str] = set()
 

@@ -83,6 +83,27 @@ def encode(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
     return [(ev["user_id"].encode(), orjson.dumps(ev)) for ev in events]
 
 
+def wait_exact_counts(base: str, events: list[dict[str, Any]], timeout: float = 90.0) -> None:
+    """Until the worker at `base` answers every user's lifetime counts as offline_counts."""
+    want = offline_counts(events)
+
+    def exact() -> bool:
+        return all(get_json(f"{base}/features/{u}")[1].get("counts") == c
+                   for u, c in want.items())
+    poll_until(exact, timeout=timeout, interval=0.5,
+               message="lifetime counts equal the offline counts")
+
+
+def wait_sharing(settings: Settings, bases: list[str]) -> None:
+    """Until the workers at `bases` hold disjoint, non-empty sets of events partitions."""
+    def shared() -> bool:
+        parts = [{p for p in get_json(f"{b}/health")[1]["assignment"]
+                  if p.startswith(settings.topic_prefix + "events:")} for b in bases]
+        return all(parts) and not set.intersection(*parts)
+    poll_until(shared, timeout=60, interval=0.5,
+               message="the workers share the events partitions")
+
+
 MALFORMED: list[tuple[str, bytes | None, bytes]] = [
     ("not_json", b"u1", b"{this is not json"),
     ("schema", b"u1", b'["a", "list"]'),
@@ -199,13 +220,7 @@ def test_sigkill_mid_stream_then_restart_gives_exact_counts(
     # more events (and replays of old ones) arrive while it is down
     send(s, encode(events[2000:]) + encode(events[100:400]))
     with worker(s, tmp_path, "w2"):
-        want = offline_counts(events)
-
-        def exact() -> bool:
-            return all(get_json(f"{base}/features/{u}")[1].get("counts") == c
-                       for u, c in want.items())
-        poll_until(exact, timeout=90, interval=0.5,
-                   message="lifetime counts equal the offline counts after the restart")
+        wait_exact_counts(base, events)
 
 
 def test_two_workers_split_partitions_without_double_counting(
@@ -216,13 +231,7 @@ def test_two_workers_split_partitions_without_double_counting(
     events = make_events(2000, users=40, seed=4)
     with worker(s1, tmp_path, "a"), worker(s2, tmp_path, "b"):
         bases = [f"http://127.0.0.1:{x.web_port}" for x in (s1, s2)]
-
-        def both_assigned() -> bool:
-            parts = [{p for p in get_json(f"{b}/health")[1]["assignment"]
-                      if p.startswith(s1.topic_prefix + "events:")} for b in bases]
-            return bool(parts[0]) and bool(parts[1]) and not parts[0] & parts[1]
-        poll_until(both_assigned, timeout=60, interval=0.5,
-                   message="the two workers share the events partitions")
+        wait_sharing(s1, bases)
         send(s1, encode(events))
         want = offline_counts(events)
 
