@@ -10,7 +10,8 @@ import torch
 
 from model.types import SeqItem
 
-METHODS: tuple[str, ...] = ("popularity", "covisitation", "gru", "sasrec")
+METHODS: tuple[str, ...] = ("popularity", "covisitation", "gru", "sasrec", "hybrid",
+                            "hybrid_without_sequence")
 
 Ranked = list[tuple[str, float]]
 
@@ -38,4 +39,7 @@ def load_recommender(directory: Path, method: str, device: torch.device | None =
     if method in ("gru", "sasrec"):
         from model.recommenders.neural import NeuralRecommender
         return NeuralRecommender.load(directory, device=device)
+    if method in ("hybrid", "hybrid_without_sequence"):
+        from model.recommenders.hybrid import HybridRecommender
+        return HybridRecommender.load(directory)
     raise ValueError(f"unknown recommender method {method!r}; known: {', '.join(METHODS)}")
