@@ -15,8 +15,14 @@ import torch
 
 from model.device import resolve_device
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
+from model.nets.gru import GRURec
+from model.nets.ranker import RankerConfig, RankerNet
 from model.predictor import Predictor
+from model.recommenders.candidates import CandidateConfig, CandidateTables
+from model.recommenders.counts import ItemCounts
+from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.neural import NeuralRecommender
+from model.recommenders.sequence import SequenceModel
 from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor
 from model.stats import percentile
@@ -52,6 +58,32 @@ def untrained_predictor(device: torch.device, n_items: int = 20_000, kind: str =
     net = build_recommender(kind, SeqRecConfig(n_items=vocab.size))
     risk = RiskNet(RiskConfig(max_len=8))
     return ModelPredictor(NeuralRecommender(net, vocab, device), RiskScorer(risk, device),
+                          version="untrained", risk_version="untrained", **batcher)
+
+
+def untrained_hybrid(device: torch.device, n_items: int = 20_000, **batcher: Any
+                     ) -> ModelPredictor:
+    """Default-size hybrid (tables of random neighbours and categories, random GRU and ranker)
+    + risk net: the compute of a trained one on a catalogue of n_items."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    items = [f"item{i}" for i in range(n_items)]
+    cfg = CandidateConfig()
+    nb = torch.randint(0, n_items, (n_items, cfg.neighbours), generator=g).tolist()
+    counts = ItemCounts(items, [float(n_items - i) for i in range(n_items)],
+                        [float((i * 7) % 100) for i in range(n_items)],
+                        [float(1 + i % 5) for i in range(n_items)],
+                        [f"c{i % 500}" for i in range(n_items)],
+                        {a: [(items[b], 1.0 / (1 + j)) for j, b in enumerate(row)]
+                         for a, row in zip(items, nb, strict=True)},
+                        float(n_items * n_items / 2), float(n_items * 50))
+    vocab = ItemVocab(n_items)
+    vocab.add_all(items)
+    net = GRURec(SeqRecConfig(n_items=vocab.size, repeat=False))
+    ranker = RankerNet(RankerConfig(len(HybridRecommender.feature_names(True))))
+    rec = HybridRecommender(CandidateTables.from_counts(counts, cfg), ranker,
+                            SequenceModel(net, vocab, "untrained"))
+    return ModelPredictor(rec, RiskScorer(RiskNet(RiskConfig(max_len=8)), device),
                           version="untrained", risk_version="untrained", **batcher)
 
 

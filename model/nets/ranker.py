@@ -12,7 +12,7 @@ from torch import nn
 @dataclass(frozen=True)
 class RankerConfig:
     n_features: int
-    hidden: int = 64
+    hidden: int = 32
     dropout: float = 0.1
 
     def to_dict(self) -> dict[str, Any]:

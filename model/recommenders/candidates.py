@@ -127,49 +127,38 @@ class CandidateTables:
 
     def encode(self, seqs: Sequence[Sequence[SeqItem]], exclude: Sequence[Collection[str]],
                categories: Sequence[str | None] | None = None) -> Encoded:
-        """The Python half: item strings to ids, one pass per history (newest first).
-        `categories` may give each trigger's category when the counts do not know it."""
-        cfg = self.cfg
-        index, n, cat_of, cat_index = self.index, self.n, self._category_list, self.cat_index
-        local: dict[str, int] = {}
+        """Item strings to ids (the only per-event Python: one dict lookup each), the rest in
+        whole-batch tensor ops. `categories` may give each trigger's category where the
+        counts do not know it."""
+        cfg, n, index = self.cfg, self.n, self.index
         b = len(seqs)
         width = max(1, min(cfg.history, max((len(s) for s in seqs), default=1)))
-        ids = [[0] * width for _ in range(b)]
-        ages = [[math.inf] * width for _ in range(b)]
-        minutes = [[0.0] * width for _ in range(b)]
-        types = [[0.0] * width for _ in range(b)]
-        anchors = [[0] * cfg.anchors for _ in range(b)]
-        cats = [[0] * cfg.categories for _ in range(b)]
-        trig = [0] * b
-        for r, seq in enumerate(seqs):
-            tail = seq[-width:]
-            now = tail[-1].ts_ms if tail else 0
-            trig[r] = EVENT_TYPE_INDEX.get(tail[-1].event_type, 0) if tail else 0
-            n_anchor = n_cat = 0
-            for j, e in enumerate(reversed(tail)):
-                i = index.get(e.item_id)
-                if i is None:
-                    i = local.setdefault(e.item_id, n + 1 + len(local))
-                ids[r][j], ages[r][j] = i, float(j)
-                minutes[r][j] = max(0, now - e.ts_ms) / 60_000.0
-                types[r][j] = TYPE_WEIGHT.get(e.event_type, 1.0)
-                if n_anchor < cfg.anchors and i not in anchors[r][:n_anchor]:
-                    anchors[r][n_anchor] = i
-                    n_anchor += 1
-                c = cat_of[i] if i <= n else 0
-                if not c and j == 0 and categories is not None and categories[r] is not None:
-                    c = cat_index.get(str(categories[r]), 0)
-                if c and n_cat < cfg.categories and c not in cats[r][:n_cat]:
-                    cats[r][n_cat] = c
-                    n_cat += 1
+        tails = [s[: -width - 1: -1] if len(s) > width else s[::-1] for s in seqs]  # newest first
+        flat = [e for t in tails for e in t]
+        local: dict[str, int] = {}
+        get = index.get
+        ids_flat = [get(e[0]) or local.setdefault(e[0], n + 1 + len(local)) for e in flat]
+        lens = torch.tensor([len(t) for t in tails], dtype=torch.int64)
+        real = torch.arange(width)[None, :] < lens[:, None]
+        ids = torch.zeros((b, width), dtype=torch.int64)
+        ids[real] = torch.tensor(ids_flat, dtype=torch.int64)
+        ts = torch.zeros((b, width), dtype=torch.int64)
+        ts[real] = torch.tensor([e[2] for e in flat], dtype=torch.int64)
+        types = torch.zeros((b, width))
+        types[real] = torch.tensor([TYPE_WEIGHT.get(e[1], 1.0) for e in flat])
+        ages = torch.where(real, torch.arange(width, dtype=torch.float32)[None, :], math.inf)
+        minutes = torch.where(real, (ts[:, :1] - ts).clamp(min=0) / 60_000.0, 0.0)
+        cat = self.category[ids * (ids <= n)]
+        if categories is not None:  # the trigger's own category, where the counts lack it
+            given = [self.cat_index.get(str(c), 0) if c is not None else 0 for c in categories]
+            cat[:, 0] = torch.where(cat[:, 0] > 0, cat[:, 0], torch.tensor(given))
+        trig = torch.tensor([EVENT_TYPE_INDEX.get(t[0][1], 0) if t else 0 for t in tails],
+                            dtype=torch.int64)
         excl = [[index.get(x) or local.get(x, 0) for x in ex] or [0] for ex in exclude]
-        width_e = max(len(x) for x in excl) if excl else 1
+        width_e = max((len(x) for x in excl), default=1)
         excluded = torch.tensor([x + [0] * (width_e - len(x)) for x in excl], dtype=torch.int64)
-        return Encoded(torch.tensor(ids, dtype=torch.int64), torch.tensor(ages),
-                       torch.tensor(minutes), torch.tensor(types),
-                       torch.tensor(anchors, dtype=torch.int64),
-                       torch.tensor(cats, dtype=torch.int64),
-                       torch.tensor(trig, dtype=torch.int64), excluded.reshape(b, -1),
+        return Encoded(ids, ages, minutes, types, _first_distinct(ids, cfg.anchors),
+                       _first_distinct(cat, cfg.categories), trig, excluded.reshape(b, -1),
                        list(local))
 
     def name(self, i: int, enc: Encoded) -> str:
@@ -230,6 +219,20 @@ class CandidateTables:
                    torch.log1p(mask.sum(1).float())]
         dense.extend(v[:, None].expand(b, c) for v in per_row)
         return torch.stack(dense, 2) * mask[..., None]
+
+
+def _first_distinct(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) the first k distinct non-zero values of each row of x (B, L), in row order
+    (0 pads)."""
+    n = x.shape[1]
+    earlier = torch.ones((n, n), dtype=torch.bool).tril(-1)  # [i, j]: j comes before i
+    dup = ((x[:, :, None] == x[:, None, :]) & earlier).any(2)
+    keep = (x > 0) & ~dup
+    rank = keep.cumsum(1) - 1
+    take = keep & (rank < k)
+    out = torch.zeros((x.shape[0], k + 1), dtype=x.dtype)
+    out.scatter_(1, torch.where(take, rank, k), x * take)  # others land in a dropped column
+    return out[:, :k]
 
 
 def _category_top(popularity: torch.Tensor, category: torch.Tensor, n_cats: int, k: int

@@ -77,6 +77,10 @@ class HybridRecommender:
             self._maps = (to_vocab, to_table)
         return self._maps
 
+    def sequence_changed(self) -> None:
+        """Call after the sequence model's vocabulary grew (fine-tuning): ids are re-mapped."""
+        self._maps = None
+
     def batch(self, seqs: Sequence[Sequence[SeqItem]], exclude: Sequence[Collection[str]],
               states: Sequence[SeqState | None] | None = None,
               categories: Sequence[str | None] | None = None) -> Batch:

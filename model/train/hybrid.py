@@ -30,7 +30,7 @@ class HybridConfig:
     valid_frac: float = 0.15  # last events of the training period: picks the served method
     ranker_cases: int = 8000  # next-item cases of the ranker slice used (sampled)
     seq_valid_cases: int = 1000  # cases of the ranker slice that early-stop the sequence model
-    hidden: int = 64
+    hidden: int = 32
     epochs: int = 40
     lr: float = 3e-3
     batch: int = 128

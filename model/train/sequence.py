@@ -93,7 +93,7 @@ def batches(data: list[Rows], tokens: int, rng: random.Random) -> list[list[Rows
     return out
 
 
-def _inputs(chunk: list[Rows], max_len: int) -> tuple[SeqBatch, torch.Tensor]:
+def window_inputs(chunk: list[Rows], max_len: int) -> tuple[SeqBatch, torch.Tensor]:
     """Inputs (all but each window's last event) and next-item targets (-100: none)."""
     batch = encode_rows([r[:-1] for r in chunk], max_len, pad_to=max(len(r) - 1 for r in chunk))
     n = batch.items.shape[1]
@@ -147,7 +147,7 @@ def _epoch(model: SequenceModel, opt: torch.optim.Optimizer, data: list[Rows],
     for chunk in batches(data, cfg.tokens, rng):
         if steps and time.perf_counter() > deadline:
             break
-        batch, targets = _inputs(chunk, model.max_len)
+        batch, targets = window_inputs(chunk, model.max_len)
         if not (targets >= 0).any():
             continue
         loss = next_item_loss(net, batch, targets, cfg.negatives)

@@ -194,3 +194,41 @@ def test_a_state_of_another_version_is_re_encoded() -> None:
     newer = stale._replace(version="v1", last_ts_ms=hist[-1].ts_ms + 1)
     for blob in (b"junk", b"", state_to_bytes(newer)):
         torch.testing.assert_close(rec.advance([hist], [blob])[0].hidden, fresh.hidden)
+
+
+def _ring(users: int, length: int, shift: int = 1, t0: int = 0) -> dict[str, list[SeqItem]]:
+    """Users walk a ring of 25 items `shift` steps at a time."""
+    return {f"u{u}": [SeqItem(f"i{(u + shift * j) % 25}", "view", t0 + 60_000 * j + u)
+                      for j in range(length)] for u in range(users)}
+
+
+def test_fine_tune_scores_each_poll_before_learning_from_it() -> None:
+    """A stream that changes its habit (two steps around the ring, then a new item): the
+    poll is scored before the model learns from it, and the next poll scores higher."""
+    from model.train.finetune import FineTuneConfig, fine_tune, poll_cases
+    from model.train.hybrid import HybridConfig, fit_hybrid, tables_of
+    from model.train.sequence import SeqTrainConfig
+
+    train = _ring(40, 30)
+    cfg = HybridConfig(epochs=5, ranker_cases=400)
+    fit = fit_hybrid(train, {}, cfg, SeqTrainConfig(dim=16, max_len=8, epochs=3, budget_s=20))
+    rec = fit.build(tables_of(train, {}, cfg), cfg)[0]
+    assert rec.seq is not None
+    n_vocab = len(rec.seq.vocab)
+    hist = {u: s[-5:] for u, s in _ring(40, 30).items()}
+    polls = []
+    for p in range(4):
+        new = _ring(40, 6, shift=2, t0=10 ** 9 + p * 10 ** 7)
+        new["u0"].append(SeqItem("brand-new", "view", 2 * 10 ** 9))
+        users = {u: hist[u] + new[u] for u in hist}
+        assert len(poll_cases(users, {u: len(hist[u]) for u in hist}, 8)) >= 40 * 5
+        polls.append(fine_tune(rec, users, {u: len(hist[u]) for u in hist},
+                               FineTuneConfig(epochs=3, lr=5e-3, ranker_lr=5e-3)))
+        hist = {u: s[-5:] for u, s in users.items()}
+    assert all(r.ranker_loss is not None and r.sequence_loss is not None for r in polls)
+    assert polls[0].new_items == 1 and len(rec.seq.vocab) == n_vocab + 1
+    assert polls[-1].prequential["hr@20"] >= polls[0].prequential["hr@20"]
+    assert polls[-1].prequential["mrr@20"] > polls[0].prequential["mrr@20"]
+    # the grown model still serves, the new item among what it can name
+    out = rec.recommend([users["u1"]], 5, [frozenset()])[0]
+    assert len(out) == 5
