@@ -18,13 +18,14 @@ from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
 from model.nets.gru import GRURec
 from model.nets.ranker import RankerConfig, RankerNet
 from model.predictor import Predictor
+from model.recommenders.base import Recommender
 from model.recommenders.candidates import CandidateConfig, CandidateTables
 from model.recommenders.counts import ItemCounts
 from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.neural import NeuralRecommender
 from model.recommenders.sequence import SequenceModel
 from model.risk.model import RiskScorer
-from model.serving import ModelPredictor, load_predictor
+from model.serving import ModelPredictor, load_predictor, with_trigger
 from model.stats import percentile
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
@@ -166,15 +167,20 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     if data_dir is not None:
         pred = load_predictor(data_dir, device=device, prefer=prefer)
     if not isinstance(pred, ModelPredictor):
-        kind = prefer if prefer in ("gru", "sasrec") else "sasrec"
+        kind = prefer if prefer in ("gru", "sasrec") else "hybrid"
         say(f"registry empty (or baseline): benchmarking default-size untrained {kind} + risk")
-        pred = untrained_predictor(dev, kind=kind)
+        pred = untrained_hybrid(dev) if kind == "hybrid" else untrained_predictor(dev, kind=kind)
     assert isinstance(pred, ModelPredictor)
-    rec = pred.recommender
-    items = ([i for i in (rec.vocab.item(j) for j in rec.vocab.known_ids()) if i]
-             if isinstance(rec, NeuralRecommender) else [f"item{i}" for i in range(5000)])
-    contexts = synthetic_contexts(2048, items[:50_000])
+    contexts = synthetic_contexts(2048, _catalogue(pred.recommender)[:50_000])
     pred.compute(contexts[:64])  # warm up kernels and caches
+    # today's served path before the hybrid, measured in the same sitting: the floor the
+    # served model's per-event rate is held to
+    sasrec = None
+    if pred.name != "sasrec":
+        floor = untrained_predictor(dev)
+        floor.compute(contexts[:64])
+        sasrec = per_event(floor, contexts, seconds)
+        floor.close()
     # The model, the imports and the synthetic contexts (100k+ SeqItems, tuple subclasses the
     # cyclic GC never untracks) live for the whole run. Frozen, as the worker freezes what it
     # loaded at start-up, a full collection scans only what the measurement allocates instead
@@ -182,9 +188,32 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     gc.collect()
     gc.freeze()
     try:
-        return _measure(pred, contexts, dev, seconds, concurrency, say)
+        result = _measure(pred, contexts, dev, seconds, concurrency, say)
     finally:
         gc.unfreeze()
+    result["candidates"] = _candidates(pred.recommender, contexts[:256])
+    if sasrec is not None:
+        result["sasrec_per_event_pps"] = round(sasrec["pps"], 1)
+    return result
+
+
+def _catalogue(rec: Recommender) -> list[str]:
+    """Item names the synthetic contexts draw from: the model's own where it has a table."""
+    if isinstance(rec, NeuralRecommender):
+        return [i for i in (rec.vocab.item(j) for j in rec.vocab.known_ids()) if i]
+    if isinstance(rec, HybridRecommender):
+        return list(rec.tables.items)
+    return [f"item{i}" for i in range(5000)]
+
+
+def _candidates(rec: Recommender, contexts: list[PredictionContext]) -> float | None:
+    """Items scored per event: the hybrid's candidates, a sequence net's whole table."""
+    if isinstance(rec, HybridRecommender):
+        b = rec.batch([with_trigger(c) for c in contexts], [{c.item_id} for c in contexts])
+        return round(float(b.cand.mask.sum(1).float().mean()), 1)
+    if isinstance(rec, NeuralRecommender):
+        return float(rec.net.config.n_items)
+    return None
 
 
 def _measure(pred: ModelPredictor, contexts: list[PredictionContext], dev: torch.device,
@@ -212,7 +241,8 @@ def _measure(pred: ModelPredictor, contexts: list[PredictionContext], dev: torch
     head = max(ok or levels, key=lambda r: r["pps"])
     metrics = pred.metrics()
     pred.close()
-    return {"device": str(dev), "model": pred.name, "model_version": pred.version,
+    return {"device": str(dev), "model": pred.name, "method": pred.name,
+            "model_version": pred.version,
             "risk_model_version": pred.risk_version, "per_event_pps": round(single["pps"], 1),
             "per_event_p50_ms": round(single["p50_ms"], 3),
             "per_event_p99_ms": round(single["p99_ms"], 3),

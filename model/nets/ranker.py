@@ -26,6 +26,9 @@ class RankerNet(nn.Module):
     kept as buffers, so a saved ranker reads raw features as they were at training time.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
         self.config = config

@@ -73,9 +73,9 @@ def covisitation(seqs: Iterable[Sequence[SeqItem]], *, window: int = 5, keep: in
                     pair[a.item_id][b.item_id] += w
                     pair[b.item_id][a.item_id] += w * backward
     out: Neighbours = {}
-    for a, row in pair.items():
-        sims = ((b, c / math.sqrt(n[a] * n[b])) for b, c in row.items())
-        out[a] = heapq.nlargest(keep, sims, key=lambda kv: kv[1])
+    for item, row in pair.items():
+        sims = ((b, c / math.sqrt(n[item] * n[b])) for b, c in row.items())
+        out[item] = heapq.nlargest(keep, sims, key=lambda kv: kv[1])
     return out
 
 

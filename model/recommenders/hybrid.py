@@ -158,7 +158,8 @@ class HybridRecommender:
     def scores(self, b: Batch) -> torch.Tensor:
         """(B, C) ranker scores, -inf where there is no candidate."""
         with torch.inference_mode():
-            return self.ranker(b.x).masked_fill(~b.cand.mask, float("-inf"))
+            s: torch.Tensor = self.ranker(b.x)
+            return s.masked_fill(~b.cand.mask, float("-inf"))
 
     def recommend(self, seqs: Sequence[Sequence[SeqItem]], k: int,
                   exclude: Sequence[Collection[str]],

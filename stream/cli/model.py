@@ -218,8 +218,8 @@ def bench_inference(
     json_out: JsonOpt = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_dir: DataDirOpt = None,
-    prefer: Annotated[str, typer.Option(help="Recommender to bench: sasrec (default), gru, "
-                                        "auto (the served one), covisitation.")] = "sasrec",
+    prefer: Annotated[str, typer.Option(help="Recommender to bench: auto (default: the served "
+                                        "one), hybrid, sasrec, gru, covisitation.")] = "auto",
     seconds: Annotated[float, typer.Option(help="Seconds per measured level.")] = 3.0,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's "
                                                 "choice, one per core).")] = None,
@@ -231,8 +231,10 @@ def bench_inference(
 
     with _errors():
         ddir = _data_dir(data_dir)
-        if prefer not in ("auto", "covisitation", "popularity", "gru", "sasrec"):
-            raise ValueError("--prefer must be auto, sasrec, gru, covisitation or popularity")
+        if prefer not in ("auto", "covisitation", "popularity", "gru", "sasrec", "hybrid",
+                          "hybrid_without_sequence"):
+            raise ValueError("--prefer must be auto, hybrid, hybrid_without_sequence, sasrec, "
+                             "gru, covisitation or popularity")
         has = ModelRegistry(ddir).latest("recommender") is not None
         if has and prefer != "auto":
             methods = ModelRegistry(ddir).manifest("recommender").get("methods", [])
