@@ -36,6 +36,7 @@ class HybridConfig:
     batch: int = 128
     patience: int = 4
     top_k: int = 50  # the sequence model's top items added to the candidates
+    warm_start: bool = True  # the hybrid's ranker starts as the one without the sequence
     half_s: float = 3600.0  # co-visitation time decay (see counts.time_decay)
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     seed: int = 0
@@ -113,10 +114,24 @@ def _mrr(net: RankerNet, chunks: Sequence[Chunk], k: int = 20) -> float:
     return total / max(1, n)
 
 
+def warm_start(net: RankerNet, start: RankerNet) -> None:
+    """net computes what `start` does from net's first features (start's), the others
+    weighted zero to begin with: training from there can only keep what helps on held-out
+    cases (the ranker with the sequence model's features starts as the one without)."""
+    n = start.config.n_features
+    with torch.no_grad():
+        net.mean[:n], net.std[:n] = start.mean, start.std
+        for mine, theirs in zip(net.mlp, start.mlp, strict=True):
+            if isinstance(mine, torch.nn.Linear) and isinstance(theirs, torch.nn.Linear):
+                mine.weight.zero_()
+                mine.weight[:, : theirs.weight.shape[1]] = theirs.weight
+                mine.bias.copy_(theirs.bias)
+
+
 def train_ranker(chunks: list[Chunk], cfg: HybridConfig, say: Callable[[str], None],
-                 name: str) -> RankerNet:
+                 name: str, start: RankerNet | None = None) -> RankerNet:
     """Listwise softmax over each case's candidates; the epoch with the best MRR@20 on a
-    held-out tenth of the chunks is kept."""
+    held-out tenth of the chunks is kept (epoch 0 too, when warm-started from `start`)."""
     if not chunks:
         raise DataError("no ranker training case has its target among the candidates")
     torch.manual_seed(cfg.seed)
@@ -129,8 +144,12 @@ def train_ranker(chunks: list[Chunk], cfg: HybridConfig, say: Callable[[str], No
     net = RankerNet(RankerConfig(chunks[0].x.shape[2], cfg.hidden))
     net.set_scale(torch.cat([c.x[c.mask] for c in fit])[None], torch.ones(
         (1, sum(int(c.mask.sum()) for c in fit)), dtype=torch.bool))
+    best = -1.0
+    if start is not None:
+        warm_start(net, start)
+        best = _mrr(net, hold or fit)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=1e-5)
-    best, best_state, since, epoch = -1.0, copy.deepcopy(net.state_dict()), 0, 0
+    best_state, since, epoch = copy.deepcopy(net.state_dict()), 0, 0
     while epoch < cfg.epochs:
         epoch += 1
         net.train()
@@ -187,10 +206,10 @@ def fit_hybrid(train: Users, categories: Mapping[str, str], cfg: HybridConfig = 
                                  cfg.ranker_cases, cfg.seed)
     with_seq, plain = HybridRecommender(tables, RankerNet(RankerConfig(1)), seq, cfg.top_k), \
         HybridRecommender(tables, RankerNet(RankerConfig(1)), None)
-    chunks, recall = ranker_chunks(with_seq, cases, cfg.batch)
-    ranker = train_ranker(chunks, cfg, say, "hybrid")
     chunks, recall_plain = ranker_chunks(plain, cases, cfg.batch)
     ranker_plain = train_ranker(chunks, cfg, say, "hybrid_without_sequence")
+    chunks, recall = ranker_chunks(with_seq, cases, cfg.batch)
+    ranker = train_ranker(chunks, cfg, say, "hybrid", ranker_plain if cfg.warm_start else None)
     notes = {"sequence_model": {"kind": "gru", **report.to_json()},
              "ranker_cases": len(cases), "ranker_cases_total": total,
              "ranker_candidate_recall": round(recall, 4),

@@ -20,6 +20,9 @@ from model.recommenders.sequence import (
     state_to_bytes,
 )
 from model.serving import ModelPredictor
+from model.train.finetune import FineTuneConfig, fine_tune, poll_cases
+from model.train.hybrid import HybridConfig, fit_hybrid, tables_of
+from model.train.sequence import SeqTrainConfig
 from model.types import PredictionContext, SeqItem
 from model.vocab import ItemVocab
 
@@ -205,10 +208,6 @@ def _ring(users: int, length: int, shift: int = 1, t0: int = 0) -> dict[str, lis
 def test_fine_tune_scores_each_poll_before_learning_from_it() -> None:
     """A stream that changes its habit (two steps around the ring, then a new item): the
     poll is scored before the model learns from it, and the next poll scores higher."""
-    from model.train.finetune import FineTuneConfig, fine_tune, poll_cases
-    from model.train.hybrid import HybridConfig, fit_hybrid, tables_of
-    from model.train.sequence import SeqTrainConfig
-
     train = _ring(40, 30)
     cfg = HybridConfig(epochs=5, ranker_cases=400)
     fit = fit_hybrid(train, {}, cfg, SeqTrainConfig(dim=16, max_len=8, epochs=3, budget_s=20))
