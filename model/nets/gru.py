@@ -38,7 +38,7 @@ class GRURec(SeqRecNet):
              gaps: torch.Tensor) -> torch.Tensor:
         """The state after one more event per row (items, types, gaps: (B,) ids, type index,
         gap bucket): one GRU step, whatever the length of the history before it."""
-        x = self.item_emb(items) + self.type_emb(types) + self.gap_emb(gaps)
+        x = self.item_vectors(items) + self.type_emb(types) + self.gap_emb(gaps)
         _, h = self.gru(x[:, None, :], state)
         out: torch.Tensor = h
         return out

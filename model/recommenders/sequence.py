@@ -97,7 +97,7 @@ class SequenceModel:
         """(B, C) next-item logits of vocabulary ids (B, C) for readouts h (B, d)."""
         net = self.net
         with torch.inference_mode():
-            emb = net.item_emb(ids)
+            emb = net.item_vectors(ids)
             return torch.baddbmm(net.item_bias[ids][:, :, None], emb, h[:, :, None])[..., 0]
 
     def top(self, h: torch.Tensor, k: int) -> torch.Tensor:
@@ -105,7 +105,7 @@ class SequenceModel:
         net = self.net
         k = min(k, self.n_items - RESERVED)
         with torch.inference_mode():
-            logits = torch.addmm(net.item_bias, h, net.item_emb.weight.T)
+            logits = torch.addmm(net.item_bias, h, net.item_table().T)
             logits[:, :RESERVED] = float("-inf")
             return torch.topk(logits, k, 1).indices
 

@@ -200,7 +200,7 @@ def fit_hybrid(train: Users, categories: Mapping[str, str], cfg: HybridConfig = 
     first, upto_valid = before(train, sl.t_ranker), before(train, sl.t_valid)
     seq_valid, _ = cases_between(upto_valid, sl.t_ranker, sl.t_valid, seq_cfg.max_len,
                                  cfg.seq_valid_cases, cfg.seed + 1)
-    seq, report = train_sequence(first, seq_valid, seq_cfg, say)
+    seq, report = train_sequence(first, seq_valid, seq_cfg, say, categories)
     tables = tables_of(first, categories, cfg)
     cases, total = cases_between(upto_valid, sl.t_ranker, sl.t_valid, seq_cfg.max_len,
                                  cfg.ranker_cases, cfg.seed)

@@ -84,7 +84,7 @@ def sampled_loss(net: SeqRecNet, batch: SeqBatch, targets: torch.Tensor, negativ
     tgt_c = inverse[n_hist: n_hist + len(pos[0])]
     hq = h[pos]  # (N, d)
     cur = batch.items[pos]
-    explore = hq @ net.item_emb(cand).T + net.item_bias[cand]
+    explore = hq @ net.item_vectors(cand).T + net.item_bias[cand]
     explore = explore.masked_fill((cand < RESERVED)[None, :] | (cand[None, :] == cur[:, None]),
                                   float("-inf"))
     # Only the target's log-probability is needed, so the mixture is evaluated at the target

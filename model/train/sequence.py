@@ -43,6 +43,7 @@ class SeqTrainConfig:
     patience: int = 2
     budget_s: float = 90.0
     capacity: int = 200_000
+    categories: bool = True  # category embeddings when the items have categories
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def next_item_loss(net: GRURec, batch: SeqBatch, targets: torch.Tensor, negative
         rand = torch.randint(RESERVED, n_items, (negatives,))
         cand, inverse = torch.unique(torch.cat([tgt, rand]), return_inverse=True)
         label = inverse[: len(tgt)]
-    logits = torch.addmm(net.item_bias[cand], hq, net.item_emb(cand).T)
+    logits = torch.addmm(net.item_bias[cand], hq, net.item_vectors(cand).T)
     logits = logits.masked_fill(cand[None, :] == cur[:, None], float("-inf"))
     return torch.nn.functional.cross_entropy(logits, label)
 
@@ -161,9 +162,28 @@ def _epoch(model: SequenceModel, opt: torch.optim.Optimizer, data: list[Rows],
     return total / max(1, steps)
 
 
+def new_model(users: Mapping[str, Sequence[SeqItem]], categories: Mapping[str, str],
+              cfg: SeqTrainConfig) -> SequenceModel:
+    """An untrained GRU over the items of `users`, with category embeddings when the items
+    have categories (`cfg.categories`)."""
+    vocab = build_vocab(users, 1, cfg.capacity)
+    table = vocab.item_table()
+    cats = sorted({categories[i] for i in table if i is not None and i in categories})
+    n_cats = len(cats) if cfg.categories else 0
+    net = GRURec(SeqRecConfig(n_items=vocab.size, dim=cfg.dim, layers=2 * cfg.layers,
+                              max_len=cfg.max_len, dropout=cfg.dropout, repeat=False,
+                              n_categories=n_cats))
+    if n_cats:
+        index = {c: i + 1 for i, c in enumerate(cats)}
+        net.set_categories(torch.tensor(
+            [index.get(categories.get(i or "", ""), 0) for i in table], dtype=torch.int64))
+    return SequenceModel(net, vocab)
+
+
 def train_sequence(users: Mapping[str, Sequence[SeqItem]], valid: Sequence[Case],
                    cfg: SeqTrainConfig = SeqTrainConfig(),
-                   progress: Callable[[str], None] | None = None
+                   progress: Callable[[str], None] | None = None,
+                   categories: Mapping[str, str] | None = None
                    ) -> tuple[SequenceModel, SeqTrainReport]:
     """A fresh GRU trained on `users` within `cfg.budget_s`; with `valid` cases (after the
     training data in time) the best epoch's weights are kept, patience `cfg.patience`."""
@@ -171,10 +191,8 @@ def train_sequence(users: Mapping[str, Sequence[SeqItem]], valid: Sequence[Case]
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    vocab = build_vocab(users, 1, cfg.capacity)
-    net = GRURec(SeqRecConfig(n_items=vocab.size, dim=cfg.dim, layers=2 * cfg.layers,
-                              max_len=cfg.max_len, dropout=cfg.dropout, repeat=False))
-    model = SequenceModel(net, vocab)
+    model = new_model(users, categories or {}, cfg)
+    net = model.net
     data = windows(users, model)
     if not data:
         raise DataError("no training sequence has two events")
