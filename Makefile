@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install clean browser-deps
+.PHONY: demo test lint docs install clean browser-deps soak faults
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check stream model tests
 	$(BIN)/mypy stream model
 
+# The generated references docs/settings.md and docs/cli.md (a unit test fails when they are stale)
+docs: $(STAMP)
+	$(BIN)/python -m stream.cli.refdocs
+
 # The dashboard's browser test drives Debian's Chromium: installed here where apt-get can (CI
 # runs as root); elsewhere that test skips and says why.
 browser-deps:
@@ -35,6 +39,15 @@ browser-deps:
 
 test: lint browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Long fault runs, by hand (pyproject's addopts deselect the `faults` marker everywhere else):
+# a broker frozen for 30 s mid-stream, past the group session timeout
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m faults
+
+# Long runs, by hand (not in `make test`): a 20-minute soak at 1,000 events/s.
+soak: $(STAMP)
+	$(BIN)/lamstream bench soak --minutes 20 --rate 1000 --json
 
 clean:
 	rm -rf $(VENV) .lamstream .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -12,8 +12,10 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from model.errors import BatcherClosed, Overloaded
+from model.errors import BatcherClosed, BatchError, ConfigError, Overloaded
 from model.stats import percentile
+
+__all__ = ["HIST_BOUNDS", "MicroBatcher"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,7 +69,7 @@ class MicroBatcher(Generic[T, R]):
                  timeout_s: float | None = 10.0, block_s: float | None = 10.0,
                  name: str = "micro-batcher", inference_mode: bool = True) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+            raise ConfigError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
@@ -210,7 +212,7 @@ class MicroBatcher(Generic[T, R]):
                 else:
                     results = self.fn([r.payload for r in live])
                 if len(results) != len(live):
-                    raise RuntimeError(f"batch function returned {len(results)} results "
+                    raise BatchError(f"batch function returned {len(results)} results "
                                        f"for {len(live)} requests")
             except Exception as e:  # noqa: BLE001 - delivered to exactly this batch's callers
                 error = e

@@ -18,7 +18,7 @@ from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
 from model.nets.gru import GRURec
 from model.nets.ranker import RankerConfig, RankerNet
 from model.predictor import Predictor
-from model.recommenders.base import Recommender
+from model.recommenders.base import NEURAL_METHODS, Recommender
 from model.recommenders.candidates import CandidateConfig, CandidateTables
 from model.recommenders.counts import ItemCounts
 from model.recommenders.hybrid import HybridRecommender
@@ -29,6 +29,11 @@ from model.serving import ModelPredictor, load_predictor, with_trigger
 from model.stats import percentile
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
+
+__all__ = [
+    "CONCURRENCY", "batched", "direct", "per_event", "run_inference_bench", "synthetic_contexts",
+    "untrained_predictor",
+]
 
 CONCURRENCY: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512)
 
@@ -167,7 +172,7 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     if data_dir is not None:
         pred = load_predictor(data_dir, device=device, prefer=prefer)
     if not isinstance(pred, ModelPredictor):
-        kind = prefer if prefer in ("gru", "sasrec") else "hybrid"
+        kind = prefer if prefer in NEURAL_METHODS else "hybrid"
         say(f"registry empty (or baseline): benchmarking default-size untrained {kind} + risk")
         pred = untrained_hybrid(dev) if kind == "hybrid" else untrained_predictor(dev, kind=kind)
     assert isinstance(pred, ModelPredictor)

@@ -35,7 +35,7 @@ Layouts (see ../shared/data/README.md for the files):
 
 Values that cannot be converted pass through as found, so validation downstream reports them
 (the worker sends such events to the DLQ). Structural problems (wrong column count, missing
-columns) raise ValueError naming the file and line. Sources without event ids get
+columns) raise DataError (a ValueError) naming the file and line. Sources without event ids get
 deterministic ones, ``f"{layout}-{line}-{crc32(line):08x}"``: replaying a file twice yields
 the same ids, which is how duplicate handling is exercised.
 """
@@ -54,6 +54,13 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import orjson
+
+from model.errors import ConfigError, DataError
+
+__all__ = [
+    "EVENT_FIELDS", "LAYOUTS", "OTTO_TYPES", "PathLike", "REQUIRED_FIELDS", "TAOBAO_TYPES",
+    "TYPE_ALIASES", "detect_layout", "iter_events", "iter_fraud_labels", "iter_payloads",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +101,7 @@ class _Source:
                     self.first = line.strip()
                     break
         except (OSError, EOFError) as exc:
-            raise ValueError(f"cannot read {self.name}: {exc}") from None
+            raise DataError(f"cannot read {self.name}: {exc}") from None
         finally:
             if path != "-":  # stdin is not ours to close; its peeked lines are replayed
                 f.close()
@@ -107,12 +114,12 @@ class _Source:
         p = Path(self.path)
         try:
             if p.is_dir():
-                raise ValueError(f"{p} is a directory, not a data file")
+                raise DataError(f"{p} is a directory, not a data file")
             if p.suffix.lower() == ".gz":
                 return cast(IO[bytes], gzip.open(p, "rb"))
             return p.open("rb")
         except OSError as exc:
-            raise ValueError(f"cannot read {p}: {exc.strerror or exc}") from None
+            raise DataError(f"cannot read {p}: {exc.strerror or exc}") from None
 
     def lines(self) -> Iterator[bytes]:
         """Every line (newline included), from the first one."""
@@ -125,7 +132,7 @@ class _Source:
             try:
                 yield from f
             except (OSError, EOFError) as exc:
-                raise ValueError(f"cannot read {self.name}: {exc}") from None
+                raise DataError(f"cannot read {self.name}: {exc}") from None
 
 
 def _event_id(layout: str, line_no: int, raw: bytes) -> str:
@@ -135,7 +142,7 @@ def _event_id(layout: str, line_no: int, raw: bytes) -> str:
 def _sniff(src: _Source, has_mapping: bool) -> str:
     first = src.first
     if not first:
-        raise ValueError(f"{src.name} is empty")
+        raise DataError(f"{src.name} is empty")
     if first.startswith(b"{"):
         try:
             obj = orjson.loads(first)
@@ -159,14 +166,14 @@ def _sniff(src: _Source, has_mapping: bool) -> str:
         return "taobao"
     if has_mapping or set(REQUIRED_FIELDS) <= {c.strip() for c in _split_header(text)}:
         return "csv"
-    raise ValueError(f"cannot tell the layout of {src.name} from its first line "
+    raise DataError(f"cannot tell the layout of {src.name} from its first line "
                      f"{text[:80]!r}; pass a layout ({', '.join(LAYOUTS)})")
 
 
 def detect_layout(path: PathLike) -> str:
     """The layout of a file, sniffed from its first line and extension (not for stdin)."""
     if path == "-":
-        raise ValueError("detect_layout cannot peek at stdin; use iter_events('-', 'auto')")
+        raise ConfigError("detect_layout cannot peek at stdin; use iter_events('-', 'auto')")
     return _sniff(_Source(path), has_mapping=False)
 
 
@@ -198,7 +205,7 @@ def _taobao(src: _Source) -> Iterator[dict[str, Any]]:
             continue
         parts = line.decode("utf-8", "replace").split(",")
         if len(parts) != 5:
-            raise ValueError(f"{src.name}:{no}: taobao rows have 5 columns "
+            raise DataError(f"{src.name}:{no}: taobao rows have 5 columns "
                              f"(user_id,item_id,category_id,behavior,ts), got {len(parts)}")
         user, item, cat, behavior, ts = (p.strip() for p in parts)
         if no == 1 and tuple(p.lower() for p in (user, item, cat, behavior, ts)) == \
@@ -216,7 +223,7 @@ def _yoochoose(src: _Source) -> Iterator[dict[str, Any]]:
     try:
         i_s, i_i, i_t = header.index("sessionid"), header.index("itemid"), header.index("time")
     except ValueError:
-        raise ValueError(f"{src.name}:1: yoochoose header needs SessionId, ItemId and Time, "
+        raise DataError(f"{src.name}:1: yoochoose header needs SessionId, ItemId and Time, "
                          f"got {header}") from None
 
     def events() -> Iterator[dict[str, Any]]:
@@ -226,7 +233,7 @@ def _yoochoose(src: _Source) -> Iterator[dict[str, Any]]:
                 continue
             parts = line.decode("utf-8", "replace").split("\t")
             if len(parts) != len(header):
-                raise ValueError(f"{src.name}:{no}: expected {len(header)} tab-separated "
+                raise DataError(f"{src.name}:{no}: expected {len(header)} tab-separated "
                                  f"columns, got {len(parts)}")
             session = parts[i_s].strip()
             yield {"event_id": _event_id("yoochoose", no, line), "user_id": session,
@@ -273,7 +280,7 @@ def _otto(src: _Source) -> Iterator[dict[str, Any]]:
             session, events = str(obj["session"]), obj["events"]
             rows = [(str(e["aid"]), e["ts"], str(e["type"])) for e in events]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{src.name}:{no}: not an OTTO session "
+            raise DataError(f"{src.name}:{no}: not an OTTO session "
                              f"{{session, events: [{{aid, ts, type}}]}} ({exc})") from None
         crc = zlib.crc32(line) & 0xFFFFFFFF
         for i, (aid, ts, kind) in enumerate(rows):
@@ -295,7 +302,7 @@ def _csv_rows(src: _Source) -> tuple[list[str], Iterator[tuple[int, list[str], b
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) != len(header):
-                raise ValueError(f"{src.name}:{reader.line_num + 1}: expected {len(header)} "
+                raise DataError(f"{src.name}:{reader.line_num + 1}: expected {len(header)} "
                                  f"columns, got {len(cells)}")
             yield reader.line_num + 1, cells, "\x1f".join(cells).encode()
 
@@ -358,18 +365,18 @@ def _fraud(src: _Source) -> Iterator[dict[str, Any]]:
     col = {c.lower(): i for i, c in enumerate(header)}
     missing = [c for c in ("user_id", "purchase_time", "purchase_value") if c not in col]
     if missing:
-        raise ValueError(f"{src.name}:1: fraud header lacks {', '.join(missing)}")
+        raise DataError(f"{src.name}:1: fraud header lacks {', '.join(missing)}")
     return (_fraud_event(col, no, cells, raw) for no, cells, raw in rows)
 
 
 def _check_mapping(mapping: Mapping[str, str], header: list[str], name: str) -> None:
     unknown = [k for k in mapping if k not in EVENT_FIELDS]
     if unknown:
-        raise ValueError(f"mapping names unknown lamstream fields {', '.join(unknown)} "
+        raise ConfigError(f"mapping names unknown lamstream fields {', '.join(unknown)} "
                          f"(known: {', '.join(EVENT_FIELDS)})")
     absent = [c for c in mapping.values() if c not in header]
     if absent:
-        raise ValueError(f"{name}: mapping names columns {', '.join(absent)} that the header "
+        raise ConfigError(f"{name}: mapping names columns {', '.join(absent)} that the header "
                          f"lacks (header: {', '.join(header)})")
 
 
@@ -393,7 +400,7 @@ def _csv(src: _Source, mapping: Mapping[str, str] | None) -> Iterator[dict[str, 
         columns.update(mapping)
     missing = [f for f in REQUIRED_FIELDS if f not in columns]
     if missing:
-        raise ValueError(f"{src.name}: csv header lacks {', '.join(missing)}; pass a mapping "
+        raise DataError(f"{src.name}: csv header lacks {', '.join(missing)}; pass a mapping "
                          f"{{field: column}} (header: {', '.join(header)})")
     index = sorted(((f, header.index(c)) for f, c in columns.items()),
                    key=lambda fc: EVENT_FIELDS.index(fc[0]))
@@ -444,9 +451,9 @@ def _read(src: _Source, layout: str, mapping: Mapping[str, str] | None
 def _open(path: PathLike, layout: str, mapping: Mapping[str, str] | None
           ) -> tuple[_Source, str]:
     if layout not in LAYOUTS and layout != "auto":
-        raise ValueError(f"unknown layout {layout!r}; use auto or one of {', '.join(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {layout!r}; use auto or one of {', '.join(LAYOUTS)}")
     if mapping and layout not in ("auto", "csv"):
-        raise ValueError(f"a column mapping only applies to the csv layout, not {layout}")
+        raise ConfigError(f"a column mapping only applies to the csv layout, not {layout}")
     src = _Source(path)
     resolved = _sniff(src, bool(mapping)) if layout == "auto" else layout
     if mapping and resolved != "csv":
@@ -496,7 +503,7 @@ def iter_fraud_labels(path: PathLike) -> Iterator[dict[str, Any]]:
     header, rows = _csv_rows(src)
     col = {c.lower(): i for i, c in enumerate(header)}
     if "class" not in col or "user_id" not in col:
-        raise ValueError(f"{src.name}:1: fraud header lacks class or user_id")
+        raise DataError(f"{src.name}:1: fraud header lacks class or user_id")
 
     def labels() -> Iterator[dict[str, Any]]:
         for _, cells, _raw in rows:

@@ -6,13 +6,17 @@ from typing import Literal
 
 import torch
 
+from model.errors import ConfigError
+
+__all__ = ["DeviceName", "autocast_dtype", "resolve_device"]
+
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """auto: CUDA when available, else CPU. cuda without a GPU falls back to CPU."""
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        raise ConfigError(f"device must be auto, cpu or cuda, not {device!r}")
     if device in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu")

@@ -13,6 +13,12 @@ import torch
 from model.types import EVENT_TYPE_INDEX, EVENT_TYPES, SeqItem
 from model.vocab import UNK, ItemVocab
 
+__all__ = [
+    "LENGTH_BUCKETS", "N_GAPS", "N_TYPES", "SMALL_BATCH_EVENTS", "SMALL_FEATURE_ROWS", "SeqBatch",
+    "bucket_length", "encode_rows", "encode_sequences", "encode_with_copy_ids", "feature_matrix",
+    "gap_bucket", "seq_rows", "signed_log1p", "type_index",
+]
+
 N_TYPES = len(EVENT_TYPES) + 1  # 0 = padding
 N_GAPS = 24  # 0 = padding, 1 = first event, 2.. = log2 buckets of the gap in seconds
 LENGTH_BUCKETS: tuple[int, ...] = (8, 16, 32, 64, 128, 256)

@@ -12,6 +12,9 @@ ModelError                      every error the model side raises on purpose; th
  |                              is incomplete; the model in use keeps serving
  +-- BatcherClosed              a request reached a micro-batcher after close(); also a
  |                              RuntimeError. Happens only while a predictor is being replaced
+ +-- BatchError                 a batch function returned a result count other than its
+ |                              request count; also a RuntimeError. A predictor bug: every
+ |                              request of that batch fails with it, the next batch runs
  +-- Overloaded                 the micro-batcher's queue stayed full past its block time; also
                                 a RuntimeError. Backpressure: retry later or add capacity
 ```
@@ -20,6 +23,7 @@ ModelError                      every error the model side raises on purpose; th
 from __future__ import annotations
 
 __all__ = [
+    "BatchError",
     "BatcherClosed",
     "ConfigError",
     "DataError",
@@ -47,6 +51,10 @@ class RegistryError(ModelError):
 
 class BatcherClosed(ModelError, RuntimeError):
     """The batcher was closed; no new requests are accepted."""
+
+
+class BatchError(ModelError, RuntimeError):
+    """A batch function broke its contract: one result per request, in order."""
 
 
 class Overloaded(ModelError, RuntimeError):

@@ -7,6 +7,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from model.types import Prediction, PredictionContext
 
+__all__ = ["Predictor", "Wrapper"]
+
 
 @runtime_checkable
 class Predictor(Protocol):

@@ -14,6 +14,8 @@ from typing import Any
 
 from model.errors import RegistryError
 
+__all__ = ["MODEL_NAMES", "ModelRegistry"]
+
 MODEL_NAMES: tuple[str, ...] = ("recommender", "risk")
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

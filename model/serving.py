@@ -12,15 +12,18 @@ import torch
 
 from model.batching import MicroBatcher
 from model.device import resolve_device
-from model.errors import RegistryError
+from model.errors import ConfigError, RegistryError
 from model.predictor import Predictor
-from model.recommenders.base import METHODS, Recommender, load_recommender
+from model.recommenders.base import METHODS, Recommender
 from model.recommenders.baseline import BaselinePredictor
+from model.recommenders.loading import load_recommender
 from model.recommenders.neural import CPU_ROWS
 from model.recommenders.sequence import SeqState, state_to_bytes
 from model.registry import ModelRegistry
 from model.risk.model import RiskScorer
 from model.types import Prediction, PredictionContext, RiskOutput, ScoredItem, SeqItem
+
+__all__ = ["ModelPredictor", "RULES_VERSION", "load_predictor", "with_trigger"]
 
 RULES_VERSION = "rules-v1"
 
@@ -160,7 +163,7 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     published version (what a `model-updates` record names) instead of `latest`.
     """
     if prefer not in ("auto", "baseline", *METHODS):
-        raise ValueError(f"prefer must be auto, baseline or one of {', '.join(METHODS)}")
+        raise ConfigError(f"prefer must be auto, baseline or one of {', '.join(METHODS)}")
     if prefer == "baseline":
         return BaselinePredictor()
     dev = resolve_device(device)

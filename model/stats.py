@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from model.errors import ConfigError
+
 __all__ = ["percentile"]
 
 
@@ -15,7 +17,7 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     report cannot show a latency that was never measured.
     """
     if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must lie in [0, 1], got {q}")
+        raise ConfigError(f"q must lie in [0, 1], got {q}")
     s = sorted(values)
     if not s:
         return None

@@ -10,6 +10,8 @@ from pathlib import Path
 from model.recommenders.base import Ranked
 from model.types import Prediction, PredictionContext, Reason, RiskOutput, ScoredItem, SeqItem
 
+__all__ = ["DEFAULT_CATALOGUE", "FakePredictor", "FakeRecommender"]
+
 DEFAULT_CATALOGUE: tuple[str, ...] = tuple(f"item-{i}" for i in range(50))
 
 

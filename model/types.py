@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+__all__ = [
+    "EVENT_TYPES", "EVENT_TYPE_INDEX", "EventType", "FEATURE_NAMES", "PolicyTrace", "Prediction",
+    "PredictionContext", "RERANKER", "RERANK_SEQ_WINDOW", "Reason", "RerankInput", "RiskOutput",
+    "ScoredItem", "SeqItem",
+]
+
+# The one definition of the event types: stream.schemas validates records against it, stream
+# settings check their per-type options against it, features count one column per type.
+EventType = Literal["view", "click", "add_to_cart", "purchase"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 EVENT_TYPE_INDEX: dict[str, int] = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 # Numeric features the stream side provides in PredictionContext.features (all floats).

@@ -8,6 +8,10 @@ from collections.abc import Iterable, Sequence
 from itertools import repeat
 from pathlib import Path
 
+from model.errors import ConfigError, DataError
+
+__all__ = ["ItemVocab", "PAD", "RESERVED", "UNK"]
+
 PAD = 0
 UNK = 1
 RESERVED = 2  # ids below this are never items
@@ -24,7 +28,7 @@ class ItemVocab:
 
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:
-            raise ValueError("capacity must be >= 1")
+            raise ConfigError("capacity must be >= 1")
         self.capacity = capacity
         self._ids: dict[str, int] = {}
         self._items: list[str | None] = ["<pad>", "<unk>"]
@@ -123,7 +127,7 @@ class ItemVocab:
         items = data["items"]
         counts = data["counts"]
         if not isinstance(cap, int) or not isinstance(items, list) or not isinstance(counts, list):
-            raise ValueError("malformed vocabulary")
+            raise DataError("malformed vocabulary")
         v = cls(cap)
         for i, (item, c) in enumerate(zip(items, counts, strict=True)):
             idx = i + RESERVED
@@ -143,5 +147,5 @@ class ItemVocab:
     def load(cls, path: Path) -> ItemVocab:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a vocabulary")
+            raise DataError(f"{path}: not a vocabulary")
         return cls.from_dict(data)

@@ -8,6 +8,14 @@ LamstreamError                  every error lamstream raises on purpose; the CLI
  +-- InfraError                 broker, disk or network trouble: retried with backoff, then the
  |    |                         worker crashes loudly and its supervisor restarts it
  |    +-- BrokerError           the embedded broker could not start or did not become ready
+ +-- FieldError                 a field value no wire record may hold (also a ValueError, as
+ |                              pydantic validators must raise): pydantic reports it in a
+ |                              ValidationError, which decoding turns into a PoisonMessage
+ +-- StateError                 stored table state this version cannot read (another format,
+ |                              or not a state at all; also a ValueError)
+ +-- FaustVersionError          the installed faust-streaming or aiokafka is not the version
+ |                              stream/kafka/faust_patches.py was audited against; raised when
+ |                              that module is imported, before any work
  +-- ClientError                misuse of the client SDK (an invalid event handed to send())
  +-- SettingsError              settings that cannot work (also a ValueError, as pydantic
  |                              expects of validators); refused at start, before any work
@@ -23,10 +31,13 @@ from __future__ import annotations
 __all__ = [
     "BrokerError",
     "ClientError",
+    "FaustVersionError",
+    "FieldError",
     "InfraError",
     "LamstreamError",
     "PoisonMessage",
     "SettingsError",
+    "StateError",
     "UsageError",
 ]
 
@@ -53,6 +64,20 @@ class InfraError(LamstreamError):
 
 class BrokerError(InfraError):
     """The embedded broker could not be started or did not become ready."""
+
+
+class FieldError(LamstreamError, ValueError):
+    """A field value no wire record may hold; raised in schema validators (pydantic wants a
+    ValueError) and reported in a ValidationError."""
+
+
+class StateError(LamstreamError, ValueError):
+    """Stored table state this version cannot read: another format version, or not a state."""
+
+
+class FaustVersionError(LamstreamError):
+    """The installed faust-streaming (or aiokafka) is not the version whose internals
+    stream/kafka/faust_patches.py was audited against; the message says what to audit."""
 
 
 class ClientError(LamstreamError):

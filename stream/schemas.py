@@ -1,4 +1,7 @@
-"""Pydantic models of every record on the wire, with JSON Schema export."""
+"""Pydantic models of every record on the wire, decoding at the edge, JSON Schema export.
+
+The records lamstream writes are built by stream.records, one builder per model here.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,9 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from stream.errors import PoisonMessage
+from model.types import EventType
+from stream.errors import FieldError, PoisonMessage
 
-EventType = Literal["view", "click", "add_to_cart", "purchase"]
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 # 9999-12-31T23:59:59.999Z, the last instant ISO-8601 names. Beyond it is a unit mix-up (us, ns)
 # that would drag the user's event time (and every later event's lateness) into the far future.
 MAX_TS_MS = 253_402_300_799_999
@@ -27,23 +29,23 @@ _ONE_MS = timedelta(milliseconds=1)
 def _to_epoch_ms(v: Any) -> int:
     """Event time as epoch milliseconds: an integer (ms) or an ISO-8601 string."""
     if isinstance(v, bool):
-        raise ValueError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
+        raise FieldError("ts must be epoch milliseconds or an ISO-8601 string, not a boolean")
     if isinstance(v, int | float):
         if not 0 <= v <= MAX_TS_MS:  # also rejects NaN
-            raise ValueError(f"ts must be epoch milliseconds from 0 to {MAX_TS_MS}")
+            raise FieldError(f"ts must be epoch milliseconds from 0 to {MAX_TS_MS}")
         return int(v)
     if isinstance(v, str):
         try:
             dt = datetime.fromisoformat(v.replace("Z", "+00:00") if v.endswith("Z") else v)
         except ValueError:
-            raise ValueError(f"ts {v[:40]!r} is not ISO-8601") from None
+            raise FieldError(f"ts {v[:40]!r} is not ISO-8601") from None
         if dt.tzinfo is None:
-            raise ValueError("ISO-8601 ts needs a timezone (e.g. 'Z' or '+00:00')")
+            raise FieldError("ISO-8601 ts needs a timezone (e.g. 'Z' or '+00:00')")
         ms = (dt - _EPOCH) // _ONE_MS  # exact; float seconds * 1000 can be 1 ms short
         if not 0 <= ms <= MAX_TS_MS:
-            raise ValueError(f"ts {v[:40]!r} is outside 1970-01-01 .. 9999-12-31")
+            raise FieldError(f"ts {v[:40]!r} is outside 1970-01-01 .. 9999-12-31")
         return ms
-    raise ValueError("ts must be epoch milliseconds or an ISO-8601 string")
+    raise FieldError("ts must be epoch milliseconds or an ISO-8601 string")
 
 
 EpochMs = Annotated[int, BeforeValidator(_to_epoch_ms, json_schema_input_type=int | str)]
@@ -85,17 +87,6 @@ class DlqRecord(Record):
 
     def raw_bytes(self) -> bytes:
         return base64.b64decode(self.raw)
-
-
-def dlq_record(bad: PoisonMessage, raw: bytes | None, key: bytes | None, topic: str,
-               partition: int, offset: int, received_at: int) -> bytes:
-    """The DlqRecord of one rejected input record, ready to send (any agent, any topic)."""
-    return orjson.dumps({
-        "error": bad.message, "error_kind": bad.kind,
-        "raw": base64.b64encode(raw or b"").decode(),
-        "key": base64.b64encode(key).decode() if key is not None else None,
-        "topic": topic, "partition": partition, "offset": offset, "received_at": received_at,
-    })
 
 
 class RecItem(Record):
@@ -288,11 +279,20 @@ WIRE_RECORDS: dict[str, type[Record]] = {
 }
 
 
+def _loc_part(part: int | str) -> str:
+    """One step of an error's field path: a field name as it is; a key from the input (an
+    attrs key can hold newlines, escapes or 60 KB) quoted and cut, so the error stays one
+    short printable line."""
+    if isinstance(part, int) or (part.isidentifier() and len(part) <= 64):
+        return str(part)
+    return repr(part[:64])
+
+
 def _first_error(exc: ValidationError) -> str:
     errs = exc.errors()
     parts = []
     for err in errs[:3]:
-        loc = ".".join(str(x) for x in err["loc"]) or "record"
+        loc = ".".join(_loc_part(x) for x in err["loc"]) or "record"
         parts.append(f"{loc}: {err['msg']}")
     more = f" (+{len(errs) - 3} more)" if len(errs) > 3 else ""
     return "; ".join(parts) + more

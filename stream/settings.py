@@ -8,170 +8,268 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.types import EVENT_TYPES, EventType
 from stream.errors import SettingsError
 
-EventType = Literal["view", "click", "add_to_cart", "purchase"]
 PolicyName = Literal["greedy", "epsilon_greedy", "softmax"]
+
+# The sections of the settings reference (docs/settings.md), in order: name -> what it holds.
+SECTIONS: dict[str, str] = {
+    "broker": "Broker and security: how every process reaches Kafka.",
+    "topics": "Topics: the names lamstream uses and how it creates them.",
+    "worker": "Worker: state directory, batching, input limits and the interpreter.",
+    "web": "Web: the worker's HTTP server (dashboard, /features, /health, /metrics).",
+    "state": "State: the per-user features the worker keeps in its tables.",
+    "model": "Model: what the worker serves, and which events it decides on.",
+    "policy": "Policy: how the shown items are picked from the ranked pool, and logged.",
+    "feedback": "Feedback: the reward join, the risk-label join, and pseudonyms.",
+    "trainer": "Trainer: the continuous trainer's gates, replay buffers and pace.",
+    "logging": "Logging: every process's log level and format.",
+}
+
+
+def _in(section: str) -> JsonDict:
+    """A field's json_schema_extra: the section of SECTIONS it is documented under."""
+    if section not in SECTIONS:
+        raise KeyError(f"no settings section {section!r}")
+    return {"section": section}
 
 
 class Settings(BaseSettings):
-    """Everything an operator can set. Built once in main() and passed down."""
+    """Everything an operator can set. Built once in main() and passed down.
+
+    Each field's environment variable is LAMSTREAM_ and its name in capitals; fields are
+    grouped by the section of SECTIONS their json_schema_extra names (docs/settings.md).
+    """
 
     model_config = SettingsConfigDict(env_prefix="LAMSTREAM_", frozen=True, extra="ignore")
 
-    # --- Kafka ---------------------------------------------------------------
+    # --- broker and security -------------------------------------------------------------
     bootstrap_servers: str | None = Field(
-        None, description="Kafka bootstrap servers (host:port,...). Unset: the CLI starts the "
-        "embedded tansu broker.")
-    topic_prefix: str = Field("", description="Prefix for every topic name (e.g. 'prod.').")
-    partitions: int = Field(8, ge=1, le=1024, description="Partitions of topics lamstream creates.")
-    replication_factor: int = Field(1, ge=1, le=16, description="Replication of created topics.")
-    app_id: str = Field("lamstream", min_length=1, description="Consumer group / Faust app id.")
+        None, json_schema_extra=_in("broker"), description="Kafka bootstrap servers "
+        "(host:port,...). Unset: the CLI starts the embedded tansu broker.")
+    embedded_port: int = Field(9092, ge=1, le=65535, json_schema_extra=_in("broker"),
+                               description="Port of the embedded broker.")
+    app_id: str = Field("lamstream", min_length=1, json_schema_extra=_in("broker"),
+                        description="Consumer group / Faust app id.")
     session_timeout_s: float = Field(
-        10.0, ge=2, le=300, description="Consumer group session timeout: a worker silent this "
-        "long (killed, hung) is replaced and its partitions move. On the embedded broker a "
-        "join also waits half of it.")
-    embedded_port: int = Field(9092, ge=1, le=65535, description="Port of the embedded broker.")
+        10.0, ge=2, le=300, json_schema_extra=_in("broker"), description="Consumer group "
+        "session timeout: a worker silent this long (killed, hung) is replaced and its "
+        "partitions move. On the embedded broker a join also waits half of it.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", json_schema_extra=_in("broker"), description="How every client talks "
+        "to the brokers: plaintext or TLS, with or without SASL.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, json_schema_extra=_in("broker"), description="SASL mechanism; needs a SASL_* "
+        "SECURITY_PROTOCOL, which needs it.")
+    sasl_username: str | None = Field(None, json_schema_extra=_in("broker"),
+                                      description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, json_schema_extra=_in("broker"),
+                                            description="SASL password (a secret: never "
+                                            "printed or logged).")
+    ssl_cafile: Path | None = Field(
+        None, json_schema_extra=_in("broker"), description="CA bundle (PEM) that signed the "
+        "brokers' certificates (SSL, SASL_SSL). Unset: the system's CAs.")
+    ssl_certfile: Path | None = Field(None, json_schema_extra=_in("broker"),
+                                      description="Client certificate (PEM), for brokers "
+                                      "that require mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, json_schema_extra=_in("broker"),
+                                     description="Private key (PEM) of SSL_CERTFILE.")
 
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
+    # --- topics ---------------------------------------------------------------------------
+    topic_prefix: str = Field("", json_schema_extra=_in("topics"),
+                              description="Prefix for every topic name (e.g. 'prod.').")
+    partitions: int = Field(8, ge=1, le=1024, json_schema_extra=_in("topics"),
+                            description="Partitions of topics lamstream creates.")
+    replication_factor: int = Field(1, ge=1, le=16, json_schema_extra=_in("topics"),
+                                    description="Replication of created topics.")
 
-    # --- worker --------------------------------------------------------------
-    data_dir: Path = Field(Path(".lamstream"), description="Table state and model registry.")
-    store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Table store.")
-    web_host: str = Field("127.0.0.1", description="Address the worker's HTTP server binds.")
-    web_port: int = Field(6066, ge=1, le=65535, description="Worker HTTP port.")
-    web_advertised_url: str | None = Field(
-        None, pattern=r"^https?://[^/\s]+$", description="How other workers reach this "
-        "one's HTTP server (http://host:port), so any worker answers /features for any user. "
-        "Unset: http://WEB_HOST:WEB_PORT, with this machine's name when WEB_HOST binds all "
-        "interfaces.")
-    api_token: SecretStr | None = Field(
-        None, description="Token required by /features when set (Bearer or ?token=).")
-    batch_max: int = Field(1000, ge=1, le=100_000, description="Max events per batch.")
-    batch_within_ms: int = Field(5, ge=1, le=10_000, description="Max wait to fill a batch.")
+    # --- worker ---------------------------------------------------------------------------
+    data_dir: Path = Field(Path(".lamstream"), json_schema_extra=_in("worker"),
+                           description="Table state and model registry.")
+    store: Literal["rocksdb", "memory"] = Field("rocksdb", json_schema_extra=_in("worker"),
+                                                description="Table store.")
+    batch_max: int = Field(1000, ge=1, le=100_000, json_schema_extra=_in("worker"),
+                           description="Max events per batch.")
+    batch_within_ms: int = Field(5, ge=1, le=10_000, json_schema_extra=_in("worker"),
+                                 description="Max wait to fill a batch.")
     fetch_max_wait_ms: int = Field(
-        20, ge=1, le=30_000, description="Longest a consumer fetch waits on the broker when no "
-        "data is there yet (Kafka answers as soon as data arrives; tansu holds a fetch this "
-        "long, so it bounds latency there). Faust's own default is 1500.")
-    max_event_bytes: int = Field(65536, ge=256, description="Larger events go to the DLQ.")
+        20, ge=1, le=30_000, json_schema_extra=_in("worker"), description="Longest a "
+        "consumer fetch waits on the broker when no data is there yet (Kafka answers as soon "
+        "as data arrives; tansu holds a fetch this long, so it bounds latency there). Faust's "
+        "own default is 1500.")
+    max_event_bytes: int = Field(65536, ge=256, json_schema_extra=_in("worker"),
+                                 description="Larger events go to the DLQ.")
     gil_switch_ms: float = Field(
-        50.0, ge=0.1, le=1000, description="The worker's interpreter switch interval: how "
-        "long a thread may hold the GIL while another waits (Python's default is 5 ms).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
+        50.0, ge=0.1, le=1000, json_schema_extra=_in("worker"), description="The worker's "
+        "interpreter switch interval: how long a thread may hold the GIL while another waits "
+        "(Python's default is 5 ms).")
 
-    # --- features ------------------------------------------------------------
+    # --- web ------------------------------------------------------------------------------
+    web_host: str = Field("127.0.0.1", json_schema_extra=_in("web"),
+                          description="Address the worker's HTTP server binds.")
+    web_port: int = Field(6066, ge=1, le=65535, json_schema_extra=_in("web"),
+                          description="Worker HTTP port.")
+    web_advertised_url: str | None = Field(
+        None, pattern=r"^https?://[^/\s]+$", json_schema_extra=_in("web"),
+        description="How other workers reach this one's HTTP server (http://host:port), so "
+        "any worker answers /features for any user. Unset: http://WEB_HOST:WEB_PORT, with "
+        "this machine's name when WEB_HOST binds all interfaces.")
+    api_token: SecretStr | None = Field(
+        None, json_schema_extra=_in("web"),
+        description="Token required by /features when set (Bearer or ?token=).")
+
+    # --- state ----------------------------------------------------------------------------
     windows_s: Annotated[tuple[int, ...], NoDecode] = Field(
-        (60, 3600, 86400), description="Event-time windows in seconds (comma separated).")
-    window_buckets: int = Field(12, ge=1, le=240, description="Tiles per window.")
-    allowed_lateness_s: int = Field(60, ge=0, description="Event-time lateness before an event "
-                                    "stops counting in windows.")
-    session_gap_s: int = Field(1800, ge=1, description="Inactivity gap that starts a session.")
-    user_ttl_s: int = Field(7 * 86400, ge=1, description="Idle users expire after this long "
-                            "(processing time).")
-    sequence_length: int = Field(50, ge=1, le=1000, description="Recent events kept per user.")
-    dedupe_ids: int = Field(1000, ge=1, le=100_000, description="Recent event ids kept per user "
-                            "for duplicate detection.")
+        (60, 3600, 86400), json_schema_extra=_in("state"),
+        description="Event-time windows in seconds (comma separated).")
+    window_buckets: int = Field(12, ge=1, le=240, json_schema_extra=_in("state"),
+                                description="Tiles per window.")
+    allowed_lateness_s: int = Field(60, ge=0, json_schema_extra=_in("state"),
+                                    description="Event-time lateness before an event stops "
+                                    "counting in windows.")
+    session_gap_s: int = Field(1800, ge=1, json_schema_extra=_in("state"),
+                               description="Inactivity gap that starts a session.")
+    user_ttl_s: int = Field(7 * 86400, ge=1, json_schema_extra=_in("state"),
+                            description="Idle users expire after this long (processing "
+                            "time).")
+    sequence_length: int = Field(50, ge=1, le=1000, json_schema_extra=_in("state"),
+                                 description="Recent events kept per user.")
+    dedupe_ids: int = Field(1000, ge=1, le=100_000, json_schema_extra=_in("state"),
+                            description="Recent event ids kept per user for duplicate "
+                            "detection.")
+    item_catalog_size: int = Field(200_000, ge=1, json_schema_extra=_in("state"),
+                                   description="Items whose category the worker remembers "
+                                   "(learned from events, oldest dropped first): logged with "
+                                   "each decision for the reranker.")
 
-    # --- decisions -----------------------------------------------------------
+    # --- model ----------------------------------------------------------------------------
+    model_name: str = Field("auto", json_schema_extra=_in("model"),
+                            description="Recommender to serve: auto (latest trained, else "
+                            "baseline) or baseline.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra=_in("model"),
+                                                   description="Torch device.")
     recommend_on: Annotated[tuple[EventType, ...], NoDecode] = Field(
-        ("view", "click"), description="Event types that trigger a recommendation.")
-    top_k: int = Field(10, ge=1, le=500, description="Items per recommendation.")
-    risk_threshold: float = Field(0.8, ge=0.0, le=1.0, description="Risk score that raises an "
-                                  "alert.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device.")
-    model_name: str = Field("auto", description="Recommender to serve: auto (latest trained, "
-                            "else baseline) or baseline.")
+        ("view", "click"), json_schema_extra=_in("model"),
+        description="Event types that trigger a recommendation.")
+    top_k: int = Field(10, ge=1, le=500, json_schema_extra=_in("model"),
+                       description="Items per recommendation.")
+    risk_threshold: float = Field(0.8, ge=0.0, le=1.0, json_schema_extra=_in("model"),
+                                  description="Risk score that raises an alert.")
 
-    # --- exploration and feedback (issue #5) --------------------------------
+    # --- policy ---------------------------------------------------------------------------
     policy: PolicyName = Field(
-        "epsilon_greedy", description="How the shown items are picked from the ranked pool: "
-        "greedy (top k), epsilon_greedy (decaying epsilon) or softmax (Boltzmann).")
-    policy_pool: int = Field(30, ge=1, le=1000, description="Ranked candidates the policy "
-                             "chooses the top_k shown items from.")
-    item_catalog_size: int = Field(200_000, ge=1, description="Items whose category the "
-                                   "worker remembers (learned from events, oldest dropped "
-                                   "first): logged with each decision for the reranker.")
-    policy_epsilon_start: float = Field(0.3, ge=0.0, le=1.0, description="epsilon_greedy: "
-                                        "epsilon at the first decision.")
-    policy_epsilon_floor: float = Field(0.05, ge=0.0, le=1.0, description="epsilon_greedy: "
-                                        "epsilon never decays below this.")
-    policy_epsilon_decay: float = Field(10_000.0, gt=0, description="epsilon_greedy: "
-                                        "decisions until epsilon has halved.")
-    policy_temperature: float = Field(1.0, gt=0, description="softmax: temperature, in the "
-                                      "ranker's score units.")
-    policy_seed: int = Field(0, description="Seed of the policy's randomness (each decision "
+        "epsilon_greedy", json_schema_extra=_in("policy"), description="How the shown items "
+        "are picked from the ranked pool: greedy (top k), epsilon_greedy (decaying epsilon) "
+        "or softmax (Boltzmann).")
+    policy_pool: int = Field(30, ge=1, le=1000, json_schema_extra=_in("policy"),
+                             description="Ranked candidates the policy chooses the top_k "
+                             "shown items from.")
+    policy_epsilon_start: float = Field(0.3, ge=0.0, le=1.0, json_schema_extra=_in("policy"),
+                                        description="epsilon_greedy: epsilon at the first "
+                                        "decision.")
+    policy_epsilon_floor: float = Field(0.05, ge=0.0, le=1.0, json_schema_extra=_in("policy"),
+                                        description="epsilon_greedy: epsilon never decays "
+                                        "below this.")
+    policy_epsilon_decay: float = Field(10_000.0, gt=0, json_schema_extra=_in("policy"),
+                                        description="epsilon_greedy: decisions until epsilon "
+                                        "has halved.")
+    policy_temperature: float = Field(1.0, gt=0, json_schema_extra=_in("policy"),
+                                      description="softmax: temperature, in the ranker's "
+                                      "score units.")
+    policy_seed: int = Field(0, json_schema_extra=_in("policy"),
+                             description="Seed of the policy's randomness (each decision "
                              "draws from hash(seed, event id): reproducible).")
     policy_shadow: PolicyName | None = Field(
-        None, description="A candidate policy computed on the same pool and logged in the "
-        "decision log (never shown), for off-policy evaluation.")
-    decision_log: bool = Field(True, description="Publish each recommendation's point-in-time "
+        None, json_schema_extra=_in("policy"), description="A candidate policy computed on "
+        "the same pool and logged in the decision log (never shown), for off-policy "
+        "evaluation.")
+    decision_log: bool = Field(True, json_schema_extra=_in("policy"),
+                               description="Publish each recommendation's point-in-time "
                                "features, sequence and candidate pool to the decisions topic "
                                "(what the feedback join needs).")
-    feedback_window_s: int = Field(1800, ge=1, description="Attribution window: event time "
-                                   "after a recommendation in which an engagement counts.")
+
+    # --- feedback -------------------------------------------------------------------------
+    feedback_window_s: int = Field(1800, ge=1, json_schema_extra=_in("feedback"),
+                                   description="Attribution window: event time after a "
+                                   "recommendation in which an engagement counts.")
     feedback_rewards: Annotated[dict[str, float], NoDecode] = Field(
-        {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}, description="Reward per "
-        "engagement type (type=weight,...); the highest within the window counts once.")
-    feedback_max_pending: int = Field(200, ge=1, le=100_000, description="Pending "
-                                      "recommendations kept per user; beyond it the oldest "
-                                      "closes early with the reward it has.")
-    label_window_s: int = Field(7 * 86400, ge=1, description="Risk-label join: scored events "
-                                "are kept this long (event time) for labels to find, and a "
-                                "label naming only the user covers their events this far "
-                                "back from its ts.")
-    label_max_snapshots: int = Field(100, ge=1, le=10_000, description="Risk-label join: "
-                                     "scored events kept per user; beyond it the oldest "
-                                     "without an alert go first.")
-
-    # --- continuous trainer (lamstream trainer) ---------------------------------
-    trainer_gate_every: int = Field(1000, ge=1, description="Trainer: feedback records "
-                                    "between two gate checks (publish if the candidate wins).")
-    trainer_window: int = Field(3000, ge=10, description="Trainer: held-out recent feedback "
-                                "records (scored before trained on) the gate compares on.")
-    trainer_min_window: int = Field(1500, ge=1, description="Trainer: no gate decision on "
-                                    "fewer held-out records.")
-    trainer_margin: float = Field(0.02, ge=0.0, description="Trainer: the candidate's value "
-                                  "must exceed the serving model's by this fraction.")
-    trainer_confidence: float = Field(0.9, ge=0.0, le=1.0, description="Trainer: paired "
-                                      "bootstrap P(candidate better) needed to publish.")
-    trainer_replay: int = Field(20_000, ge=0, description="Trainer: replay buffer size "
-                                "(feedback records, newest kept).")
-    trainer_lr: float = Field(0.05, gt=0.0, description="Trainer: Adagrad learning rate.")
-    trainer_threads: int = Field(1, ge=1, le=256, description="Trainer: torch CPU threads "
-                                 "(1 leaves the other cores to workers and joins on a small "
-                                 "host; more for a dedicated one).")
-    trainer_checkpoint_s: float = Field(10.0, gt=0.0, description="Trainer: seconds between "
-                                        "checkpoints (state dir DATA_DIR/trainer), offsets "
-                                        "committed after each.")
-    trainer_risk_gate_every: int = Field(500, ge=1, description="Trainer: risk-feedback "
-                                         "records between two risk gate checks.")
-    trainer_risk_window: int = Field(3000, ge=10, description="Trainer: held-out recent "
-                                     "risk-feedback records the risk gate compares on.")
-    trainer_risk_min_positives: int = Field(30, ge=1, description="Trainer: no risk gate "
-                                            "decision with fewer frauds in the window.")
-    trainer_risk_min_negatives: int = Field(300, ge=1, description="Trainer: no risk gate "
-                                            "decision with fewer legitimate events in the "
-                                            "window.")
-    trainer_risk_margin: float = Field(0.01, ge=0.0, le=1.0, description="Trainer: the risk "
-                                       "candidate's ROC-AUC must exceed the serving model's "
-                                       "by this much (absolute).")
-    trainer_risk_replay: int = Field(10_000, ge=0, description="Trainer: risk replay buffer "
-                                     "(newest labelled records).")
-    trainer_risk_lr: float = Field(1e-3, gt=0.0, description="Trainer: Adam learning rate "
-                                   "of the risk fine-tuning.")
-
-    # --- privacy -------------------------------------------------------------
+        {"click": 1.0, "add_to_cart": 2.0, "purchase": 5.0}, json_schema_extra=_in("feedback"),
+        description="Reward per engagement type (type=weight,...); the highest within the "
+        "window counts once.")
+    feedback_max_pending: int = Field(200, ge=1, le=100_000, json_schema_extra=_in("feedback"),
+                                      description="Pending recommendations kept per user; "
+                                      "beyond it the oldest closes early with the reward it "
+                                      "has.")
+    label_window_s: int = Field(7 * 86400, ge=1, json_schema_extra=_in("feedback"),
+                                description="Risk-label join: scored events are kept this "
+                                "long (event time) for labels to find, and a label naming "
+                                "only the user covers their events this far back from its "
+                                "ts.")
+    label_max_snapshots: int = Field(100, ge=1, le=10_000, json_schema_extra=_in("feedback"),
+                                     description="Risk-label join: scored events kept per "
+                                     "user; beyond it the oldest without an alert go first.")
     pseudonym_key: SecretStr | None = Field(
-        None, description="HMAC key for pseudonymous user ids in feedback.")
+        None, json_schema_extra=_in("feedback"),
+        description="HMAC key for pseudonymous user ids in feedback.")
+
+    # --- trainer --------------------------------------------------------------------------
+    trainer_gate_every: int = Field(1000, ge=1, json_schema_extra=_in("trainer"),
+                                    description="Feedback records between two gate checks "
+                                    "(publish if the candidate wins).")
+    trainer_window: int = Field(3000, ge=10, json_schema_extra=_in("trainer"),
+                                description="Held-out recent feedback records (scored before "
+                                "trained on) the gate compares on.")
+    trainer_min_window: int = Field(1500, ge=1, json_schema_extra=_in("trainer"),
+                                    description="No gate decision on fewer held-out records.")
+    trainer_margin: float = Field(0.02, ge=0.0, json_schema_extra=_in("trainer"),
+                                  description="The candidate's value must exceed the serving "
+                                  "model's by this fraction.")
+    trainer_confidence: float = Field(0.9, ge=0.0, le=1.0, json_schema_extra=_in("trainer"),
+                                      description="Paired bootstrap P(candidate better) "
+                                      "needed to publish.")
+    trainer_replay: int = Field(20_000, ge=0, json_schema_extra=_in("trainer"),
+                                description="Replay buffer size (feedback records, newest "
+                                "kept).")
+    trainer_lr: float = Field(0.05, gt=0.0, json_schema_extra=_in("trainer"),
+                              description="Adagrad learning rate.")
+    trainer_threads: int = Field(1, ge=1, le=256, json_schema_extra=_in("trainer"),
+                                 description="Torch CPU threads (1 leaves the other cores to "
+                                 "workers and joins on a small host; more for a dedicated "
+                                 "one).")
+    trainer_checkpoint_s: float = Field(10.0, gt=0.0, json_schema_extra=_in("trainer"),
+                                        description="Seconds between checkpoints (state dir "
+                                        "DATA_DIR/trainer), offsets committed after each.")
+    trainer_risk_gate_every: int = Field(500, ge=1, json_schema_extra=_in("trainer"),
+                                         description="Risk-feedback records between two risk "
+                                         "gate checks.")
+    trainer_risk_window: int = Field(3000, ge=10, json_schema_extra=_in("trainer"),
+                                     description="Held-out recent risk-feedback records the "
+                                     "risk gate compares on.")
+    trainer_risk_min_positives: int = Field(30, ge=1, json_schema_extra=_in("trainer"),
+                                            description="No risk gate decision with fewer "
+                                            "frauds in the window.")
+    trainer_risk_min_negatives: int = Field(300, ge=1, json_schema_extra=_in("trainer"),
+                                            description="No risk gate decision with fewer "
+                                            "legitimate events in the window.")
+    trainer_risk_margin: float = Field(0.01, ge=0.0, le=1.0, json_schema_extra=_in("trainer"),
+                                       description="The risk candidate's ROC-AUC must exceed "
+                                       "the serving model's by this much (absolute).")
+    trainer_risk_replay: int = Field(10_000, ge=0, json_schema_extra=_in("trainer"),
+                                     description="Risk replay buffer (newest labelled "
+                                     "records).")
+    trainer_risk_lr: float = Field(1e-3, gt=0.0, json_schema_extra=_in("trainer"),
+                                   description="Adam learning rate of the risk fine-tuning.")
+
+    # --- logging --------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", json_schema_extra=_in("logging"), description="Log level of every process.")
+    log_format: Literal["text", "json"] = Field(
+        "text", json_schema_extra=_in("logging"), description="text: one readable line per "
+        "record; json: one JSON object per line (ts, level, logger, msg), for log shippers.")
 
     @field_validator("windows_s", mode="before")
     @classmethod
@@ -213,7 +311,7 @@ class Settings(BaseSettings):
     @field_validator("feedback_rewards")
     @classmethod
     def _check_rewards(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = set(v) - {"view", "click", "add_to_cart", "purchase"}
+        bad = set(v) - set(EVENT_TYPES)
         if bad or not v or any(w <= 0 for w in v.values()):
             raise ValueError("rewards need event types and positive weights, e.g. "
                              "click=1,add_to_cart=2,purchase=5")

@@ -82,3 +82,10 @@ def topics_for(settings: Settings) -> Topics:
 def table_changelog(settings: Settings, table: str) -> str:
     """Faust's changelog topic name for one of our tables."""
     return f"{settings.app_id}-{settings.topic_prefix}{table}-changelog"
+
+
+def full_topic_name(settings: Settings, name: str) -> str:
+    """The topic a short name means (events, feedback, ...: TOPIC_PREFIX added); any other
+    name as it is."""
+    full = settings.topic_prefix + name
+    return full if any(spec.name == full for spec in topics_for(settings).all()) else name

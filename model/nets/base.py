@@ -12,6 +12,10 @@ from torch import nn
 from model.encoding import N_GAPS, N_TYPES, SeqBatch
 from model.errors import ConfigError
 
+__all__ = [
+    "SeqRecConfig", "SeqRecNet", "TOPK_BLOCK", "TOPK_PRUNE_ROWS", "logsumexp_rows_", "top_k_rows",
+]
+
 
 @dataclass(frozen=True)
 class SeqRecConfig:

@@ -8,6 +8,8 @@ from torch import nn
 from model.encoding import SeqBatch
 from model.nets.base import SeqRecConfig, SeqRecNet
 
+__all__ = ["GRURec"]
+
 
 class GRURec(SeqRecNet):
     """A recurrent alternative to SASRec with the same inputs, outputs and copy head."""

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-# base score (normalised), 1 / (1 + base rank), trigger event type one-hot (4), whether the
-# user already had the candidate in their sequence (people come back to items they looked at),
-# then category taste: the candidate's category is among the user's recent items', their share
-# of it, it is the trigger's category, the candidate's category is known at all
+__all__ = ["N_DENSE", "N_DENSE_V1", "RerankConfig", "RerankNet"]
+
+# the dense columns, named in model.policy.reranker.DENSE_COLUMNS: base score, rank, trigger
+# type one-hot (4), repeat (people come back to items they looked at), then category taste
 N_DENSE = 11
 N_DENSE_V1 = 7  # rerankers saved before the category features read only the first seven
 

@@ -11,6 +11,8 @@ from torch import nn
 from model.encoding import N_GAPS, N_TYPES, SeqBatch, signed_log1p
 from model.types import FEATURE_NAMES
 
+__all__ = ["RiskConfig", "RiskNet"]
+
 
 @dataclass(frozen=True)
 class RiskConfig:

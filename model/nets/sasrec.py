@@ -9,6 +9,8 @@ from torch import nn
 from model.encoding import SeqBatch
 from model.nets.base import SeqRecConfig, SeqRecNet
 
+__all__ = ["SASRec"]
+
 
 class SASRec(SeqRecNet):
     """Item + event-type + time-gap + position embeddings into a causal Transformer.

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from model.errors import ConfigError
+
+__all__ = ["DEFAULT_CAPACITY", "ItemCatalog"]
+
 DEFAULT_CAPACITY = 200_000
 
 
 class ItemCatalog:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 1:
-            raise ValueError("catalog capacity must be at least 1")
+            raise ConfigError("catalog capacity must be at least 1")
         self.capacity = capacity
         self._cat: dict[str, str] = {}
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
+from model.errors import ConfigError
 from model.policy.catalog import ItemCatalog
 from model.policy.policies import KeyedRandom, Policy
 from model.predictor import Predictor, Wrapper
@@ -17,6 +18,8 @@ from model.types import (
     RerankInput,
     ScoredItem,
 )
+
+__all__ = ["ExplorationPredictor"]
 
 if TYPE_CHECKING:  # torch is imported only where a reranker is actually served
     from model.policy.reranker import Reranker
@@ -44,7 +47,7 @@ class ExplorationPredictor(Wrapper):
                  shadow: Policy | None = None, catalog: ItemCatalog | None = None,
                  recent_categories: int = RERANK_SEQ_WINDOW) -> None:
         if pool < 1:
-            raise ValueError("pool must be at least 1")
+            raise ConfigError("pool must be at least 1")
         super().__init__(inner)
         self.policy = policy
         self.shadow = shadow

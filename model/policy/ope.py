@@ -34,7 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from model.errors import DataError
 from model.policy.policies import EpsilonGreedyPolicy, GreedyPolicy, Policy, top_k_indices
+
+__all__ = [
+    "Target", "Terms", "evaluate", "logged_epsilon", "policy_target", "shadow_target",
+    "slate_epsilon", "slate_weight", "terms",
+]
 
 Target = Callable[[Sequence[float], int, dict[str, Any]], Sequence[float]]
 
@@ -50,7 +56,7 @@ def shadow_target(scores: Sequence[float], k: int, record: dict[str, Any]) -> Se
     """pi as logged by the worker's shadow policy at decision time."""
     pi = record.get("shadow_inclusion")
     if pi is None or len(pi) != len(scores):
-        raise ValueError(f"record {record.get('rec_id')} has no shadow_inclusion for its "
+        raise DataError(f"record {record.get('rec_id')} has no shadow_inclusion for its "
                          "candidates (was LAMSTREAM_POLICY_SHADOW set?)")
     return [float(x) for x in pi]
 
@@ -82,7 +88,7 @@ def slate_weight(record: dict[str, Any], target_eps: float) -> float:
     over the record's logged candidate scores; ValueError when the logger's is unknown."""
     mu_eps = logged_epsilon(record)
     if mu_eps is None:
-        raise ValueError(f"record {record.get('rec_id')}: logging policy "
+        raise DataError(f"record {record.get('rec_id')}: logging policy "
                          f"{record.get('policy')!r} has no known slate probabilities")
     cands = record["candidates"]
     n, k = len(cands), len(record["shown"])
@@ -96,7 +102,7 @@ def slate_weight(record: dict[str, Any], target_eps: float) -> float:
     mu = (1.0 - mu_eps) * is_greedy + mu_eps * uniform
     pi = (1.0 - target_eps) * is_greedy + target_eps * uniform
     if mu <= 0.0:
-        raise ValueError(f"record {record.get('rec_id')}: its slate had probability 0 under "
+        raise DataError(f"record {record.get('rec_id')}: its slate had probability 0 under "
                          "its own logging policy (greedy label on an explored slate?)")
     return pi / mu
 
@@ -146,7 +152,7 @@ def terms(records: Sequence[dict[str, Any]], target: Target, *, folds: int = 2,
     """Compute the per-record terms, with the DR reward model cross-fitted over `folds`."""
     n = len(records)
     if n == 0:
-        raise ValueError("no logged feedback records to evaluate")
+        raise DataError("no logged feedback records to evaluate")
     n_ranks = max(len(r["candidates"]) for r in records)
     rng = random.Random(seed)
     fold = [rng.randrange(folds) for _ in range(n)]
@@ -175,11 +181,11 @@ def terms(records: Sequence[dict[str, Any]], target: Target, *, folds: int = 2,
         for item in shown:
             j = pos.get(item)
             if j is None:
-                raise ValueError(f"record {rec.get('rec_id')}: shown item {item} is not "
+                raise DataError(f"record {rec.get('rec_id')}: shown item {item} is not "
                                  "among its candidates")
             mu = float(cands[j]["propensity"])
             if mu <= 0:
-                raise ValueError(f"record {rec.get('rec_id')}: shown item with propensity 0")
+                raise DataError(f"record {rec.get('rec_id')}: shown item with propensity 0")
             w = pi[j] / mu
             max_w = max(max_w, w)
             w_sum += w

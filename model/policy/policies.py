@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from model.errors import ConfigError
 from model.types import ScoredItem
+
+__all__ = [
+    "Choice", "EpsilonGreedyPolicy", "GreedyPolicy", "KeyedRandom", "Policy", "SoftmaxPolicy",
+    "capped_softmax", "make_policy", "parse_policy", "systematic_sample", "top_k_indices",
+]
 
 _MASK = (1 << 64) - 1
 _EPS = 1e-12
@@ -152,9 +158,9 @@ class EpsilonGreedyPolicy:
     def __init__(self, *, start: float = 0.3, floor: float = 0.05,
                  decay_steps: float = 10_000.0, steps: int = 0) -> None:
         if not 0.0 <= floor <= start <= 1.0:
-            raise ValueError(f"need 0 <= floor ({floor}) <= start ({start}) <= 1")
+            raise ConfigError(f"need 0 <= floor ({floor}) <= start ({start}) <= 1")
         if decay_steps <= 0:
-            raise ValueError("decay_steps must be positive")
+            raise ConfigError("decay_steps must be positive")
         self.start = start
         self.floor = floor
         self.decay_steps = decay_steps
@@ -264,7 +270,7 @@ class SoftmaxPolicy:
 
     def __init__(self, *, temperature: float = 1.0) -> None:
         if temperature <= 0:
-            raise ValueError("temperature must be positive")
+            raise ConfigError("temperature must be positive")
         self.temperature = temperature
 
     def label(self) -> str:
@@ -290,7 +296,7 @@ def make_policy(name: str, *, epsilon_start: float = 0.3, epsilon_floor: float =
                                    decay_steps=epsilon_decay_steps)
     if name == "softmax":
         return SoftmaxPolicy(temperature=temperature)
-    raise ValueError(f"unknown policy {name!r}; known: greedy, epsilon_greedy, softmax")
+    raise ConfigError(f"unknown policy {name!r}; known: greedy, epsilon_greedy, softmax")
 
 
 def parse_policy(spec: str) -> Policy:

@@ -5,4 +5,5 @@ __all__ = [
     "neighbors",
     "neural",
     "baseline",
+    "loading",
 ]

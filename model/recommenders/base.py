@@ -1,4 +1,4 @@
-"""The Recommender protocol every method implements, and loading one from an artifact dir."""
+"""The Recommender protocol every method implements, and the method names that pick one."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import torch
-
 from model.types import SeqItem
 
-METHODS: tuple[str, ...] = ("popularity", "covisitation", "gru", "sasrec", "hybrid",
-                            "hybrid_without_sequence")
+__all__ = ["HYBRID_METHODS", "METHODS", "NEIGHBOR_METHODS", "NEURAL_METHODS", "Ranked",
+           "Recommender"]
+
+# The one list of recommender methods: the CLI, serving, training and evaluation read it here.
+NEIGHBOR_METHODS: tuple[str, ...] = ("popularity", "covisitation")
+NEURAL_METHODS: tuple[str, ...] = ("gru", "sasrec")  # the kinds of model.nets.RECOMMENDER_NETS
+# the two-stage hybrid (model.recommenders.hybrid), with and without its sequence model
+HYBRID_METHODS: tuple[str, ...] = ("hybrid", "hybrid_without_sequence")
+METHODS: tuple[str, ...] = (*NEIGHBOR_METHODS, *NEURAL_METHODS, *HYBRID_METHODS)
 
 Ranked = list[tuple[str, float]]
 
@@ -25,21 +30,3 @@ class Recommender(Protocol):
                   exclude: Sequence[Collection[str]]) -> list[Ranked]: ...
 
     def save(self, directory: Path) -> None: ...
-
-
-def load_recommender(directory: Path, method: str, device: torch.device | None = None
-                     ) -> Recommender:
-    """Load a saved method from `directory` (the method's own folder inside a version)."""
-    if method == "popularity":
-        from model.recommenders.neighbors import PopularityRecommender
-        return PopularityRecommender.load(directory)
-    if method == "covisitation":
-        from model.recommenders.neighbors import CoVisitationRecommender
-        return CoVisitationRecommender.load(directory)
-    if method in ("gru", "sasrec"):
-        from model.recommenders.neural import NeuralRecommender
-        return NeuralRecommender.load(directory, device=device)
-    if method in ("hybrid", "hybrid_without_sequence"):
-        from model.recommenders.hybrid import HybridRecommender
-        return HybridRecommender.load(directory)
-    raise ValueError(f"unknown recommender method {method!r}; known: {', '.join(METHODS)}")

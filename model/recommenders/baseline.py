@@ -16,6 +16,8 @@ from model.types import (
     ScoredItem,
 )
 
+__all__ = ["BaselinePredictor", "RISK_RULES", "RiskRule"]
+
 # How much one event says about an item, by type (view, click, add_to_cart, purchase).
 _TYPE_WEIGHT = {"view": 1.0, "click": 1.5, "add_to_cart": 3.0, "purchase": 4.0}
 
@@ -240,6 +242,8 @@ class BaselinePredictor:
             if v <= offset:
                 continue
             c = weight * min(v - offset, cap)
+            if not c:  # a subnormal excess (5e-324) underflows to 0: no reason to give
+                continue
             reasons.append(Reason(feature, v, c))
             logit += c
         if len(reasons) > 1:

@@ -12,15 +12,14 @@ import torch
 
 from model.errors import DataError
 from model.nets.ranker import RankerConfig, RankerNet
-from model.recommenders.base import Ranked
+from model.recommenders.base import HYBRID_METHODS, Ranked
 from model.recommenders.candidates import COUNT_FEATURES, Candidates, CandidateTables, Encoded
 from model.recommenders.sequence import SeqState, SequenceModel, state_from_bytes
 from model.types import SeqItem
 from model.vocab import RESERVED, UNK
 
 SEQ_FEATURES: tuple[str, ...] = ("seq_known", "seq_score", "seq_logprob", "seq_source")
-HYBRID = "hybrid"
-WITHOUT_SEQUENCE = "hybrid_without_sequence"
+HYBRID, WITHOUT_SEQUENCE = HYBRID_METHODS
 UNKNOWN_SCORE = -10.0  # relative score of a candidate the sequence model never saw
 
 

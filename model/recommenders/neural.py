@@ -16,6 +16,8 @@ from model.recommenders.base import Ranked
 from model.types import SeqItem
 from model.vocab import RESERVED, ItemVocab
 
+__all__ = ["CPU_ROWS", "NEVER", "NeuralRecommender", "PREFIX_SLACK"]
+
 NEVER = -60.0  # log-probability below which an item is not a candidate (copy floor is -69)
 PREFIX_SLACK = 4  # sorted candidates per row beyond k + excluded that go to Python at first
 # Rows per forward pass on a CPU. A pass's temporaries grow with its rows (~70 MB at 256

@@ -13,6 +13,8 @@ from model.nets import RiskConfig, RiskNet
 from model.types import PredictionContext, Reason, RiskOutput
 from model.vocab import ItemVocab
 
+__all__ = ["RiskScorer"]
+
 _NO_ITEMS = ItemVocab(1)  # the risk net reads event types and gaps only
 
 

@@ -10,6 +10,8 @@ from model.registry import ModelRegistry
 from model.risk.model import RiskScorer
 from model.types import Prediction, PredictionContext
 
+__all__ = ["RISK", "RiskOverlay", "overlay_risk"]
+
 RISK = "risk"
 
 

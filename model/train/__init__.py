@@ -1,1 +1,13 @@
 """Offline training and evaluation: temporal splits, trainers, metrics, publishing."""
+
+__all__ = [
+    "data",
+    "evaluate",
+    "metrics",
+    "neural",
+    "online",
+    "pipeline",
+    "risk",
+    "risk_data",
+    "risk_online",
+]

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.datasets import iter_events
+from model.errors import ConfigError, DataError
 from model.types import SeqItem
+
+__all__ = [
+    "Case", "EventLog", "Split", "cases_between", "events_to_log", "load_log", "temporal_split",
+]
 
 
 @dataclass
@@ -43,7 +49,7 @@ def events_to_log(events: Iterable[Mapping[str, Any]], max_events: int | None = 
         if max_events is not None and n >= max_events:
             break
     if n == 0:
-        raise ValueError("no usable events (need user_id, item_id and ts)")
+        raise DataError("no usable events (need user_id, item_id and ts)")
     out = {u: [s for _, _, s in sorted(rows)] for u, rows in users.items()}
     t_min = min(s[0].ts_ms for s in out.values())
     t_max = max(s[-1].ts_ms for s in out.values())
@@ -51,7 +57,6 @@ def events_to_log(events: Iterable[Mapping[str, Any]], max_events: int | None = 
 
 
 def load_log(path: Path, layout: str = "auto", max_events: int | None = None) -> EventLog:
-    from model.datasets import iter_events
     return events_to_log(iter_events(path, layout=layout), max_events)
 
 
@@ -108,7 +113,7 @@ def temporal_split(log: EventLog, test_frac: float = 0.2, max_hist: int = 50,
         t_end = test_log.t_max
     else:
         if not 0.0 < test_frac < 1.0:
-            raise ValueError("test_frac must be in (0, 1)")
+            raise ConfigError("test_frac must be in (0, 1)")
         # split on event count quantiles, robust to stray old timestamps
         stamps = sorted(e.ts_ms for s in log.users.values() for e in s)
         t_split = stamps[min(len(stamps) - 1, int(len(stamps) * (1.0 - test_frac)))]
@@ -119,7 +124,7 @@ def temporal_split(log: EventLog, test_frac: float = 0.2, max_hist: int = 50,
     train = {u: s for u, s in train.items() if s}
     n_train = sum(len(s) for s in train.values())
     if not cases:
-        raise ValueError("the test period has no next-item cases (too little data?)")
+        raise DataError("the test period has no next-item cases (too little data?)")
     info = {"kind": "temporal", "t_split_ms": t_split, "train_from_ms": log.t_min,
             "test_to_ms": t_end, "train_events": n_train, "test_cases": len(cases),
             "test_cases_total": total, "test_frac": None if test_log else test_frac,

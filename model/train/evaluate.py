@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 
 from model.errors import ConfigError
-from model.recommenders.base import METHODS, Recommender
+from model.recommenders.base import METHODS, NEURAL_METHODS, Recommender
 from model.recommenders.counts import CLASSIC_COVISITATION
 from model.recommenders.hybrid import HYBRID, WITHOUT_SEQUENCE, HybridRecommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
@@ -20,6 +20,9 @@ from model.train.hybrid import HybridConfig, HybridFit, before, fit_hybrid, tabl
 from model.train.metrics import rank_metrics
 from model.train.neural import TrainConfig, train_sequence_model
 from model.train.sequence import SeqTrainConfig
+
+__all__ = ["Comparison", "K", "PRIMARY", "candidate_recall", "compare_methods", "score_cases",
+           "tune_covisitation"]
 
 K = 20
 # The served method is the best on the validation slice by PRIMARY (then TIEBREAK): HR@20 is
@@ -137,7 +140,7 @@ class _Fitter:
                      {k: round(v, 5) for k, v in cm.items()}}
             return Fitted(m, CoVisitationRecommender.fit(split.train.values(), repeat_weight=w),
                           notes)
-        if method in ("gru", "sasrec"):
+        if method in NEURAL_METHODS:
             rec, report = train_sequence_model(method, split.train, self.cfg, self.say,
                                                validation=(stage.users, stage.cases))
             return Fitted(report.valid_metrics, rec, {f"{method}_epochs": report.epochs,

@@ -8,6 +8,13 @@ from collections.abc import Sequence
 
 import torch
 
+from model.errors import ConfigError, DataError
+
+__all__ = [
+    "auc_rows", "log_loss", "negative_weight", "paired_auc_bootstrap", "pr_auc", "rank_metrics",
+    "roc_auc",
+]
+
 
 def rank_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int = 20
                  ) -> dict[str, float]:
@@ -17,7 +24,7 @@ def rank_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], k: int
     (ideal DCG is 1 with a single relevant item); outside the top k everything is 0.
     """
     if len(ranked) != len(targets):
-        raise ValueError("one ranked list per target")
+        raise ConfigError("one ranked list per target")
     n = len(targets)
     hr = mrr = ndcg = 0.0
     for row, t in zip(ranked, targets, strict=True):
@@ -51,7 +58,7 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     pos = sum(1 for y in labels if y)
     neg = len(labels) - pos
     if pos == 0 or neg == 0:
-        raise ValueError("ROC-AUC needs both classes")
+        raise DataError("ROC-AUC needs both classes")
     ranks = _average_ranks(scores)
     rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
     return (rank_sum - pos * (pos + 1) / 2.0) / (pos * neg)
@@ -65,7 +72,7 @@ def pr_auc(labels: Sequence[int], scores: Sequence[float], neg_weight: float = 1
     """
     pos = sum(1 for y in labels if y)
     if pos == 0:
-        raise ValueError("PR-AUC needs positives")
+        raise DataError("PR-AUC needs positives")
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     tp = fp = 0.0
     ap = 0.0

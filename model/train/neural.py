@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from model.encoding import SeqBatch, encode_rows, seq_rows
+from model.errors import DataError
 from model.nets import SeqRecConfig, SeqRecNet, build_recommender
 from model.recommenders.neural import NeuralRecommender
 from model.train.data import Case, cases_between
@@ -148,6 +149,37 @@ def _valid_metrics(rec: NeuralRecommender, cases: Sequence[Case], k: int = 20
     return rank_metrics(ranked, [c.target for c in cases], k)
 
 
+def _epoch(net: SeqRecNet, opt: torch.optim.Optimizer,
+           data: Sequence[Sequence[tuple[int, int, int]]], n_items: int, cfg: TrainConfig,
+           deadline: float) -> tuple[float, int]:
+    """One pass over the (shuffled) windows: summed loss and the number of targets it saw."""
+    total = 0.0
+    count = 0
+    for b in range(0, len(data), cfg.batch_size):
+        if b and time.perf_counter() > deadline:
+            break  # budget spent mid-epoch: stop at the next batch boundary
+        chunk = data[b: b + cfg.batch_size]
+        batch = encode_rows([r[:-1] for r in chunk], cfg.max_len)
+        n = batch.items.shape[1]
+        targets = torch.full((len(chunk), n), -100, dtype=torch.int64)
+        for i, r in enumerate(chunk):
+            t = torch.tensor([x[0] for x in r[1:]], dtype=torch.int64)[:n]
+            targets[i, : len(t)] = t
+        ignore = (targets < RESERVED) | (targets == batch.items)
+        targets[ignore] = -100
+        if not (targets >= 0).any():
+            continue
+        loss = sampled_loss(net, batch, targets, cfg.negatives, n_items)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        valid_n = int((targets >= 0).sum())
+        total += float(loss.detach()) * valid_n
+        count += valid_n
+    return total, count
+
+
 def _fit(kind: str, train: Mapping[str, Sequence[SeqItem]], cfg: TrainConfig, epochs: int,
          deadline: float, say: Callable[[str], None], valid: Sequence[Case] = ()
          ) -> tuple[NeuralRecommender, TrainReport]:
@@ -161,7 +193,7 @@ def _fit(kind: str, train: Mapping[str, Sequence[SeqItem]], cfg: TrainConfig, ep
         max_len=cfg.max_len, dropout=cfg.dropout, repeat=cfg.repeat))
     data = windows(train, vocab, cfg.max_len)
     if not data:
-        raise ValueError("no training sequences with at least two events")
+        raise DataError("no training sequences with at least two events")
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     t0 = time.perf_counter()
     report = TrainReport(0)
@@ -170,30 +202,7 @@ def _fit(kind: str, train: Mapping[str, Sequence[SeqItem]], cfg: TrainConfig, ep
     net.train()
     for epoch in range(1, epochs + 1):
         rng.shuffle(data)
-        total = 0.0
-        count = 0
-        for b in range(0, len(data), cfg.batch_size):
-            if b and time.perf_counter() > deadline:
-                break  # budget spent mid-epoch: stop at the next batch boundary
-            chunk = data[b: b + cfg.batch_size]
-            batch = encode_rows([r[:-1] for r in chunk], cfg.max_len)
-            n = batch.items.shape[1]
-            targets = torch.full((len(chunk), n), -100, dtype=torch.int64)
-            for i, r in enumerate(chunk):
-                t = torch.tensor([x[0] for x in r[1:]], dtype=torch.int64)[:n]
-                targets[i, : len(t)] = t
-            ignore = (targets < RESERVED) | (targets == batch.items)
-            targets[ignore] = -100
-            if not (targets >= 0).any():
-                continue
-            loss = sampled_loss(net, batch, targets, cfg.negatives, vocab.size)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            valid_n = int((targets >= 0).sum())
-            total += float(loss.detach()) * valid_n
-            count += valid_n
+        total, count = _epoch(net, opt, data, vocab.size, cfg, deadline)
         report.epochs = epoch
         msg = (f"{kind} [{phase}]: epoch {epoch}/{epochs} loss {total / max(1, count):.3f} "
                f"({time.perf_counter() - t0:.0f}s, {len(data)} windows, {len(vocab)} items)")

@@ -26,6 +26,11 @@ import torch
 from model.policy.policies import top_k_indices
 from model.policy.reranker import SEQ_WINDOW, Reranker, RerankInput, featurize
 
+__all__ = [
+    "Example", "GateResult", "OnlineConfig", "OnlineTrainer", "example_from_feedback",
+    "slate_terms",
+]
+
 _HISTORY_KEEP = SEQ_WINDOW  # sequence entries kept per record: all that the reranker reads
 
 

@@ -14,6 +14,8 @@ from model.train.evaluate import Comparison, compare_methods
 from model.train.neural import TrainConfig
 from model.train.risk import load_labelled, train_and_evaluate_risk
 
+__all__ = ["evaluate_recommenders", "train_recommender", "train_risk"]
+
 
 def evaluate_recommenders(data: Path, *, layout: str = "auto", test: Path | None = None,
                           cfg: TrainConfig = TrainConfig(), max_events: int | None = None,

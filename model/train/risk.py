@@ -13,12 +13,18 @@ from typing import Any
 
 import torch
 
-from model.encoding import encode_sequences, feature_matrix
+from model.encoding import SeqBatch, encode_sequences, feature_matrix
+from model.errors import ConfigError, DataError
 from model.nets import RiskConfig, RiskNet
 from model.recommenders.baseline import BaselinePredictor
 from model.risk.model import _NO_ITEMS, RiskScorer
 from model.train.metrics import negative_weight, pr_auc, roc_auc
 from model.types import FEATURE_NAMES, SeqItem
+
+__all__ = [
+    "Labelled", "ORIGINAL_RATES", "fit_platt", "load_labelled", "purchase_features", "rule_scores",
+    "train_and_evaluate_risk",
+]
 
 # Fraud rates of the full public datasets our samples come from (PR-AUC depends on it).
 ORIGINAL_RATES: dict[str, float] = {"fraud-ecommerce": 14151 / 151112,
@@ -41,7 +47,7 @@ def _fraud_ms(text: str) -> int:
             return int(datetime.strptime(text.strip(), fmt).timestamp() * 1000)
         except ValueError:
             continue
-    raise ValueError(f"unreadable time {text!r}")
+    raise DataError(f"unreadable time {text!r}")
 
 
 def purchase_features(signup_ms: int, purchase_ms: int, value: float) -> dict[str, float]:
@@ -95,7 +101,7 @@ def load_labelled(path: Path) -> Labelled:
         ts = [int(float(r[col["time"]]) * 1000) for r in rows]
         return Labelled("creditcard", names, feats, [() for _ in rows],
                         [int(float(r[col["class"]])) for r in rows], ts)
-    raise ValueError(f"{path}: not a known labelled layout (need Fraud_Data.csv columns "
+    raise DataError(f"{path}: not a known labelled layout (need Fraud_Data.csv columns "
                      "signup_time,purchase_time,purchase_value,class or creditcard Time,V1..,"
                      "Amount,Class)")
 
@@ -115,7 +121,7 @@ def _split(ds: Labelled, how: str, seed: int) -> tuple[list[int], list[int], lis
         a, b = int(len(order) * 0.6), int(len(order) * 0.8)
         return order[:a], order[a:b], order[b:]
     if how != "random":
-        raise ValueError("split must be temporal or random")
+        raise ConfigError("split must be temporal or random")
     g = torch.Generator().manual_seed(seed)
     parts: tuple[list[int], list[int], list[int]] = ([], [], [])
     for label in (0, 1):
@@ -129,7 +135,7 @@ def _split(ds: Labelled, how: str, seed: int) -> tuple[list[int], list[int], lis
 
 
 def _tensors(ds: Labelled, idx: Sequence[int], max_len: int
-             ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+             ) -> tuple[torch.Tensor, SeqBatch, torch.Tensor]:
     x = feature_matrix([ds.features[i] for i in idx], ds.feature_names)
     seq = encode_sequences([ds.seqs[i] for i in idx], _NO_ITEMS, max_len)
     y = torch.tensor([float(ds.labels[i]) for i in idx])
@@ -162,6 +168,38 @@ def _ece(p: Sequence[float], y: Sequence[int], bins: int = 10) -> float:
     return total / max(1, len(p))
 
 
+def _fit_net(net: RiskNet, train: tuple[torch.Tensor, SeqBatch, torch.Tensor],
+             valid: tuple[torch.Tensor, SeqBatch, torch.Tensor], epochs: int,
+             say: Callable[[str], None]) -> None:
+    """Fit `net` for `epochs` and keep the weights of its lowest validation loss."""
+    xtr, str_, ytr = train
+    xva, sva, yva = valid
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-5)
+    best: tuple[float, dict[str, torch.Tensor]] = (math.inf, {})
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        net.train()
+        perm = torch.randperm(len(ytr))
+        for b in range(0, len(ytr), 1024):
+            i = perm[b: b + 1024]
+            sb = type(str_)(str_.items[i], str_.types[i], str_.gaps[i], str_.lengths[i])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                net.raw_logit(net.standardise(xtr[i]), sb), ytr[i])
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            vl = float(torch.nn.functional.binary_cross_entropy_with_logits(
+                net.raw_logit(net.standardise(xva), sva), yva))
+        if vl < best[0]:
+            best = (vl, {k: v.clone() for k, v in net.state_dict().items()})
+        if epoch % 10 == 0 or epoch == epochs:
+            say(f"risk: epoch {epoch}/{epochs} validation loss {vl:.4f} "
+                f"({time.perf_counter() - t0:.0f}s)")
+    net.load_state_dict(best[1])
+
+
 def train_and_evaluate_risk(ds: Labelled, epochs: int = 20, seed: int = 0,
                             base_rate: float | None = None, split: str = "random",
                             progress: Callable[[str], None] | None = None
@@ -182,30 +220,7 @@ def train_and_evaluate_risk(ds: Labelled, epochs: int = 20, seed: int = 0,
     xva, sva, yva = _tensors(ds, va, cfg.max_len)
     xte, ste, yte = _tensors(ds, te, cfg.max_len)
     net.fit_scaler(xtr)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-5)
-    best: tuple[float, dict[str, torch.Tensor]] = (math.inf, {})
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        net.train()
-        perm = torch.randperm(len(tr))
-        for b in range(0, len(tr), 1024):
-            i = perm[b: b + 1024]
-            sb = type(str_)(str_.items[i], str_.types[i], str_.gaps[i], str_.lengths[i])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                net.raw_logit(net.standardise(xtr[i]), sb), ytr[i])
-            opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-        net.eval()
-        with torch.no_grad():
-            vl = float(torch.nn.functional.binary_cross_entropy_with_logits(
-                net.raw_logit(net.standardise(xva), sva), yva))
-        if vl < best[0]:
-            best = (vl, {k: v.clone() for k, v in net.state_dict().items()})
-        if epoch % 10 == 0 or epoch == epochs:
-            say(f"risk: epoch {epoch}/{epochs} validation loss {vl:.4f} "
-                f"({time.perf_counter() - t0:.0f}s)")
-    net.load_state_dict(best[1])
+    _fit_net(net, (xtr, str_, ytr), (xva, sva, yva), epochs, say)
     with torch.no_grad():
         scale, bias = fit_platt(net.raw_logit(net.standardise(xva), sva), yva)
     sample_rate = sum(ds.labels[i] for i in tr + va) / max(1, len(tr) + len(va))

@@ -23,6 +23,11 @@ from model.serving import RULES_VERSION
 from model.types import SeqItem
 from model.vocab import ItemVocab
 
+__all__ = [
+    "RISK", "RiskExample", "RiskServing", "example_from_risk_feedback", "net_probs", "risk_records",
+    "tensors",
+]
+
 RISK = "risk"  # registry and model-updates name
 _NO_ITEMS = ItemVocab(1)  # the risk net reads event types and gaps only: every item is "unknown"
 

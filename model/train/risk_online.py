@@ -49,6 +49,8 @@ from model.train.risk_data import (
     tensors,
 )
 
+__all__ = ["OnlineRiskTrainer", "RiskGate", "RiskOnlineConfig", "fresh_net"]
+
 _STD_FLOOR = 0.25  # a fresh net's scaler: features constant during warm-up must not explode
 
 

@@ -1,9 +1,12 @@
-"""The `lamstream` command line: one module per command group."""
+"""The `lamstream` command line: one module per command group, assembled in main."""
 
 __all__ = [
-    "main",
+    "data",
     "export",
-    "learn",
+    "main",
     "model",
     "policy",
+    "refdocs",
+    "service",
+    "tools",
 ]

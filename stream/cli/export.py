@@ -8,14 +8,17 @@ from typing import Annotated, Any
 
 import typer
 
-export_app = typer.Typer(no_args_is_help=True, help="Aggregate exports of feedback "
-                         "(optionally differentially private).")
+from stream.cli._common import FeedbackOpt, JsonOpt, command, errors
+from stream.feedback.source import load_feedback
+from stream.feedback.stats_export import export_stats
+
+export_app = typer.Typer(no_args_is_help=True,
+                         help="Feedback aggregates, optionally differentially private.")
 
 
-@export_app.command("stats")
+@command(export_app, "stats")
 def export_stats_command(
-    feedback: Annotated[str, typer.Option(help="Feedback JSONL file, or a topic name "
-                                          "(e.g. feedback) read from the beginning.")],
+    feedback: FeedbackOpt,
     epsilon: Annotated[float | None, typer.Option(
         help="Privacy budget of this export; unset: exact values, no privacy.")] = None,
     delta: Annotated[float, typer.Option(
@@ -29,27 +32,23 @@ def export_stats_command(
     seed: Annotated[int | None, typer.Option(
         help="Seed of the noise, for tests: anyone who knows it can remove the noise. "
         "Unset: noise from the OS's CSPRNG.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOpt = False,
     out: Annotated[Path | None, typer.Option(help="Also write the JSON object to this "
                                              "file.")] = None,
 ) -> None:
-    """Records per model version and policy, rewarded count, reward sum and mean (overall and
+    """Feedback statistics, optionally differentially private.
+
+    Records per model version and policy, rewarded count, reward sum and mean (overall and
     per model version), engagements per type, explored fraction and the top engaged items.
     With --epsilon, every released value is (epsilon, delta)-differentially private with
-    respect to one user_key (see the README's privacy section)."""
-    from stream.errors import LamstreamError
-    from stream.feedback.source import load_feedback
-    from stream.feedback.stats_export import export_stats
-
-    try:
+    respect to one user_key (see the README's privacy section).
+    """
+    with errors():
         result = export_stats(load_feedback(feedback), epsilon=epsilon, delta=delta,
                               max_per_user=max_per_user, max_reward=max_reward, top=top,
                               seed=seed)
         if out is not None:
             out.write_text(json.dumps(result, indent=2) + "\n")
-    except (LamstreamError, ValueError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
     if json_out:
         typer.echo(json.dumps(result))
     else:

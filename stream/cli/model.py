@@ -1,49 +1,48 @@
-"""CLI commands of the model side: train, evaluate, bench inference, registry (model)."""
+"""The model side: `lamstream train`, `evaluate` and `model` (the registry)."""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from model.registry import ModelRegistry
+from stream.cli._common import (
+    DataDirOpt,
+    FeedbackOpt,
+    JsonOpt,
+    command,
+    errors,
+    resolve_data_dir,
+    say,
+)
+from stream.cli.policy import evaluate_policy
+from stream.errors import LamstreamError, UsageError
+from stream.feedback.source import load_feedback
+from stream.settings import load_settings
+
 train_app = typer.Typer(no_args_is_help=True, help="Train models from event files and publish "
-                        "them to the model registry.")
+                        "them to the registry.")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Offline evaluation on a temporal split.")
-model_app = typer.Typer(no_args_is_help=True, help="The model registry: list, show, rollback.")
+model_app = typer.Typer(no_args_is_help=True,
+                        help="The model registry: list, rollback, gate, announce.")
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Event file (CSV/TSV/JSONL, any layout "
                                        "`lamstream produce` reads).")]
 LayoutOpt = Annotated[str, typer.Option(help="File layout: auto, taobao, yoochoose, otto, "
                                         "jsonl, csv.")]
-DataDirOpt = Annotated[Path | None, typer.Option(
-    "--data-dir", help="Data dir holding models/ (default: $LAMSTREAM_DATA_DIR or .lamstream).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 AnnounceOpt = Annotated[bool, typer.Option(
     "--announce/--no-announce", help="Also send a model-updates record so running workers "
     "(LAMSTREAM_BOOTSTRAP_SERVERS, or the embedded broker's port) swap to the new version "
     "between batches.")]
 
 
-def _data_dir(value: Path | None) -> Path:
-    return value if value is not None else Path(os.environ.get("LAMSTREAM_DATA_DIR",
-                                                               ".lamstream"))
-
-
-def _say(message: str) -> None:
-    typer.echo(message, err=True)
-
-
 def _announce(name: str, version: str, action: str = "publish") -> bool:
     """model-updates record for running workers; the registry is the source of truth, so a
     broker that cannot be reached is a warning (announce again later), not a failure."""
-    from stream.client import announce_model
-    from stream.errors import LamstreamError
-    from stream.settings import load_settings
+    from stream.client import announce_model  # kafka: not for --help
 
     try:
         settings = load_settings()
@@ -54,27 +53,14 @@ def _announce(name: str, version: str, action: str = "publish") -> bool:
                     f" (run `lamstream model announce {name} --version {version}` when the "
                     "broker is up)", fg=typer.colors.YELLOW, err=True)
         return False
-    _say(f"announced {name} {version} on {settings.topic_prefix}model-updates "
+    say(f"announced {name} {version} on {settings.topic_prefix}model-updates "
          f"({settings.bootstrap})")
     return True
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    """One clear line and exit code 2 instead of a traceback."""
-    from model.errors import RegistryError
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except (OSError, ValueError, KeyError, RegistryError) as e:
-        msg = str(e) if not isinstance(e, KeyError) else f"missing field {e}"
-        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
-
 def _train_cfg(epochs: int | None, budget_s: float) -> Any:
-    from model.train.neural import TrainConfig
+    from model.train.neural import TrainConfig  # torch: not for --help
+
     base = TrainConfig()
     return TrainConfig(epochs=epochs or base.epochs, budget_s=budget_s)
 
@@ -86,10 +72,10 @@ def _print_table(result: dict[str, Any]) -> None:
     for m, row in methods.items():
         mark = " *" if m == result.get("served") else ""
         typer.echo(f"{m + mark:<14}" + "".join(f"{row.get(c, float('nan')):>18}" for c in cols))
-    typer.echo(f"served: {result.get('served')}  (* = best ndcg@20)")
+    typer.echo(f"served: {result.get('served')}  (* = best hr@20 on the validation slice)")
 
 
-@train_app.command("recommender")
+@command(train_app, "recommender")
 def train_recommender(
     data: DataOpt,
     layout: LayoutOpt = "auto",
@@ -105,14 +91,18 @@ def train_recommender(
     json_out: JsonOpt = False,
     announce: AnnounceOpt = False,
 ) -> None:
-    """Train popularity, co-visitation, GRU and SASRec on one temporal split, publish all to
-    the registry; the method with the best NDCG@20 on the test part is the one served."""
-    from model.train.pipeline import train_recommender as run
+    """Train the recommenders on one split and publish them.
 
-    with _errors():
-        version, comp = run(data, _data_dir(data_dir), layout=layout, test=test,
+    Popularity, co-visitation, GRU, SASRec and the hybrid (with and without its sequence
+    model) on one temporal split, all published to the registry; the method with the best
+    HR@20 on a validation slice before the test part is the one served.
+    """
+    from model.train.pipeline import train_recommender as run  # torch: not for --help
+
+    with errors(missing_field=True):
+        version, comp = run(data, resolve_data_dir(data_dir), layout=layout, test=test,
                             cfg=_train_cfg(epochs, budget_s), max_events=max_events,
-                            progress=_say)
+                            progress=say)
     if announce:
         _announce("recommender", version)
     result = {**comp.to_json(), "version": version}
@@ -120,10 +110,10 @@ def train_recommender(
         typer.echo(json.dumps(result))
     else:
         _print_table(result)
-        typer.echo(f"published recommender {version} to {_data_dir(data_dir) / 'models'}")
+        typer.echo(f"published recommender {version} to {resolve_data_dir(data_dir) / 'models'}")
 
 
-@train_app.command("risk")
+@command(train_app, "risk")
 def train_risk(
     data: Annotated[Path, typer.Option("--data", help="Labelled file: Kaggle Fraud_Data.csv "
                                        "or ULB creditcard.csv layout.")],
@@ -135,12 +125,16 @@ def train_risk(
     json_out: JsonOpt = False,
     announce: AnnounceOpt = False,
 ) -> None:
-    """Train the risk net (calibrated, with attributions) and publish it to the registry."""
-    from model.train.pipeline import train_risk as run
+    """Train the calibrated risk net and publish it to the registry.
 
-    with _errors():
-        version, report = run(data, _data_dir(data_dir), epochs=epochs, split=split,
-                              base_rate=base_rate, progress=_say)
+    The net is calibrated on held-out rows and explains its scores (attributions); the
+    registry keeps its evaluation against the rule baseline.
+    """
+    from model.train.pipeline import train_risk as run  # torch: not for --help
+
+    with errors(missing_field=True):
+        version, report = run(data, resolve_data_dir(data_dir), epochs=epochs, split=split,
+                              base_rate=base_rate, progress=say)
     if announce:
         _announce("risk", version)
     if json_out:
@@ -148,10 +142,10 @@ def train_risk(
     else:
         for m, row in report["methods"].items():
             typer.echo(f"{m:<16} " + "  ".join(f"{k} {v}" for k, v in row.items()))
-        typer.echo(f"published risk {version} to {_data_dir(data_dir) / 'models'}")
+        typer.echo(f"published risk {version} to {resolve_data_dir(data_dir) / 'models'}")
 
 
-@evaluate_app.command("recommender")
+@command(evaluate_app, "recommender")
 def evaluate_recommender(
     data: Annotated[Path | None, typer.Option("--data", help="Event file to evaluate on "
                                               "(default: print the evaluation stored with the "
@@ -166,23 +160,27 @@ def evaluate_recommender(
     = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """HR@20, MRR@20, NDCG@20 and train/inference time of popularity, co-visitation, GRU and
-    SASRec, all on the same temporal split (nothing is published)."""
-    with _errors():
+    """HR@20, MRR@20, NDCG@20 and time of every recommender.
+
+    Popularity, co-visitation, GRU, SASRec, hybrid and hybrid_without_sequence, train and
+    inference time too, all on the same temporal split; served: the best HR@20 on a validation
+    slice before the test part; nothing is published. Without --data: the evaluation stored with the
+    latest published recommender.
+    """
+    with errors(missing_field=True):
         if data is None:
-            from model.registry import ModelRegistry
-            reg = ModelRegistry(_data_dir(data_dir))
+            reg = ModelRegistry(resolve_data_dir(data_dir))
             version = reg.latest("recommender")
             if version is None:
-                raise ValueError(f"no --data and no trained recommender in {reg.root}; "
+                raise UsageError(f"no --data and no trained recommender in {reg.root}; "
                                  "run `lamstream train recommender --data FILE` first")
             result = {**reg.manifest("recommender", version)["evaluation"],
                       "source": f"registry recommender {version}"}
         else:
-            from model.train.pipeline import evaluate_recommenders
+            from model.train.pipeline import evaluate_recommenders  # torch
             comp = evaluate_recommenders(data, layout=layout, test=test,
                                          cfg=_train_cfg(epochs, budget_s),
-                                         max_events=max_events, progress=_say)
+                                         max_events=max_events, progress=say)
             result = comp.to_json()
     if json_out:
         typer.echo(json.dumps(result))
@@ -190,7 +188,7 @@ def evaluate_recommender(
         _print_table(result)
 
 
-@evaluate_app.command("risk")
+@command(evaluate_app, "risk")
 def evaluate_risk(
     data: Annotated[Path, typer.Option("--data", help="Labelled file (Fraud_Data.csv or "
                                        "creditcard.csv layout).")],
@@ -200,12 +198,15 @@ def evaluate_risk(
                                                     "(default: the full dataset's).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """ROC-AUC and PR-AUC of the risk net vs the rule baseline on the same held-out rows."""
-    from model.train.risk import load_labelled, train_and_evaluate_risk
+    """ROC-AUC and PR-AUC of the risk net vs the rule baseline.
 
-    with _errors():
+    Both are scored on the same held-out rows; nothing is published.
+    """
+    from model.train.risk import load_labelled, train_and_evaluate_risk  # torch
+
+    with errors(missing_field=True):
         _, report = train_and_evaluate_risk(load_labelled(data), epochs=epochs, split=split,
-                                            base_rate=base_rate, progress=_say)
+                                            base_rate=base_rate, progress=say)
     if json_out:
         typer.echo(json.dumps(report))
     else:
@@ -214,90 +215,54 @@ def evaluate_risk(
         typer.echo(f"base rate: {report['base_rate']}")
 
 
-def bench_inference(
-    json_out: JsonOpt = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    data_dir: DataDirOpt = None,
-    prefer: Annotated[str, typer.Option(help="Recommender to bench: auto (default: the served "
-                                        "one), hybrid, sasrec, gru, covisitation.")] = "auto",
-    seconds: Annotated[float, typer.Option(help="Seconds per measured level.")] = 3.0,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's "
-                                                "choice, one per core).")] = None,
-) -> None:
-    """Predictions/s and p50/p99 latency: per-event calls (batch 1 in a loop) vs the
-    micro-batcher under 1..512 concurrent requests, recommender + risk model together."""
-    from model.bench import run_inference_bench
-    from model.registry import ModelRegistry
-
-    with _errors():
-        ddir = _data_dir(data_dir)
-        if prefer not in ("auto", "covisitation", "popularity", "gru", "sasrec", "hybrid",
-                          "hybrid_without_sequence"):
-            raise ValueError("--prefer must be auto, hybrid, hybrid_without_sequence, sasrec, "
-                             "gru, covisitation or popularity")
-        has = ModelRegistry(ddir).latest("recommender") is not None
-        if has and prefer != "auto":
-            methods = ModelRegistry(ddir).manifest("recommender").get("methods", [])
-            has = prefer in methods
-        result = run_inference_bench(ddir if has else None, device=device, seconds=seconds,
-                                     prefer=prefer, log=_say, threads=threads)
-    if json_out:
-        typer.echo(json.dumps(result))
-    else:
-        for k, v in result.items():
-            if k != "levels":
-                typer.echo(f"{k:>18}: {v}")
-
-
-@model_app.command("list")
+@command(model_app, "list")
 def model_list(data_dir: DataDirOpt = None) -> None:
     """Published models and versions; the latest marked with *."""
-    from model.registry import ModelRegistry
-
-    with _errors():
-        reg = ModelRegistry(_data_dir(data_dir))
+    with errors(missing_field=True):
+        reg = ModelRegistry(resolve_data_dir(data_dir))
         for name, versions in reg.list().items():
             latest = reg.latest(name)
             typer.echo(f"{name}: " + " ".join(v + ("*" if v == latest else "")
                                               for v in versions))
 
 
-@model_app.command("rollback")
+@command(model_app, "rollback")
 def model_rollback(name: Annotated[str, typer.Argument(help="recommender, risk or reranker")],
                    data_dir: DataDirOpt = None, announce: AnnounceOpt = True) -> None:
-    """Point `latest` of a model back one version and announce it on model-updates, so
-    running workers serve it from their next batch (--no-announce: registry only)."""
-    from model.registry import ModelRegistry
+    """Point `latest` of a model back one version and announce it.
 
-    with _errors():
-        v = ModelRegistry(_data_dir(data_dir)).rollback(name)
+    The model-updates record makes running workers serve it from their next batch
+    (--no-announce: the registry only).
+    """
+    with errors(missing_field=True):
+        v = ModelRegistry(resolve_data_dir(data_dir)).rollback(name)
     typer.echo(f"{name}: latest is now {v}")
     if announce:
         _announce(name, v, "rollback")
 
 
-@model_app.command("gate")
+@command(model_app, "gate")
 def model_gate(
     name: Annotated[str, typer.Argument(help="reranker (the model the trainer gates)")],
     candidate: Annotated[Path, typer.Option(help="Candidate artifact dir (reranker.pt + "
                                             "config.json): a registry version, the trainer's "
                                             "DATA_DIR/trainer/candidate, ...")],
-    feedback: Annotated[str, typer.Option(help="Feedback JSONL file, or a topic name "
-                                          "(e.g. feedback) read from the beginning.")],
+    feedback: FeedbackOpt,
     data_dir: DataDirOpt = None, announce: AnnounceOpt = True, json_out: JsonOpt = False,
 ) -> None:
-    """Compare a candidate with the serving version on logged feedback, exactly as the
-    trainer's gate does (LAMSTREAM_TRAINER_MARGIN, _CONFIDENCE), and publish + announce it
-    only if it wins. Exit code 1 when the gate refuses it."""
-    from stream.feedback.source import load_feedback
-    from stream.settings import load_settings
-    from stream.trainer.loop import gate_candidate
+    """Publish a candidate only if it beats the serving version.
 
-    with _errors():
+    The candidate and the serving version are compared on logged feedback exactly as the
+    trainer's gate does (LAMSTREAM_TRAINER_MARGIN, _CONFIDENCE); it is published and
+    announced only if it wins. Exit code 1 when the gate refuses it.
+    """
+    from stream.trainer.loop import gate_candidate  # torch: not for --help
+
+    with errors(missing_field=True):
         if name != "reranker":
-            raise ValueError("only the reranker is gated (the trainer's model)")
+            raise UsageError("only the reranker is gated (the trainer's model)")
         settings = load_settings()
-        settings = settings.model_copy(update={"data_dir": _data_dir(data_dir)})
+        settings = settings.model_copy(update={"data_dir": resolve_data_dir(data_dir)})
         result = gate_candidate(settings, candidate, load_feedback(feedback))
     gate = result["gate"]
     if json_out:
@@ -311,22 +276,26 @@ def model_gate(
         raise typer.Exit(1)
 
 
-@model_app.command("announce")
+@command(model_app, "announce")
 def model_announce(
     name: Annotated[str, typer.Argument(help="recommender, risk or reranker")],
     version: Annotated[str | None, typer.Option(help="Version to serve (default: latest).")]
     = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Send a model-updates record: running workers load that version from their data dir
-    (it must be published there) and serve it from their next batch, dropping no events."""
-    from model.registry import ModelRegistry
+    """Tell running workers to serve a published version.
 
-    with _errors():
-        reg = ModelRegistry(_data_dir(data_dir))
+    A model-updates record: running workers load that version from their data dir (it must
+    be published there) and serve it from their next batch, dropping no events.
+    """
+    with errors(missing_field=True):
+        reg = ModelRegistry(resolve_data_dir(data_dir))
         v = version or reg.latest(name)
         if v is None:
-            raise ValueError(f"no published {name} model in {reg.root}")
+            raise UsageError(f"no published {name} model in {reg.root}")
         reg.path(name, v)  # must exist
     if not _announce(name, v):
         raise typer.Exit(1)
+
+
+command(evaluate_app, "policy")(evaluate_policy)

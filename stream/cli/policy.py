@@ -7,29 +7,30 @@ from typing import Annotated
 
 import typer
 
+from model.policy.ope import evaluate, policy_target, shadow_target, slate_epsilon
+from model.policy.policies import parse_policy
+from stream.cli._common import FeedbackOpt, JsonOpt, errors
 from stream.feedback.source import load_feedback
 
 
 def evaluate_policy(
-    feedback: Annotated[str, typer.Option(help="Feedback JSONL file, or a topic name "
-                                          "(e.g. feedback) read from the beginning.")],
+    feedback: FeedbackOpt,
     policy: Annotated[str, typer.Option(help="Candidate policy: shadow (as logged by "
                                         "LAMSTREAM_POLICY_SHADOW), greedy, "
                                         "epsilon_greedy:EPS or softmax:T (recomputed from the "
                                         "logged candidate scores).")] = "shadow",
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap and cross-fitting.")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """IPS, self-normalised IPS and doubly-robust estimates (95% bootstrap CIs) of a candidate
+    """Off-policy estimates (IPS, SNIPS, DR) of a candidate policy.
+
+    IPS, self-normalised IPS and doubly-robust estimates (95% bootstrap CIs) of a candidate
     policy's mean reward per recommendation, next to the logged policy's observed value; for
     greedy / epsilon-greedy candidates and logs also the slate-level IPS and SNIPS, which hold
-    when the items of a slate interact (users stop at the first item they like)."""
-    from model.policy.ope import evaluate, policy_target, shadow_target, slate_epsilon
-    from model.policy.policies import parse_policy
-    from stream.errors import LamstreamError
-
-    try:
+    when the items of a slate interact (users stop at the first item they like).
+    """
+    with errors():
         records = load_feedback(feedback)
         if policy == "shadow":
             result = evaluate(records, shadow_target, bootstrap=bootstrap, seed=seed)
@@ -37,9 +38,6 @@ def evaluate_policy(
             pol = parse_policy(policy)
             result = evaluate(records, policy_target(pol), bootstrap=bootstrap, seed=seed,
                               slate_eps=slate_epsilon(pol))
-    except (LamstreamError, ValueError, OSError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
     result["policy"] = policy
     if json_out:
         typer.echo(json.dumps(result))

@@ -1,11 +1,15 @@
-"""Tools around the service, not the service: demo, simulator, benchmarks."""
+"""Tools around the service, not the service: demo, simulator, benchmarks, their processes."""
 
 __all__ = [
-    "demo",
-    "simulate",
-    "sim_world",
-    "bench_pipeline",
     "bench_floor",
     "bench_naive",
+    "bench_pipeline",
     "bench_scale",
+    "bench_soak",
+    "demo",
+    "procs",
+    "replay",
+    "sim_report",
+    "sim_world",
+    "simulate",
 ]

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
 from stream.settings import Settings, load_settings
 
 
 async def passthrough(settings: Settings, in_topic: str, out_topic: str, fetch_wait_ms: int
                       ) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
     consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False,
                                 fetch_max_wait_ms=fetch_wait_ms, max_poll_records=1000)
     producer = AIOKafkaProducer(**settings.aiokafka_config(), linger_ms=2, acks=1)

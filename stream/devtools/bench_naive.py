@@ -15,11 +15,11 @@ import time
 import faust
 import orjson
 
+from stream.kafka.faust_app import faust_brokers, faust_credentials
+from stream.settings import load_settings
+
 
 def main(bootstrap: str, topic: str, n: int, data_dir: str) -> None:
-    from stream.settings import load_settings
-    from stream.worker.app import faust_brokers, faust_credentials
-
     credentials = faust_credentials(load_settings(bootstrap_servers=bootstrap))
     app = faust.App(
         f"naive-{topic}", broker=faust_brokers(bootstrap),

@@ -22,54 +22,27 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from model.stats import percentile
+from stream.devtools.procs import broker_for, get_json, start_worker, stop_worker, wait_healthy
+from stream.devtools.replay import load_payloads, preload
+from stream.errors import InfraError
+from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 
-
-def load_payloads(data: str | None, n: int) -> list[tuple[bytes, bytes]]:
-    from model.datasets import iter_payloads
-    from stream.devtools.demo import default_data
-
-    out: list[tuple[bytes, bytes]] = []
-    path = data or str(default_data())
-    while len(out) < n:
-        before = len(out)
-        for key, value in iter_payloads(path):
-            if key is None:
-                continue
-            # a fresh id per copy so a file shorter than n is replayed as new events
-            ev = orjson.loads(value)
-            ev["event_id"] = f"{ev['event_id']}#{len(out)}"
-            out.append((key.encode(), orjson.dumps(ev)))
-            if len(out) >= n:
-                break
-        if len(out) == before:
-            raise ValueError(f"no usable events in {path}")
-    return out
-
-
-def preload(settings: Settings, topic: str, payloads: list[tuple[bytes, bytes]]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(**settings.kafka_python_config(), linger_ms=20,
-                             batch_size=256 * 1024, acks=1)
-    for key, value in payloads:
-        producer.send(topic, key=key, value=value)
-    producer.flush(120)
-    producer.close()
+Log = Callable[[str], None]
 
 
 def create(settings: Settings, names: list[str]) -> None:
-    from kafka.admin import KafkaAdminClient, NewTopic
-
     admin = KafkaAdminClient(**settings.kafka_python_config())
     try:
         admin.create_topics([NewTopic(n, settings.partitions, settings.replication_factor)
@@ -79,8 +52,6 @@ def create(settings: Settings, names: list[str]) -> None:
 
 
 async def _raw(settings: Settings, topic: str, n: int) -> float:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
     consumer = AIOKafkaConsumer(**settings.aiokafka_config(), enable_auto_commit=False,
                                 auto_offset_reset="earliest", max_poll_records=5000)
     producer = AIOKafkaProducer(**settings.aiokafka_config(), linger_ms=2,
@@ -120,12 +91,7 @@ def _naive(settings: Settings, topic: str, n: int, tmp: Path) -> float:
     found = re.search(r'\{"events":[^}]*\}', proc.stdout + proc.stderr)
     if found:
         return float(json.loads(found.group(0))["eps"])
-    raise RuntimeError(f"naive Faust run failed: {proc.stderr[-1500:]}")
-
-
-def _stats(base: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{base}/api/stats", timeout=5) as r:
-        return dict(json.loads(r.read()))
+    raise InfraError(f"naive Faust run failed: {proc.stderr[-1500:]}")
 
 
 def _latency_at_load(s: Settings, payloads: list[tuple[bytes, bytes]], rate: float,
@@ -146,52 +112,19 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
     to `rate` and a consumer of `out_topic`, each record matched to its send time by event id.
     The observer asks the broker for records no more than 5 ms late (tansu holds a fetch that
     long even when records are waiting), so the figure is the pipeline's, not the client's."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
     consumer = AIOKafkaConsumer(**s.aiokafka_config(), enable_auto_commit=False,
                                 fetch_max_wait_ms=5, max_poll_records=5000)
     producer = AIOKafkaProducer(**s.aiokafka_config(), linger_ms=0, acks=1)
     await consumer.start()
     await producer.start()
-    sent_at: dict[str, float] = {}
-    lat: list[float] = []
-    inside: list[float] = []  # the worker's own share: receipt -> publish
-
-    async def receive() -> None:
-        while True:
-            batches = await consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for records in batches.values():
-                for r in records:
-                    rec = orjson.loads(r.value)
-                    t = sent_at.pop(rec["event_id"], None)
-                    if t is not None:
-                        lat.append((now - t) * 1000)
-                        if "latency_ms" in rec:
-                            inside.append(rec["latency_ms"])
-
+    obs = LatencyObserver()
     try:
         consumer.assign([TopicPartition(out_topic, p) for p in range(s.partitions)])
         await consumer.seek_to_end()
-        rx = asyncio.create_task(receive())
-        total = int(rate * seconds)
-        topic = s.topic_prefix + "events"
-        t0 = time.perf_counter()
-        expected = 0
-        for i in range(total):
-            key, value = payloads[i % len(payloads)]
-            ev = orjson.loads(value)
-            ev["event_id"] = f"lat-{i}-{ev['event_id']}"
-            if every_event or ev.get("type") in s.recommend_on:
-                expected += 1
-            sent_at[ev["event_id"]] = time.perf_counter()
-            await producer.send(topic, orjson.dumps(ev), key=key)
-            ahead = (i + 1) / rate - (time.perf_counter() - t0)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-        await producer.flush()
+        rx = asyncio.create_task(obs.receive(consumer))
+        expected = await _offer(s, producer, payloads, rate, seconds, every_event, obs.sent_at)
         deadline = time.perf_counter() + 10
-        while len(lat) < expected and time.perf_counter() < deadline:
+        while len(obs.lat) < expected and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
         rx.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -200,9 +133,53 @@ async def _latency_async(s: Settings, payloads: list[tuple[bytes, bytes]], rate:
         await consumer.stop()
         await producer.stop()
     # only some event types trigger recommendations; the sample is the measured records
-    return {"p50_ms": percentile(lat, 0.5), "p99_ms": percentile(lat, 0.99),
-            "samples": len(lat), "worker_p50_ms": percentile(inside, 0.5),
-            "worker_p99_ms": percentile(inside, 0.99)}
+    return {"p50_ms": percentile(obs.lat, 0.5), "p99_ms": percentile(obs.lat, 0.99),
+            "samples": len(obs.lat), "worker_p50_ms": percentile(obs.inside, 0.5),
+            "worker_p99_ms": percentile(obs.inside, 0.99)}
+
+
+@dataclass
+class LatencyObserver:
+    """Send times by event id, and the latencies of the records seen on the output topic."""
+
+    sent_at: dict[str, float] = field(default_factory=dict)
+    lat: list[float] = field(default_factory=list)
+    inside: list[float] = field(default_factory=list)  # the worker's share: receipt -> publish
+
+    async def receive(self, consumer: Any) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batches.values():
+                for r in records:
+                    rec = orjson.loads(r.value)
+                    t = self.sent_at.pop(rec["event_id"], None)
+                    if t is not None:
+                        self.lat.append((now - t) * 1000)
+                        if "latency_ms" in rec:
+                            self.inside.append(rec["latency_ms"])
+
+
+async def _offer(s: Settings, producer: Any, payloads: list[tuple[bytes, bytes]], rate: float,
+                 seconds: float, every_event: bool, sent_at: dict[str, float]) -> int:
+    """Send `rate` events a second for `seconds`, each under a fresh id whose send time goes
+    into `sent_at`; returns how many output records to expect."""
+    topic = s.topic_prefix + "events"
+    t0 = time.perf_counter()
+    expected = 0
+    for i in range(int(rate * seconds)):
+        key, value = payloads[i % len(payloads)]
+        ev = orjson.loads(value)
+        ev["event_id"] = f"lat-{i}-{ev['event_id']}"
+        if every_event or ev.get("type") in s.recommend_on:
+            expected += 1
+        sent_at[ev["event_id"]] = time.perf_counter()
+        await producer.send(topic, orjson.dumps(ev), key=key)
+        ahead = (i + 1) / rate - (time.perf_counter() - t0)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    await producer.flush()
+    return expected
 
 
 def _floor_latency(base: Settings, run_id: str, fetch_wait_ms: int,
@@ -224,7 +201,7 @@ def _floor_latency(base: Settings, run_id: str, fetch_wait_ms: int,
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
                 log.seek(0)
-                raise RuntimeError(f"the floor passthrough did not start: {log.read()[-1500:]}")
+                raise InfraError(f"the floor passthrough did not start: {log.read()[-1500:]}")
             time.sleep(0.1)
         return _latency_at_load(s, payloads, rate, seconds, out_topic=out)
     finally:
@@ -233,67 +210,90 @@ def _floor_latency(base: Settings, run_id: str, fetch_wait_ms: int,
         log.close()
 
 
-def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None,
-                       log: Callable[[str], None], naive_events: int | None = None,
-                       latency_rate: float = 2000.0, latency_seconds: float = 10.0
-                       ) -> dict[str, Any]:
-    from stream.cli.main import broker_for
-    from stream.devtools.demo import start_worker, stop_worker, wait_healthy
-    from stream.kafka.admin import ensure_topics
+@dataclass(frozen=True)
+class _Run:
+    """What every phase of one bench run shares."""
 
+    base: Settings  # on the broker, before any phase's topic prefix
+    payloads: list[tuple[bytes, bytes]]
+    run_id: str
+    tmp: Path
+    log: Log
+
+
+def _raw_phase(run: _Run) -> float:
+    """(a) raw aiokafka: consume, decode, produce; the broker and machine limit."""
+    topic = f"bench-{run.run_id}-raw"
+    create(run.base, [topic, topic + ".raw-out"])
+    preload(run.base, topic, run.payloads)
+    eps = asyncio.run(_raw(run.base, topic, len(run.payloads)))
+    run.log(f"(a) raw aiokafka passthrough: {eps:,.0f} ev/s")
+    return eps
+
+
+def _naive_phase(run: _Run, n: int) -> float:
+    """(b) a naive Faust agent over the first `n` events."""
+    topic = f"bench-{run.run_id}-naive"
+    create(run.base, [topic, topic + ".naive-out"])
+    preload(run.base, topic, run.payloads[:n])
+    eps = _naive(run.base, topic, n, run.tmp)
+    run.log(f"(b) naive Faust agent: {eps:,.0f} ev/s ({n} events)")
+    return eps
+
+
+def _worker_phase(run: _Run, rate: float, seconds: float
+                  ) -> tuple[Settings, float, dict[str, Any]]:
+    """(c) the lamstream worker: its rate over the preloaded topic, then its latency at
+    `rate` offered; returns its settings, its rate and the latency figures."""
+    s = run.base.model_copy(update={
+        "topic_prefix": f"bench-{run.run_id}-ls.", "app_id": f"bench-{run.run_id}",
+        "data_dir": run.tmp / "worker"})
+    ensure_topics(s)
+    preload(s, s.topic_prefix + "events", run.payloads)
+    base, n = f"http://127.0.0.1:{s.web_port}", len(run.payloads)
+    proc = start_worker(s, run.tmp / "worker", run.tmp / "worker.log",
+                        extra_env={"LAMSTREAM_MODEL_NAME": "baseline"})
+    try:
+        wait_healthy(base, proc, 120, run.tmp / "worker.log")
+        deadline = time.monotonic() + 600
+        st = get_json(f"{base}/api/stats")
+        while st["events"] < n and time.monotonic() < deadline:
+            time.sleep(0.25)
+            st = get_json(f"{base}/api/stats")
+        if st["events"] < n:
+            raise InfraError(f"worker processed {st['events']} of {n} events")
+        eps = st["events"] / (st["last_batch_at"] - st["first_batch_at"])
+        run.log(f"(c) lamstream worker: {eps:,.0f} ev/s "
+                f"({st['recommendations']} recommendations, {st['dlq']} DLQ)")
+        lat = _latency_at_load(s, run.payloads, rate, seconds)
+        run.log(f"(c) at {rate:.0f} ev/s offered: e2e p50 {lat['p50_ms']:.1f} ms, p99 "
+                f"{lat['p99_ms']:.1f} ms over {lat['samples']} recommendations (inside the "
+                f"worker, receipt to publish: p50 {lat['worker_p50_ms']:.1f} ms, p99 "
+                f"{lat['worker_p99_ms']:.1f} ms)")
+    finally:
+        stop_worker(proc)
+    return s, eps, lat
+
+
+def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, log: Log,
+                       naive_events: int | None = None, latency_rate: float = 2000.0,
+                       latency_seconds: float = 10.0) -> dict[str, Any]:
+    """(a) raw, (b) naive, (c) the worker and (d) the floor, one after the other (module doc)."""
     tmp = Path(tempfile.mkdtemp(prefix="lamstream-bench-"))
     payloads = load_payloads(data, n_events)
-    run_id = uuid.uuid4().hex[:6]
-    with broker_for(settings) as base_settings:
-        partitions = base_settings.partitions
-        log(f"bench: {n_events} real events, {partitions} partitions, broker "
+    with broker_for(settings, log=log) as base_settings:
+        run = _Run(base_settings, payloads, uuid.uuid4().hex[:6], tmp, log)
+        log(f"bench: {n_events} real events, {base_settings.partitions} partitions, broker "
             f"{base_settings.bootstrap}")
-        # (a) raw aiokafka
-        raw_topic = f"bench-{run_id}-raw"
-        create(base_settings, [raw_topic, raw_topic + ".raw-out"])
-        preload(base_settings, raw_topic, payloads)
-        raw_eps = asyncio.run(_raw(base_settings, raw_topic, n_events))
-        log(f"(a) raw aiokafka passthrough: {raw_eps:,.0f} ev/s")
-        # (b) naive Faust agent
+        raw_eps = _raw_phase(run)
         # the same events as (c) by default: the naive agent gets faster over a longer run
         # (10,000 events: 2,935 / 3,119 ev/s; 60,000: 3,258 / 3,296), so a shorter run
         # would flatter the ratio
         naive_n = n_events if naive_events is None else min(naive_events, n_events)
-        naive_topic = f"bench-{run_id}-naive"
-        create(base_settings, [naive_topic, naive_topic + ".naive-out"])
-        preload(base_settings, naive_topic, payloads[:naive_n])
-        naive_eps = _naive(base_settings, naive_topic, naive_n, tmp)
-        log(f"(b) naive Faust agent: {naive_eps:,.0f} ev/s ({naive_n} events)")
-        # (c) the lamstream worker
-        s = base_settings.model_copy(update={
-            "topic_prefix": f"bench-{run_id}-ls.", "app_id": f"bench-{run_id}",
-            "data_dir": tmp / "worker"})
-        ensure_topics(s)
-        preload(s, s.topic_prefix + "events", payloads)
-        base = f"http://127.0.0.1:{s.web_port}"
-        proc = start_worker(s, tmp / "worker", tmp / "worker.log",
-                            extra_env={"LAMSTREAM_MODEL_NAME": "baseline"})
-        try:
-            wait_healthy(base, proc, 120, tmp / "worker.log")
-            deadline = time.monotonic() + 600
-            st = _stats(base)
-            while st["events"] < n_events and time.monotonic() < deadline:
-                time.sleep(0.25)
-                st = _stats(base)
-            if st["events"] < n_events:
-                raise RuntimeError(f"worker processed {st['events']} of {n_events} events")
-            ls_eps = st["events"] / (st["last_batch_at"] - st["first_batch_at"])
-            log(f"(c) lamstream worker: {ls_eps:,.0f} ev/s "
-                f"({st['recommendations']} recommendations, {st['dlq']} DLQ)")
-            lat = _latency_at_load(s, payloads, latency_rate, latency_seconds)
-            log(f"(c) at {latency_rate:.0f} ev/s offered: e2e p50 {lat['p50_ms']:.1f} ms, p99 "
-                f"{lat['p99_ms']:.1f} ms over {lat['samples']} recommendations (inside the "
-                f"worker, receipt to publish: p50 {lat['worker_p50_ms']:.1f} ms, p99 "
-                f"{lat['worker_p99_ms']:.1f} ms)")
-        finally:
-            stop_worker(proc)
+        naive_eps = _naive_phase(run, naive_n)
+        s, ls_eps, lat = _worker_phase(run, latency_rate, latency_seconds)
         # (d) the floor: the same load and observer through a bare passthrough process
-        floor = _floor_latency(base_settings, run_id, s.fetch_max_wait_ms, payloads,
+        floor = _floor_latency(base_settings, run.run_id, s.fetch_max_wait_ms, payloads,
                                latency_rate, latency_seconds, tmp)
         log(f"(d) floor, a bare passthrough process at {latency_rate:.0f} ev/s: e2e p50 "
             f"{floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms over {floor['samples']} "
@@ -307,7 +307,7 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None,
         "worker_p50_ms": round(lat["worker_p50_ms"], 2),
         "worker_p99_ms": round(lat["worker_p99_ms"], 2),
         "floor_p50_ms": round(floor["p50_ms"], 2), "floor_p99_ms": round(floor["p99_ms"], 2),
-        "events": n_events, "naive_events": naive_n, "partitions": partitions,
+        "events": n_events, "naive_events": naive_n, "partitions": base_settings.partitions,
         "latency_offered_eps": latency_rate, "latency_samples": lat["samples"],
         "predictor": "baseline (online popularity + co-visitation, rule risk)",
     }

@@ -20,15 +20,13 @@ can say what limits it: on a machine with few cores, more workers share the same
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,9 +34,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.errors import InfraError, PoisonMessage
-from stream.schemas import EVENT_TYPES, decode_event
+from kafka import KafkaConsumer, TopicPartition
+
+from model.types import EVENT_TYPES
+from stream.devtools.procs import (
+    broker_with_pid,
+    cpu_seconds,
+    get_json_status,
+    machine_busy_seconds,
+    start_worker,
+    stop_worker,
+    wait_healthy,
+)
+from stream.devtools.replay import load_payloads, preload
+from stream.errors import InfraError, PoisonMessage, UsageError
+from stream.kafka.admin import ensure_topics
+from stream.kafka.broker import free_port
+from stream.schemas import decode_event
 from stream.settings import Settings
+from stream.state.features import UserState
 
 Counts = tuple[int, ...]  # lifetime count per event type, in EVENT_TYPES order
 Log = Callable[[str], None]
@@ -73,10 +87,6 @@ def offline_counts(payloads: list[tuple[bytes, bytes]], max_bytes: int
 def table_counts(settings: Settings, topic: str, partitions: int, idle_s: float = 2.0,
                  timeout: float = 120.0) -> dict[str, Counts]:
     """Per-user counts from the latest value of every key on the table's changelog topic."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from stream.state.features import UserState
-
     n_windows = len(settings.windows_s)
     consumer = KafkaConsumer(**settings.kafka_python_config(), enable_auto_commit=False,
                              auto_offset_reset="earliest", max_poll_records=5000)
@@ -104,34 +114,6 @@ def table_counts(settings: Settings, topic: str, partitions: int, idle_s: float 
     return out
 
 
-def _get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of one process (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy_seconds() -> float | None:
-    """CPU seconds the whole machine (all processes, all cores) spent not idle, so far."""
-    try:
-        first = Path("/proc/stat").read_text().splitlines()[0].split()
-    except OSError:
-        return None
-    ticks = [int(x) for x in first[1:9]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class _Proc:
     proc: subprocess.Popen[bytes]
@@ -141,9 +123,6 @@ class _Proc:
 
 @contextmanager
 def _workers(s: Settings, n: int, tmp: Path, log: Log) -> Iterator[list[_Proc]]:
-    from stream.devtools.demo import start_worker, stop_worker, wait_healthy
-    from stream.kafka.broker import free_port
-
     procs: list[_Proc] = []
     try:
         for i in range(n):
@@ -161,24 +140,16 @@ def _workers(s: Settings, n: int, tmp: Path, log: Log) -> Iterator[list[_Proc]]:
     finally:
         for w in procs:
             if w.proc.poll() is None:
-                with _ignore_missing():
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(w.proc.pid, signal.SIGCONT)
             stop_worker(w.proc)
-
-
-@contextmanager
-def _ignore_missing() -> Iterator[None]:
-    try:
-        yield
-    except ProcessLookupError:
-        pass
 
 
 def _assignments(procs: list[_Proc], topic: str) -> list[set[int]] | None:
     """The events partitions each worker owns, or None while any worker is not settled."""
     out = []
     for w in procs:
-        code, body = _get_json(f"{w.base}/health")
+        code, body = get_json_status(f"{w.base}/health")
         if code != 200 or body.get("status") != "ok":
             return None
         out.append({int(a.rsplit(":", 1)[1]) for a in body["assignment"]
@@ -211,14 +182,80 @@ def _signal_all(procs: list[_Proc], sig: signal.Signals) -> None:
         os.kill(w.proc.pid, sig)
 
 
+@dataclass(frozen=True)
+class _Cpu:
+    """CPU seconds so far of each worker, of the broker and of the whole machine."""
+
+    workers: list[float | None]
+    broker: float | None
+    machine: float | None
+    at: float  # time.monotonic()
+
+    @classmethod
+    def now(cls, procs: list[_Proc], broker_pid: int | None) -> _Cpu:
+        return cls([cpu_seconds(w.proc.pid) for w in procs],
+                   cpu_seconds(broker_pid) if broker_pid else None,
+                   machine_busy_seconds(), time.monotonic())
+
+
+def _cores_busy(c0: _Cpu, c1: _Cpu, processed: int) -> dict[str, Any]:
+    """CPU seconds per wall second from resume to done: the cores the workers kept busy, and
+    the cores the whole machine kept busy (broker, harness, anything else too)."""
+    wall = c1.at - c0.at
+    worker_cpu = [b - a for a, b in zip(c0.workers, c1.workers, strict=True)
+                  if a is not None and b is not None]
+
+    def busy(a: float | None, b: float | None) -> float | None:
+        return round((b - a) / wall, 2) if a is not None and b is not None else None
+
+    return {
+        "cpu_s_per_worker": [round(c, 2) for c in worker_cpu],
+        "worker_cores_busy": round(sum(worker_cpu) / wall, 2) if worker_cpu else None,
+        "broker_cores_busy": busy(c0.broker, c1.broker),
+        "machine_cores_busy": busy(c0.machine, c1.machine),
+        # load-independent: what one CPU-second of worker time processes
+        "events_per_worker_cpu_s": (round(processed / sum(worker_cpu), 1)
+                                    if worker_cpu and sum(worker_cpu) > 0 else None),
+    }
+
+
+def _load_paused(s: Settings, procs: list[_Proc], topic: str,
+                 payloads: list[tuple[bytes, bytes]], broker_pid: int | None
+                 ) -> tuple[float, _Cpu]:
+    """Load the events while the workers are stopped (SIGSTOP), then resume them; returns
+    the load time and the CPU times at the resume."""
+    _signal_all(procs, signal.SIGSTOP)
+    try:
+        t_load = time.monotonic()
+        preload(s, topic, payloads)
+        load_s = time.monotonic() - t_load
+    finally:
+        cpu0 = _Cpu.now(procs, broker_pid)
+        _signal_all(procs, signal.SIGCONT)
+    return load_s, cpu0
+
+
+def _drain(procs: list[_Proc], n: int, timeout: float) -> list[dict[str, Any]]:
+    """Every worker's /api/stats once they have processed `n` events together."""
+    deadline = time.monotonic() + timeout
+    stats: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        stats = [get_json_status(f"{w.base}/api/stats")[1] or {} for w in procs]
+        if sum(st.get("events", 0) for st in stats) >= n:
+            break
+        time.sleep(0.1)
+    processed = sum(st.get("events", 0) for st in stats)
+    if processed < n:
+        raise InfraError(f"{len(procs)} workers processed {processed:,} of {n:,} events in "
+                         f"{timeout:.0f}s")
+    return stats
+
+
 def run_one(base: Settings, n_workers: int, payloads: list[tuple[bytes, bytes]],
             want: dict[str, Counts], run_id: str, tmp: Path, log: Log,
             broker_pid: int | None = None, timeout: float = 900.0
             ) -> tuple[dict[str, Any], dict[str, Counts]]:
     """One configuration: N workers drain the same stream; returns the row and table counts."""
-    from stream.devtools.bench_pipeline import preload
-    from stream.kafka.admin import ensure_topics
-
     prefix = f"scale-{run_id}-w{n_workers}."
     s = base.model_copy(update={"topic_prefix": prefix, "app_id": f"scale-{run_id}-w{n_workers}",
                                 "store": "rocksdb", "data_dir": tmp / f"w{n_workers}"})
@@ -231,32 +268,9 @@ def run_one(base: Settings, n_workers: int, payloads: list[tuple[bytes, bytes]],
         parts = _wait_settled(procs, events_topic, s.partitions, 180)
         log(f"  {n_workers} worker(s) settled, events partitions "
             f"{[sorted(p) for p in parts]}; loading {len(payloads):,} events while paused")
-        _signal_all(procs, signal.SIGSTOP)
-        try:
-            t_load = time.monotonic()
-            preload(s, events_topic, payloads)
-            load_s = time.monotonic() - t_load
-        finally:
-            cpu0 = [_cpu_seconds(w.proc.pid) for w in procs]
-            broker0 = _cpu_seconds(broker_pid) if broker_pid else None
-            busy0 = _machine_busy_seconds()
-            wall0 = time.monotonic()
-            _signal_all(procs, signal.SIGCONT)
-        deadline = time.monotonic() + timeout
-        stats: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            stats = [_get_json(f"{w.base}/api/stats")[1] or {} for w in procs]
-            if sum(st.get("events", 0) for st in stats) >= len(payloads):
-                break
-            time.sleep(0.1)
-        cpu1 = [_cpu_seconds(w.proc.pid) for w in procs]
-        broker1 = _cpu_seconds(broker_pid) if broker_pid else None
-        busy1 = _machine_busy_seconds()
-        wall = time.monotonic() - wall0  # the window the CPU times were taken over
-        processed = sum(st.get("events", 0) for st in stats)
-        if processed < len(payloads):
-            raise InfraError(f"{n_workers} workers processed {processed:,} of "
-                             f"{len(payloads):,} events in {timeout:.0f}s")
+        load_s, cpu0 = _load_paused(s, procs, events_topic, payloads, broker_pid)
+        stats = _drain(procs, len(payloads), timeout)
+        cpu1 = _Cpu.now(procs, broker_pid)
         firsts = [st["first_batch_at"] for st in stats if st.get("first_batch_at")]
         lasts = [st["last_batch_at"] for st in stats if st.get("last_batch_at")]
         span = max(lasts) - min(firsts)
@@ -265,8 +279,7 @@ def run_one(base: Settings, n_workers: int, payloads: list[tuple[bytes, bytes]],
         if changelog not in _assigned_topics(procs):
             raise InfraError(f"the workers do not own the table changelog {changelog}")
         table = table_counts(s, changelog, s.partitions)
-    worker_cpu = [b - a for a, b in zip(cpu0, cpu1, strict=True)
-                  if a is not None and b is not None]
+    processed = sum(st.get("events", 0) for st in stats)
     row: dict[str, Any] = {
         "workers": n_workers,
         "eps": round(processed / span, 1) if span > 0 else None,
@@ -279,17 +292,7 @@ def run_one(base: Settings, n_workers: int, payloads: list[tuple[bytes, bytes]],
         "served_sample_ok": served,
         "users_in_table": len(table),
         "load_s": round(load_s, 2),
-        # CPU seconds per wall second from resume to done: the cores the workers kept busy,
-        # and the cores the whole machine kept busy (broker, harness, anything else too)
-        "cpu_s_per_worker": [round(c, 2) for c in worker_cpu],
-        "worker_cores_busy": round(sum(worker_cpu) / wall, 2) if worker_cpu else None,
-        "broker_cores_busy": (round((broker1 - broker0) / wall, 2)
-                              if broker0 is not None and broker1 is not None else None),
-        "machine_cores_busy": (round((busy1 - busy0) / wall, 2)
-                               if busy0 is not None and busy1 is not None else None),
-        # load-independent: what one CPU-second of worker time processes
-        "events_per_worker_cpu_s": (round(processed / sum(worker_cpu), 1)
-                                    if worker_cpu and sum(worker_cpu) > 0 else None),
+        **_cores_busy(cpu0, cpu1, processed),
     }
     return row, table
 
@@ -297,7 +300,7 @@ def run_one(base: Settings, n_workers: int, payloads: list[tuple[bytes, bytes]],
 def _assigned_topics(procs: list[_Proc]) -> set[str]:
     topics: set[str] = set()
     for w in procs:
-        code, body = _get_json(f"{w.base}/health")
+        code, body = get_json_status(f"{w.base}/health")
         if code == 200:
             topics.update(a.rsplit(":", 1)[0] for a in body["assignment"])
     return topics
@@ -311,7 +314,7 @@ def _served_counts_ok(procs: list[_Proc], want: dict[str, Counts], sample: int =
     for user in users[::step][:sample]:
         bodies = []
         for w in procs:
-            code, body = _get_json(
+            code, body = get_json_status(
                 f"{w.base}/features/{urllib.parse.quote(user, safe='')}?local=1")
             if code == 200:
                 bodies.append(body)
@@ -355,19 +358,17 @@ def parse_workers(spec: str) -> list[int]:
     try:
         values = [int(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"--workers takes a comma-separated list of counts, got {spec!r}"
+        raise UsageError(f"--workers takes a comma-separated list of counts, got {spec!r}"
                          ) from None
     if not values or any(v < 1 for v in values):
-        raise ValueError(f"--workers needs counts >= 1, got {spec!r}")
+        raise UsageError(f"--workers needs counts >= 1, got {spec!r}")
     return values
 
 
 def run_scale_bench(settings: Settings, *, workers: list[int], n_events: int,
                     data: str | None, log: Log) -> dict[str, Any]:
-    from stream.devtools.bench_pipeline import load_payloads
-
     if max(workers) > settings.partitions:
-        raise ValueError(f"{max(workers)} workers need at least as many partitions "
+        raise UsageError(f"{max(workers)} workers need at least as many partitions "
                          f"(LAMSTREAM_PARTITIONS={settings.partitions})")
     tmp = Path(tempfile.mkdtemp(prefix="lamstream-scale-"))
     payloads = load_payloads(data, n_events)
@@ -378,7 +379,7 @@ def run_scale_bench(settings: Settings, *, workers: list[int], n_events: int,
         f"{settings.partitions} partitions, {cpu_count} CPU core(s); state in {tmp}")
     runs: list[dict[str, Any]] = []
     first_table: dict[str, Counts] | None = None
-    with _broker(settings) as (s, broker_pid):
+    with broker_with_pid(settings, port=free_port(), log=log) as (s, broker_pid):
         for n in workers:
             row, table = run_one(s, n, payloads, want, run_id, tmp, log, broker_pid)
             if first_table is None:
@@ -395,15 +396,3 @@ def run_scale_bench(settings: Settings, *, workers: list[int], n_events: int,
             "partitions": settings.partitions, "cpu_count": cpu_count,
             "broker": "embedded tansu" if settings.embedded else settings.bootstrap,
             "explanation": explain(runs, cpu_count)}
-
-
-@contextmanager
-def _broker(settings: Settings) -> Iterator[tuple[Settings, int | None]]:
-    """The configured cluster, or a fresh embedded broker on a free port (and its pid)."""
-    if not settings.embedded:
-        yield settings, None
-        return
-    from stream.kafka.broker import EmbeddedBroker, free_port
-
-    with EmbeddedBroker(port=free_port()) as broker:
-        yield settings.model_copy(update={"bootstrap_servers": broker.bootstrap}), broker.pid

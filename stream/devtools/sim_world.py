@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.datasets import iter_events
+from stream.errors import UsageError
 
 SESSION_GAP_MS = 30 * 60_000
 
@@ -71,7 +72,7 @@ class World:
         self.counts = counts
         self.user_ids = sorted(u for u, h in histories.items() if len(set(h)) >= 3)
         if not self.user_ids:
-            raise ValueError("the event file has no user with 3 or more catalogue items: "
+            raise UsageError("the event file has no user with 3 or more catalogue items: "
                              "it cannot seed synthetic users")
 
     @classmethod
@@ -84,7 +85,7 @@ class World:
                 break
             events.append(e)
         if not events:
-            raise ValueError(f"{path}: no events")
+            raise UsageError(f"{path}: no events")
         count = Counter(str(e["item_id"]) for e in events)
         items = [i for i, _ in count.most_common(cfg.catalogue)]
         cat_set = set(items)

@@ -4,7 +4,7 @@ Per arm, on one broker (the embedded one unless LAMSTREAM_BOOTSTRAP_SERVERS is s
 own topic prefix and data dir: a `lamstream worker`, the `lamstream feedback` join and, for
 the learning arm, `lamstream trainer`, all as separate processes. All arms start from the
 same frozen base model (popularity over the world's catalogue, trained on the real data) and
-meet the same synthetic users (stream/sim_world.py) with the same seeds:
+meet the same synthetic users (stream/devtools/sim_world.py) with the same seeds:
   learning  epsilon-greedy over the base pool, reranked by what the trainer publishes;
   frozen    the same policy, no trainer: the base model as it was on day one;
   random    uniform slates from the same pool (epsilon = 1).
@@ -18,6 +18,7 @@ weight of what it earned (1 / 2 / 5 by default, as the join counts).
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 import shutil
@@ -25,17 +26,28 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from kafka import KafkaProducer
 
+from model.recommenders.neighbors import PopularityRecommender
+from model.registry import ModelRegistry
+from stream.client import _assign_all, _consumer, tail
+from stream.devtools.procs import broker_for, start_worker, stop_worker, wait_healthy
+from stream.devtools.sim_report import ope_check, plot
 from stream.devtools.sim_world import World, WorldConfig
+from stream.errors import UsageError
+from stream.kafka.admin import consumer_lag, ensure_topics
+from stream.kafka.broker import free_port
 from stream.settings import Settings
+from stream.topics import topics_for
 
 Log = Callable[[str], None]
 ARMS = ("learning", "frozen", "random")
+_T0 = 1_700_000_000_000  # event time of the first round, ms
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "taobao" / \
     "UserBehavior-sample.csv"  # ../shared/data from the project root
 
@@ -63,8 +75,6 @@ class _Recs:
     """Collects `recommendations` records by event id in a background thread."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
-        from stream.client import _assign_all, _consumer
-
         self.by_event: dict[str, dict[str, Any]] = {}
         self.cond = threading.Condition()
         self.stop = threading.Event()
@@ -100,8 +110,6 @@ class _Recs:
 
 def publish_base(world: World, data_dir: Path) -> str:
     """The frozen base: popularity over the catalogue, from the real data's counts."""
-    from model.recommenders.neighbors import PopularityRecommender
-    from model.registry import ModelRegistry
 
     rec = PopularityRecommender(world.counts, keep=len(world.counts))
     return ModelRegistry(data_dir).publish(
@@ -136,10 +144,6 @@ def arm_env(arm: str, cfg: SimConfig, settings: Settings) -> dict[str, str]:
 @contextmanager
 def _processes(arm: str, cfg: SimConfig, s: Settings, workdir: Path, log: Log
                ) -> Iterator[Settings]:
-    from stream.devtools.demo import start_worker, stop_worker, wait_healthy
-    from stream.kafka.admin import ensure_topics
-    from stream.kafka.broker import free_port
-
     env = arm_env(arm, cfg, s)
     ensure_topics(s)
     procs = []
@@ -162,86 +166,124 @@ def _processes(arm: str, cfg: SimConfig, s: Settings, workdir: Path, log: Log
             stop_worker(p)
 
 
+@dataclass
+class _Tally:
+    """What one arm measured, round by round."""
+
+    rounds: int
+    rewards: list[list[float]] = field(default_factory=list)
+    explored: list[list[bool]] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    missing: int = 0
+
+    def __post_init__(self) -> None:
+        self.rewards = [[] for _ in range(self.rounds)]
+        self.explored = [[] for _ in range(self.rounds)]
+
+    def windows(self, per: int) -> tuple[list[float], list[float]]:
+        """Mean reward and exploratory fraction per window of `per` rounds."""
+        starts = range(0, self.rounds, per)
+        return ([_mean([x for rr in self.rewards[i:i + per] for x in rr]) for i in starts],
+                [_mean([float(x) for rr in self.explored[i:i + per] for x in rr])
+                 for i in starts])
+
+
+class _Arm:
+    """One arm's users, producer and collector: plays the rounds against its processes."""
+
+    def __init__(self, s: Settings, world: World, cfg: SimConfig, recs: _Recs,
+                 producer: KafkaProducer) -> None:
+        self.s, self.world, self.cfg, self.recs, self.producer = s, world, cfg, recs, producer
+        self.topics = topics_for(s)
+        self.weights = dict(s.feedback_rewards)
+        self.recommend_on = set(s.recommend_on)
+        self.rng = random.Random(cfg.seed)
+        self.active = [world.new_user(i, self.rng) for i in range(cfg.users)]
+        self.n_users = cfg.users
+        self.tally = _Tally(cfg.rounds)
+
+    def play(self, r: int) -> None:
+        """Round r: every active user sends one event and answers its recommendation."""
+        sent = self._send(r, _T0 + r * self.cfg.round_s * 1000)
+        got = self.recs.wait(set(sent), self.cfg.round_timeout_s * (3 if r == 0 else 1))
+        self.tally.missing += len(sent) - len(got)
+        for eid, rec in got.items():
+            u = self.active[sent[eid]]
+            slate = [i["item_id"] for i in rec["items"]]
+            answer = self.world.answer(u, slate, self.rng)  # None on the session's last event
+            self.tally.rewards[r].append(self.weights.get(answer[0], 0.0) if answer else 0.0)
+            self.tally.explored[r].append(bool(rec.get("explored")))
+            u.pending = answer
+            self.tally.versions.append(rec.get("model_version", "?"))
+
+    def _send(self, r: int, now: int) -> dict[str, int]:
+        """Each active user's next event; returns the slot of each that gets a slate."""
+        sent: dict[str, int] = {}
+        for slot, u in enumerate(self.active):
+            typ, item = u.pending or ("view", u.next_view())
+            u.pending = None
+            eid = f"{u.user_id}-{r}"
+            ev = {"event_id": eid, "user_id": u.user_id, "type": typ, "item_id": item,
+                  "ts": now + slot}
+            if item in self.world.category:
+                ev["category"] = self.world.category[item]
+            self.producer.send(self.topics.events.name, orjson.dumps(ev), u.user_id.encode())
+            if typ in self.recommend_on:  # add_to_cart / purchase get no recommendation
+                sent[eid] = slot
+        self.producer.flush()
+        return sent
+
+    def turn_over(self) -> None:
+        """Sessions that have run their length end; a new user takes each freed slot."""
+        for slot, u in enumerate(self.active):
+            u.steps_left -= 1
+            if u.steps_left <= 0:
+                self.active[slot] = self.world.new_user(self.n_users, self.rng)
+                self.n_users += 1
+
+
 def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir: Path,
             log: Log) -> dict[str, Any]:
-    from kafka import KafkaProducer
-
-    from stream.topics import topics_for
-
+    """One arm from a fresh topic prefix and data dir: its processes, the rounds, its result."""
     run = secrets.token_hex(3)
     s = settings.model_copy(update={"topic_prefix": f"sim-{run}-{arm}.",
                                     "app_id": f"lamstream-sim-{run}-{arm}",
                                     "data_dir": workdir})
     workdir.mkdir(parents=True, exist_ok=True)
     publish_base(world, workdir)
-    weights = dict(s.feedback_rewards)
-    recommend_on = set(s.recommend_on)
     topics = topics_for(s)
-    rng = random.Random(cfg.seed)
-    rewards: list[list[float]] = [[] for _ in range(cfg.rounds)]
-    explored: list[list[bool]] = [[] for _ in range(cfg.rounds)]
-    versions: list[str] = []
-    missing = 0
     with ExitStack() as stack:
         stack.enter_context(_processes(arm, cfg, s, workdir, log))
         recs = _Recs(s, topics.recommendations.name)
         stack.callback(recs.close)
         producer = KafkaProducer(**s.kafka_python_config(), linger_ms=5)
         stack.callback(producer.close)
-        active = [world.new_user(i, rng) for i in range(cfg.users)]
-        n_users = cfg.users
-        t0 = 1_700_000_000_000
+        play = _Arm(s, world, cfg, recs, producer)
         started = time.monotonic()
         for r in range(cfg.rounds):
-            now = t0 + r * cfg.round_s * 1000
-            sent: dict[str, int] = {}
-            for slot, u in enumerate(active):
-                typ, item = u.pending or ("view", u.next_view())
-                u.pending = None
-                eid = f"{u.user_id}-{r}"
-                ev = {"event_id": eid, "user_id": u.user_id, "type": typ, "item_id": item,
-                      "ts": now + slot}
-                if item in world.category:
-                    ev["category"] = world.category[item]
-                producer.send(topics.events.name, orjson.dumps(ev), u.user_id.encode())
-                if typ in recommend_on:  # add_to_cart / purchase get no recommendation
-                    sent[eid] = slot
-            producer.flush()
-            got = recs.wait(set(sent), cfg.round_timeout_s * (3 if r == 0 else 1))
-            missing += len(sent) - len(got)
-            for eid, rec in got.items():
-                u = active[sent[eid]]
-                slate = [i["item_id"] for i in rec["items"]]
-                answer = world.answer(u, slate, rng)  # None on the session's last event
-                rewards[r].append(weights.get(answer[0], 0.0) if answer else 0.0)
-                explored[r].append(bool(rec.get("explored")))
-                u.pending = answer
-                versions.append(rec.get("model_version", "?"))
+            play.play(r)
             _keep_up(s, arm, cfg)
-            for slot, u in enumerate(active):
-                u.steps_left -= 1
-                if u.steps_left <= 0:
-                    active[slot] = world.new_user(n_users, rng)
-                    n_users += 1
+            play.turn_over()
             if (r + 1) % max(1, cfg.rounds // cfg.windows) == 0:
+                versions = play.tally.versions
                 log(f"  {arm}: round {r + 1}/{cfg.rounds}, mean reward "
-                    f"{_mean(rewards[r]):.3f}, model {versions[-1] if versions else '-'}")
+                    f"{_mean(play.tally.rewards[r]):.3f}, model "
+                    f"{versions[-1] if versions else '-'}")
         elapsed = time.monotonic() - started
         feedback = _save_feedback(s, topics.feedback.name, workdir / "feedback.jsonl")
-    per = max(1, cfg.rounds // cfg.windows)
-    win_r = [_mean([x for rr in rewards[i:i + per] for x in rr])
-             for i in range(0, cfg.rounds, per)]
-    win_e = [_mean([float(x) for rr in explored[i:i + per] for x in rr])
-             for i in range(0, cfg.rounds, per)]
-    all_r = [x for rr in rewards for x in rr]
-    from model.registry import ModelRegistry
+    return _arm_result(play.tally, cfg, play.n_users, elapsed, workdir, feedback)
 
+
+def _arm_result(tally: _Tally, cfg: SimConfig, users: int, elapsed: float, workdir: Path,
+                feedback: int) -> dict[str, Any]:
+    win_r, win_e = tally.windows(max(1, cfg.rounds // cfg.windows))
+    all_r = [x for rr in tally.rewards for x in rr]
     return {"window_reward": win_r, "explored_fraction": win_e,
             "mean_reward": _mean(all_r), "recommendations": len(all_r),
-            "missing_recommendations": missing, "users": n_users,
+            "missing_recommendations": tally.missing, "users": users,
             "seconds": round(elapsed, 1), "events_per_s": round(len(all_r) / elapsed, 1),
             "reranker_versions": ModelRegistry(workdir).versions("reranker"),
-            "last_model_version": versions[-1] if versions else None,
+            "last_model_version": tally.versions[-1] if tally.versions else None,
             "feedback_records": feedback, "feedback_file": str(workdir / "feedback.jsonl")}
 
 
@@ -249,9 +291,6 @@ def _keep_up(s: Settings, arm: str, cfg: SimConfig) -> None:
     """Pace the users to the service, as real time would: wait (bounded) until the feedback
     join, and the trainer for the learning arm, are within two rounds of the stream. Without
     it a fast simulator would finish before the first feedback is trained on."""
-    from stream.kafka.admin import consumer_lag
-    from stream.topics import topics_for
-
     t = topics_for(s)
     groups = [(f"{s.app_id}-feedback", t.decisions.name)]
     if arm == "learning":
@@ -269,8 +308,6 @@ def _mean(xs: list[float]) -> float:
 
 def _save_feedback(s: Settings, topic: str, path: Path) -> int:
     """The arm's logged feedback, for `lamstream evaluate policy --feedback FILE`."""
-    from stream.client import tail
-
     n = 0
     with path.open("wb") as f:
         for _, value in tail(s, topic, from_beginning=True, timeout=5.0):
@@ -279,99 +316,49 @@ def _save_feedback(s: Settings, topic: str, path: Path) -> int:
     return n
 
 
-def ope_check(frozen_feedback: Path, random_online: float) -> dict[str, Any]:
-    """Off-policy estimate of the random arm's policy (uniform slates from the pool) from the
-    frozen arm's logged feedback, next to the value the random arm measured online: what
-    `lamstream evaluate policy --feedback FILE --policy epsilon_greedy:1.0` prints."""
-    from model.policy.ope import evaluate, policy_target, slate_epsilon
-    from model.policy.policies import parse_policy
-    from stream.feedback.source import load_feedback
-
-    spec = "epsilon_greedy:1.0"
-    policy = parse_policy(spec)
-    est = evaluate(load_feedback(str(frozen_feedback)), policy_target(policy),
-                   bootstrap=300, slate_eps=slate_epsilon(policy))
-    out: dict[str, Any] = {"feedback": str(frozen_feedback), "policy": spec,
-                           "random_online": random_online}
-    for key in ("ips", "snips", "dr", "slate_ips", "slate_snips"):
-        e = est[key]
-        out[key] = {**e, "contains_online": e["ci_low"] <= random_online <= e["ci_high"]}
-    return out
-
-
-def plot(result: dict[str, Any], cfg: SimConfig, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per = max(1, cfg.rounds // cfg.windows)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
-                                   gridspec_kw={"height_ratios": [3, 1.3]})
-    styles = {"learning": ("tab:blue", "-o"), "frozen": ("tab:gray", "--s"),
-              "random": ("tab:red", ":^")}
-    for arm, res in result["arms"].items():
-        xs = [(i + 1) * per for i in range(len(res["window_reward"]))]
-        color, style = styles.get(arm, ("k", "-"))
-        ax1.plot(xs, res["window_reward"], style, color=color, label=arm)
-        ax2.plot(xs, res["explored_fraction"], style, color=color, label=arm)
-    ax1.set_ylabel("mean reward per recommendation")
-    ax1.set_title(f"lamstream simulate: {cfg.users} concurrent users, window = {per} rounds"
-                  f" ({per * cfg.users} recommendations)")
-    ax1.grid(alpha=0.3)
-    ax1.legend()
-    ax2.set_ylabel("exploratory slates")
-    ax2.set_xlabel("round (one event per user per round)")
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def simulate(cfg: SimConfig, settings: Settings, workdir: Path, png: Path, log: Log
              ) -> dict[str, Any]:
-    import logging
-
+    """Every arm of `cfg` on one broker; the arms' results, comparisons and the curve."""
     logging.getLogger("kafka").setLevel(logging.ERROR)
     unknown = set(cfg.arms) - set(ARMS)
     if unknown:
-        raise ValueError(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
+        raise UsageError(f"unknown arm(s) {sorted(unknown)}; known: {', '.join(ARMS)}")
     if not cfg.data.exists():
-        raise ValueError(f"{cfg.data}: no such event file (--data FILE)")
+        raise UsageError(f"{cfg.data}: no such event file (--data FILE)")
     world = World.from_events(cfg.data, cfg.layout, cfg.world)
     log(f"world: {len(world.items)} items, {len(world.user_ids)} real users seed the "
         f"synthetic ones ({cfg.data.name})")
     shutil.rmtree(workdir, ignore_errors=True)
-    result: dict[str, Any] = {"arms": {}}
-    with ExitStack() as stack:
-        if settings.embedded:
-            from stream.kafka.broker import EmbeddedBroker, free_port
-
-            broker = stack.enter_context(EmbeddedBroker(port=free_port()))
-            settings = settings.model_copy(update={"bootstrap_servers": broker.bootstrap})
+    arms: dict[str, Any] = {}
+    with broker_for(settings, port=free_port(), log=log) as s:
         for arm in cfg.arms:
             log(f"arm {arm}:")
-            result["arms"][arm] = run_arm(arm, world, cfg, settings, workdir / arm, log)
-    arms = result["arms"]
-    if "learning" in arms:
-        first, last = arms["learning"]["window_reward"][0], arms["learning"]["window_reward"][-1]
-        result["first_window_reward"] = first
-        result["last_window_reward"] = last
-        result["learning_gain"] = last / first if first else None
-    for arm in ("frozen", "random"):
-        if arm in arms:
-            result[f"{arm}_last_window_reward"] = arms[arm]["window_reward"][-1]
-            result[f"{arm}_mean_reward"] = arms[arm]["mean_reward"]
-    if "frozen" in arms and "random" in arms:
-        result["ope_check"] = ope_check(Path(arms["frozen"]["feedback_file"]),
-                                        arms["random"]["mean_reward"])
-    cfg_out = asdict(cfg)
-    cfg_out["data"] = str(cfg.data)
-    result["config"] = cfg_out
-    plot(result, cfg, png)
+            arms[arm] = run_arm(arm, world, cfg, s, workdir / arm, log)
+    result: dict[str, Any] = {"arms": arms, **_compare(arms)}
+    result["config"] = {**asdict(cfg), "data": str(cfg.data)}
+    plot(result, max(1, cfg.rounds // cfg.windows), cfg.users, png)
     result["png"] = str(png)
     return result
 
 
+def _compare(arms: dict[str, Any]) -> dict[str, Any]:
+    """The figures that compare arms: the learning gain, the baselines, the OPE check."""
+    out: dict[str, Any] = {}
+    if "learning" in arms:
+        first, last = arms["learning"]["window_reward"][0], arms["learning"]["window_reward"][-1]
+        out["first_window_reward"] = first
+        out["last_window_reward"] = last
+        out["learning_gain"] = last / first if first else None
+    for arm in ("frozen", "random"):
+        if arm in arms:
+            out[f"{arm}_last_window_reward"] = arms[arm]["window_reward"][-1]
+            out[f"{arm}_mean_reward"] = arms[arm]["mean_reward"]
+    if "frozen" in arms and "random" in arms:
+        out["ope_check"] = ope_check(Path(arms["frozen"]["feedback_file"]),
+                                     arms["random"]["mean_reward"])
+    return out
+
+
 def default_workdir(settings: Settings) -> Path:
+    """DATA_DIR/simulate: the per-arm data dirs, logs and logged feedback."""
     return Path(settings.data_dir) / "simulate"

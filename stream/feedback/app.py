@@ -20,49 +20,44 @@ Duplicated decisions (at-least-once from the worker) and duplicated events are i
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
-from faust.types import TP
 from kafka import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from stream.client import _consumer
-from stream.errors import InfraError, LamstreamError
+from stream.errors import InfraError, LamstreamError, PoisonMessage
 from stream.feedback.privacy import Pseudonymizer
 from stream.feedback.risk_labels import RiskLabelJoin, attach_risk_labels
-from stream.kafka.publish import BatchPublisher
+from stream.kafka.admin import ensure_topics
+from stream.kafka.faust_app import bytes_topic, new_faust_app, run_until_stopped
+from stream.kafka.recovery import install_exact_highwaters
+from stream.records import feedback_record
 from stream.schemas import EpochMs
 from stream.settings import Settings
-from stream.state.rewards import JoinConfig, Outcome, UserJoin
+from stream.state.joins import JoinBatch, PartitionedJoin, PartitionIndex, UserCache
+from stream.state.rewards import JoinConfig, UserJoin
+from stream.state.table import TableAccess
 from stream.topics import Topics, topics_for
-from stream.worker.ingest import TableAccess
 
 log = logging.getLogger(__name__)
 
 _EPOCH_MS: TypeAdapter[int] = TypeAdapter(EpochMs)
 
 
-def meta_key(p: int) -> bytes:
-    """Per partition: {"wm": watermark, "fb_next": next feedback offset}. User ids are never
-    empty, so a key starting with NUL cannot collide with one."""
-    return b"\x00meta:%d" % p
-
-
 @dataclass
-class PartitionState:
-    watermark: int = 0  # latest event time on the events partition: closes windows
+class RewardPartition(PartitionIndex):
+    """Per partition; `watermark` is the latest event time on the events partition (it
+    closes windows)."""
+
     decisions_wm: int = 0  # latest trigger time on the decisions partition: dedupe horizon
-    fb_next: int = 0
-    due: list[tuple[int, str]] = field(default_factory=list)  # heap of (deadline, user)
-    scheduled: dict[str, int] = field(default_factory=dict)  # user -> deadline in `due`
+    fb_next: int = 0  # next offset of feedback partition p (where a read-back starts)
     emitted: set[str] = field(default_factory=set)  # rec ids found by the read-back
 
 
@@ -85,73 +80,50 @@ def join_config(settings: Settings) -> JoinConfig:
                       max_pending=settings.feedback_max_pending)
 
 
-def feedback_record(o: Outcome, user_key: str, key_id: str, now_ms: int) -> dict[str, Any]:
-    """The wire record (stream.schemas.Feedback): the decision's own snapshot, no raw ids."""
-    d = o.decision
-    return {
-        "rec_id": d["rec_id"], "user_key": user_key, "key_id": key_id,
-        "features": d["features"], "sequence": d["sequence"], "category": d.get("category"),
-        "shown": d["items"], "candidates": d.get("candidates") or d["items"],
-        "engaged_item": o.engaged_item, "engaged_type": o.engaged_type, "reward": o.reward,
-        "model": d["model"], "model_version": d["model_version"], "policy": d["policy"],
-        "explored": bool(d.get("explored", False)),
-        "shadow_policy": d.get("shadow_policy"), "shadow_inclusion": d.get("shadow_inclusion"),
-        "base_scores": d.get("base_scores"),
-        "candidate_categories": d.get("candidate_categories"),
-        "recent_categories": d.get("recent_categories"),
-        "decision_ts": d["event_ts"], "outcome_ts": o.outcome_ts, "emitted_at": now_ms,
-    }
+class FeedbackJoin(PartitionedJoin[RewardPartition, UserJoin]):
+    """The reward join's records (stream.state.joins drives the batches)."""
 
-
-class FeedbackJoin:
-    """Batch processing of the join; the Faust agent below feeds it lists of events."""
+    what = "feedback"
 
     def __init__(self, app: Any, settings: Settings, topics: Topics, table: Any) -> None:
-        self.app = app
+        super().__init__(app, table)
         self.settings = settings
         self.topics = topics
-        self.table = table
         self.cfg = join_config(settings)
         self.pseudo = Pseudonymizer(settings.pseudonym_key)
         self.engage_types = frozenset(self.cfg.reward_of)
-        self.parts: dict[int, PartitionState] = {}
         self.stats = JoinStats()
-        self._out: BatchPublisher | None = None
         # tests: die like SIGKILL right after the N-th batch's feedback is acked and before
         # the state is saved, the one moment a naive join would emit twice after a restart
         self.crash_after_emit = int(os.environ.get("LAMSTREAM_TEST_CRASH_AFTER_EMIT", "0"))
 
     # -- partition ownership -------------------------------------------------------------
-    def forget(self, partitions: Iterable[int]) -> None:
-        """Partitions revoked: their in-memory index must be rebuilt when they come back."""
-        for p in partitions:
-            self.parts.pop(p, None)
-
-    async def _ready(self, p: int, access: TableAccess) -> PartitionState:
-        ps = self.parts.get(p)
-        if ps is not None:
-            return ps
-        ps = PartitionState()
-        raw = access.reader(p)(meta_key(p))
-        if raw:
-            meta = orjson.loads(raw)
-            ps.watermark, ps.fb_next = int(meta["wm"]), int(meta["fb_next"])
-            ps.decisions_wm = int(meta["dwm"])
+    async def restore(self, p: int, access: TableAccess) -> RewardPartition:
+        """The saved index, and the rec ids emitted after it was saved (read back)."""
+        ps = await super().restore(p, access)
         loop = asyncio.get_running_loop()
         ps.emitted, end = await loop.run_in_executor(None, self._read_back, p, ps.fb_next)
         ps.fb_next = max(ps.fb_next, end)
-        for key, value in self._scan(p):
-            st = UserJoin.from_bytes(value)
-            deadline = st.next_deadline(self.cfg)
-            if deadline is not None:
-                ps.due.append((deadline, key.decode()))
-                ps.scheduled[key.decode()] = deadline
-        heapq.heapify(ps.due)
         if ps.emitted:
             log.warning("feedback partition %d: %d records emitted after the last saved state "
                         "(a crash); they will not be emitted again", p, len(ps.emitted))
-        self.parts[p] = ps
         return ps
+
+    def new_partition(self) -> RewardPartition:
+        return RewardPartition()
+
+    def meta(self, ps: RewardPartition) -> dict[str, Any]:
+        return {"wm": ps.watermark, "dwm": ps.decisions_wm, "fb_next": ps.fb_next}
+
+    def load_meta(self, ps: RewardPartition, meta: dict[str, Any]) -> None:
+        ps.watermark, ps.fb_next = int(meta["wm"]), int(meta["fb_next"])
+        ps.decisions_wm = int(meta["dwm"])
+
+    def partition_of(self, raw: bytes) -> int:
+        return UserJoin.partition_of(raw)
+
+    def next_due(self, raw: bytes) -> int | None:
+        return UserJoin.from_bytes(raw).next_deadline(self.cfg)
 
     def _read_back(self, p: int, start: int) -> tuple[set[str], int]:
         """Rec ids in feedback partition p from `start` to the end, and the end offset.
@@ -185,148 +157,102 @@ class FeedbackJoin:
         finally:
             consumer.close()
 
-    def _scan(self, p: int) -> Iterable[tuple[bytes, bytes]]:
-        store = self.table.data
-        if hasattr(store, "_db_for_partition"):
-            for key, value in store._db_for_partition(p).items():
-                if key != store.offset_key and not key.startswith(b"\x00") and value:
-                    yield key, value
-            return
-        for key, value in list(store.data.items()):
-            if not key.startswith(b"\x00") and value and _partition_of(value) == p:
-                yield key, value
+    # -- users -------------------------------------------------------------------------------
+    def load_user(self, raw: bytes) -> UserJoin:
+        return UserJoin.from_bytes(raw)
+
+    def new_user(self, p: int) -> UserJoin:
+        return UserJoin(p)
+
+    def encode_user(self, st: UserJoin) -> bytes:
+        return st.to_bytes()
 
     # -- one batch -----------------------------------------------------------------------
-    async def process(self, events: list[Any]) -> list[dict[str, Any]]:
-        """Join one batch; returns the feedback records it emitted."""
-        store = self.table.data
-        access = TableAccess(store)
-        by_part: dict[int, list[Any]] = {}
-        for ev in events:
-            by_part.setdefault(ev.message.partition, []).append(ev)
-        out = self._publisher()
-        fb_topic = self.topics.feedback.name
-        decisions_topic = self.topics.decisions.name
-        now_ms = int(time.time() * 1000)
-        emitted: list[dict[str, Any]] = []
-        writes: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        for p, msgs in by_part.items():
-            ps = await self._ready(p, access)
-            get = access.reader(p)
-            users: dict[str, UserJoin] = {}
-            too_late = 0
+    async def join_partition(self, p: int, ps: RewardPartition, users: UserCache[UserJoin],
+                             events: list[Any], batch: JoinBatch) -> None:
+        too_late = sum(self._take(ev.message, ps, users) for ev in events)
+        if too_late:
+            log.info("partition %d: %d decisions older than the dedupe horizon dropped "
+                     "(re-deliveries after a restart, or a worker far behind)", p, too_late)
+        # close what the watermark has passed (users touched now, and due ones)
+        for uid in ps.pop_due(ps.watermark - self.cfg.lateness_ms):
+            users(uid)
+        for uid, st in users.items():
+            await self._close(p, ps, uid, st, batch)
+            ps.schedule(uid, st.next_deadline(self.cfg))
 
-            def user(uid: str, p: int = p, get: Any = get,
-                     users: dict[str, UserJoin] = users) -> UserJoin:
-                st = users.get(uid)
-                if st is None:
-                    raw = get(uid.encode())
-                    st = users[uid] = UserJoin.from_bytes(raw) if raw else UserJoin(p)
-                return st
-
-            for ev in msgs:
-                m = ev.message
-                try:
-                    obj = orjson.loads(m.value)
-                    if m.topic == decisions_topic:
-                        uid, ts = obj["user_id"], int(obj["event_ts"])
-                        obj["items"], obj["sequence"], obj["features"]  # noqa: B018 - required
-                        st = user(uid)
-                        status = st.add_decision(obj, self.cfg, ps.decisions_wm)
-                        if status == "added":
-                            self.stats.decisions += 1
-                        elif status == "duplicate":
-                            self.stats.duplicates += 1
-                        else:
-                            self.stats.too_late += 1
-                            too_late += 1
-                        ps.decisions_wm = max(ps.decisions_wm, ts)
-                        continue
-                    else:
-                        uid, typ = obj["user_id"], obj["type"]
-                        ts = obj["ts"]
-                        if type(ts) is not int:
-                            ts = _EPOCH_MS.validate_python(ts)
-                        if m.key is not None and m.key != uid.encode():
-                            raise ValueError("key mismatch")  # the worker's DLQ has it
-                        if typ in self.engage_types:
-                            user(uid).add_engagement(ts, typ, str(obj["item_id"]),
-                                                     str(obj["event_id"]), self.cfg)
-                            self.stats.engagements += 1
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError,
-                        ValidationError, AttributeError):
-                    self.stats.malformed += 1  # the worker sends bad events to the DLQ
-                    continue
-                if ts > ps.watermark:
-                    ps.watermark = ts
-            if too_late:
-                log.info("partition %d: %d decisions older than the dedupe horizon dropped "
-                         "(re-deliveries after a restart, or a worker far behind)", p, too_late)
-            # close what the watermark has passed (users touched now, and due ones)
-            limit = ps.watermark - self.cfg.lateness_ms
-            while ps.due and ps.due[0][0] <= limit:
-                deadline, uid = heapq.heappop(ps.due)
-                if ps.scheduled.get(uid) == deadline:
-                    del ps.scheduled[uid]
-                    user(uid)
-            for uid, st in users.items():
-                keep_from = min(ps.watermark, ps.decisions_wm)
-                for o in st.close_due(ps.watermark, self.cfg, keep_from):
-                    rec_id = o.decision["rec_id"]
-                    if rec_id in ps.emitted:
-                        self.stats.suppressed += 1
-                        continue
-                    rec = feedback_record(o, self.pseudo.user_key(uid), self.pseudo.key_id,
-                                          now_ms)
-                    await out.add(fb_topic, rec["user_key"].encode(), orjson.dumps(rec), p)
-                    emitted.append(rec)
-                    self.stats.feedback += 1
-                    self.stats.rewarded += o.reward > 0
-                nxt = st.next_deadline(self.cfg)
-                if nxt is not None and ps.scheduled.get(uid) != nxt:
-                    ps.scheduled[uid] = nxt
-                    heapq.heappush(ps.due, (nxt, uid))
-            writes[p] = [(uid.encode(), None if st.empty() else st.to_bytes())
-                         for uid, st in users.items()]
-        # 1. feedback first: once acked, a crash before the state is saved is caught by the
-        #    read-back on restart
+    def _take(self, m: Any, ps: RewardPartition, users: UserCache[UserJoin]) -> int:
+        """One decision or event into its user's state; 1 for a decision too old to join."""
         try:
-            last = await out.flush()
-            for (topic, p), offset in last.items():
-                if topic == fb_topic:
-                    self.parts[p].fb_next = offset + 1
-            if self.crash_after_emit and emitted:
-                self.crash_after_emit -= 1
-                if not self.crash_after_emit:  # fault injection for the exactly-once test
-                    log.error("crashing on purpose after emitting feedback, before saving")
-                    os._exit(137)
-            # 2. the users' states, then the meta record, in one changelog partition each
-            changelog = self.table.changelog_topic.get_topic_name()
-            for p, items in writes.items():
-                ps = self.parts[p]
-                items.append((meta_key(p), orjson.dumps({
-                    "wm": ps.watermark, "dwm": ps.decisions_wm, "fb_next": ps.fb_next})))
-                for key, value in items:
-                    await out.add(changelog, key, value, p)
-            saved = await out.flush()
-        except Exception as exc:
-            raise InfraError(f"publishing feedback failed: {exc!r}") from exc
-        for p, items in writes.items():
-            access.apply(p, items)
-        access.mark_persisted(changelog, saved)
-        return emitted
+            obj = orjson.loads(m.value)
+            if m.topic == self.topics.decisions.name:
+                return self._take_decision(obj, ps, users)
+            ts = self._take_event(m.key, obj, users)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError,
+                AttributeError, PoisonMessage):
+            self.stats.malformed += 1  # the worker sends bad events to the DLQ
+            return 0
+        if ts > ps.watermark:
+            ps.watermark = ts
+        return 0
 
-    def _publisher(self) -> BatchPublisher:
-        if self._out is None:
-            self._out = BatchPublisher(self.app.producer._ensure_producer())
-        return self._out
+    def _take_decision(self, obj: dict[str, Any], ps: RewardPartition,
+                       users: UserCache[UserJoin]) -> int:
+        uid, ts = obj["user_id"], int(obj["event_ts"])
+        obj["items"], obj["sequence"], obj["features"]  # noqa: B018 - required
+        status = users(uid).add_decision(obj, self.cfg, ps.decisions_wm)
+        ps.decisions_wm = max(ps.decisions_wm, ts)
+        if status == "added":
+            self.stats.decisions += 1
+        elif status == "duplicate":
+            self.stats.duplicates += 1
+        else:
+            self.stats.too_late += 1
+            return 1
+        return 0
 
+    def _take_event(self, key: bytes | None, obj: dict[str, Any],
+                    users: UserCache[UserJoin]) -> int:
+        """An engagement credits the decisions that showed its item; every event moves the
+        watermark (returns its time)."""
+        uid, typ = obj["user_id"], obj["type"]
+        ts = obj["ts"]
+        if type(ts) is not int:
+            ts = _EPOCH_MS.validate_python(ts)
+        if key is not None and key != uid.encode():  # the worker's DLQ has it
+            raise PoisonMessage("key_mismatch", "record key differs from the user id")
+        if typ in self.engage_types:
+            users(uid).add_engagement(ts, typ, str(obj["item_id"]), str(obj["event_id"]),
+                                      self.cfg)
+            self.stats.engagements += 1
+        return int(ts)
 
-def _partition_of(value: bytes) -> int:
-    try:
-        return int(orjson.loads(value)["p"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return -1
+    async def _close(self, p: int, ps: RewardPartition, uid: str, st: UserJoin,
+                     batch: JoinBatch) -> None:
+        """Emit the feedback of the user's decisions whose window the watermark has closed,
+        except those the read-back found already emitted."""
+        for o in st.close_due(ps.watermark, self.cfg, min(ps.watermark, ps.decisions_wm)):
+            if o.decision["rec_id"] in ps.emitted:
+                self.stats.suppressed += 1
+                continue
+            user_key = self.pseudo.user_key(uid)
+            await batch.emit(self.topics.feedback.name, user_key,
+                             feedback_record(o, user_key, self.pseudo.key_id, batch.now_ms), p)
+            self.stats.feedback += 1
+            self.stats.rewarded += o.reward > 0
+
+    def after_emit(self, acked: dict[tuple[str, int], int], batch: JoinBatch) -> None:
+        """Feedback first: once acked, a crash before the state is saved is caught by the
+        read-back on restart; the meta record keeps where the read-back starts."""
+        fb_topic = self.topics.feedback.name
+        for (topic, p), offset in acked.items():
+            if topic == fb_topic:
+                self.parts[p].fb_next = offset + 1
+        if self.crash_after_emit and batch.emitted:
+            self.crash_after_emit -= 1
+            if not self.crash_after_emit:  # fault injection for the exactly-once test
+                log.error("crashing on purpose after emitting feedback, before saving")
+                os._exit(137)
 
 
 @dataclass
@@ -339,9 +265,6 @@ class FeedbackWorker:
 def create_feedback_app(settings: Settings) -> FeedbackWorker:
     """The feedback join as its own Faust app (consumer group `<app_id>-feedback`), with the
     risk-label join (stream.feedback.risk_labels) beside it."""
-    from stream.kafka.recovery import install_exact_highwaters
-    from stream.worker.app import new_faust_app
-
     topics = topics_for(settings)
     if settings.pseudonym_key is None:
         raise LamstreamError("LAMSTREAM_PSEUDONYM_KEY must be set: feedback records carry a "
@@ -353,27 +276,13 @@ def create_feedback_app(settings: Settings) -> FeedbackWorker:
                       help="user id -> pending decisions, engagements, emitted rec ids")
     install_exact_highwaters(app, settings)  # tansu under-reports changelog ends
     join = FeedbackJoin(app, settings, topics, table)
-    source = app.topic(topics.decisions.name, topics.events.name, key_type=bytes,
-                       value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-    @app.agent(source, name=f"{settings.topic_prefix}feedback-join")
-    async def feedback_join(stream: Any) -> None:
-        async for events in stream.take_events(1000, within=0.05):
-            await join.process(list(events))
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def _revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        join.forget({tp.partition for tp in revoked if tp.topic == topics.decisions.name})
-
+    join.attach_agent(bytes_topic(app, topics.decisions.name, topics.events.name),
+                      f"{settings.topic_prefix}feedback-join", topics.decisions.name)
     risk = attach_risk_labels(app, settings, topics, join.pseudo)
     return FeedbackWorker(app=app, join=join, risk=risk)
 
 
 def run_feedback(settings: Settings) -> None:
     """`lamstream feedback`: run the join until SIGTERM / Ctrl-C."""
-    from stream.kafka.admin import ensure_topics
-
     ensure_topics(settings)
-    from stream.worker.app import run_until_stopped
-
     run_until_stopped(create_feedback_app(settings).app, settings)

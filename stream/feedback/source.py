@@ -7,6 +7,9 @@ from typing import Any
 
 import orjson
 
+from stream.settings import load_settings
+from stream.topics import full_topic_name
+
 
 def load_feedback(source: str) -> list[dict[str, Any]]:
     """Feedback records from a JSONL file (records, or `lamstream tail` lines) or a topic."""
@@ -15,7 +18,7 @@ def load_feedback(source: str) -> list[dict[str, Any]]:
 
 def load_risk_feedback(source: str) -> list[dict[str, Any]]:
     """Risk-feedback records (labelled scored events) from a JSONL file or a topic."""
-    from model.train.risk_data import risk_records
+    from model.train.risk_data import risk_records  # torch: not for the CLI's --help
 
     return risk_records(_load(source))
 
@@ -26,15 +29,11 @@ def _load(source: str) -> list[dict[str, Any]]:
     if path.is_file():
         rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
     else:
-        from stream.client import tail
-        from stream.settings import load_settings
-        from stream.topics import topics_for
+        from stream.client import tail  # kafka: not for the CLI's --help
 
         settings = load_settings()
-        names = {s.name.removeprefix(settings.topic_prefix): s.name
-                 for s in topics_for(settings).all()}
-        rows = [v for _, v in tail(settings, names.get(source, source), from_beginning=True,
-                                   timeout=3.0)]
+        topic = full_topic_name(settings, source)
+        rows = [v for _, v in tail(settings, topic, from_beginning=True, timeout=3.0)]
     out = [r["value"] if isinstance(r, dict) and "value" in r and "key" in r else r
            for r in rows]
     return [r for r in out if isinstance(r, dict)]

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream.errors import UsageError
+
 # The noisy queries, in release order. Every one gets epsilon / len(QUERIES) (sequential
 # composition); means and fractions are computed from their noisy values (post-processing).
 COUNTS = ("records", "rewarded", "explored")
@@ -54,14 +56,14 @@ def _text(record: Mapping[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"record {record.get('rec_id')}: {name} is not a string")
+        raise UsageError(f"record {record.get('rec_id')}: {name} is not a string")
     return value
 
 
 def _reward(record: Mapping[str, Any]) -> float:
     value = record.get("reward", 0.0)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"record {record.get('rec_id')}: reward is not a finite number")
+        raise UsageError(f"record {record.get('rec_id')}: reward is not a finite number")
     return float(value)
 
 
@@ -123,13 +125,13 @@ def plan(epsilon: float, *, max_per_user: int, max_reward: float,
     """The release of every query: an equal share of epsilon each, an equal share of delta
     for each histogram whose keys come from the data."""
     if not epsilon > 0 or not math.isfinite(epsilon):
-        raise ValueError(f"--epsilon must be a number > 0, not {epsilon}")
+        raise UsageError(f"--epsilon must be a number > 0, not {epsilon}")
     if max_per_user < 1:
-        raise ValueError(f"--max-per-user must be at least 1, not {max_per_user}")
+        raise UsageError(f"--max-per-user must be at least 1, not {max_per_user}")
     if not max_reward > 0 or not math.isfinite(max_reward):
-        raise ValueError(f"--max-reward must be a number > 0, not {max_reward}")
+        raise UsageError(f"--max-reward must be a number > 0, not {max_reward}")
     if not 0 < delta < 1:
-        raise ValueError(f"--delta must be between 0 and 1 (exclusive), not {delta}")
+        raise UsageError(f"--delta must be between 0 and 1 (exclusive), not {delta}")
     share = epsilon / len(QUERIES)
     out: dict[str, Query] = {}
     for name in QUERIES:
@@ -227,7 +229,7 @@ def export_stats(records: Iterable[Mapping[str, Any]], *, epsilon: float | None 
     unless a seed is given, which is for tests and makes the export reproducible, and so not
     private to anyone who knows the seed)."""
     if top < 1:
-        raise ValueError(f"--top must be at least 1, not {top}")
+        raise UsageError(f"--top must be at least 1, not {top}")
     if epsilon is None:
         return {"epsilon": None, "delta": None, "max_per_user": None, "max_reward": None,
                 "seed": None, "epsilon_split": None, "queries": {},

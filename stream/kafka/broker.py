@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from stream.errors import BrokerError
 
@@ -80,8 +81,7 @@ def wait_ready(
     `alive` lets the caller abort early when the broker process it started has died.
     Raises BrokerError after `timeout` seconds.
     """
-    from kafka import KafkaAdminClient  # heavy import, only needed here
-    from kafka.errors import KafkaConfigurationError
+    from kafka.errors import KafkaConfigurationError  # heavy import, only needed here
 
     servers = [s for s in bootstrap.split(",") if s.strip()]
     if not servers:
@@ -113,14 +113,7 @@ def wait_ready(
                 f"({last_error})")
         ms = max(500, int(min(remaining, 5.0) * 1000))
         try:
-            admin = KafkaAdminClient(**{**cfg, "request_timeout_ms": ms,
-                                        "bootstrap_timeout_ms": ms,
-                                        "client_id": "lamstream-wait-ready"})
-            try:
-                brokers = admin.describe_cluster().get("brokers") or []
-            finally:
-                admin.close()
-            if brokers:
+            if _metadata_brokers(cfg, ms):
                 return
             last_error = "metadata lists no brokers"
         except KafkaConfigurationError as exc:
@@ -128,6 +121,19 @@ def wait_ready(
         except Exception as exc:  # noqa: BLE001 - any other failure means "not ready yet"
             last_error = f"{type(exc).__name__}: {exc}"
         time.sleep(interval)
+
+
+def _metadata_brokers(config: Mapping[str, object], timeout_ms: int) -> list[Any]:
+    """The brokers a Metadata request to `config`'s bootstrap servers lists."""
+    from kafka import KafkaAdminClient  # heavy import, only needed here
+
+    admin = KafkaAdminClient(**{**config, "request_timeout_ms": timeout_ms,
+                                "bootstrap_timeout_ms": timeout_ms,
+                                "client_id": "lamstream-wait-ready"})
+    try:
+        return admin.describe_cluster().get("brokers") or []  # type: ignore[no-any-return]
+    finally:
+        admin.close()
 
 
 class EmbeddedBroker:

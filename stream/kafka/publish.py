@@ -15,7 +15,8 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from stream.errors import InfraError
+from stream.errors import InfraError, PoisonMessage
+from stream.kafka.faust_patches import app_producer, wait_for_topic_metadata
 
 
 def default_partition(key: bytes, partitions: int) -> int:
@@ -45,7 +46,7 @@ class BatchPublisher:
         if n is None:
             found = self._producer.client.cluster.partitions_for_topic(topic)
             if not found:
-                raise LookupError(f"topic {topic!r} has no partitions in the metadata")
+                raise InfraError(f"topic {topic!r} has no partitions in the metadata")
             n = self._parts[topic] = len(found)
         return n
 
@@ -71,11 +72,11 @@ class BatchPublisher:
             else:
                 try:
                     partition = self.partition_for(topic, key)
-                except LookupError:
+                except InfraError:
                     # not in the producer's metadata (its first record here, after the
                     # metadata narrowed to other topics): fetch it, as send() would
                     try:
-                        await self._producer.client._wait_on_metadata(topic)
+                        await wait_for_topic_metadata(self._producer, topic)
                     except KafkaError as exc:
                         raise InfraError(f"no metadata for topic {topic!r}: {exc!r}") from exc
                     partition = self.partition_for(topic, key)
@@ -89,7 +90,8 @@ class BatchPublisher:
             builder = self._builders[tp] = self._producer.create_batch()
             self._counts[tp] = 0
             if builder.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"record of {len(value or b'')} bytes exceeds the batch size")
+                raise PoisonMessage("oversized", f"record of {len(value or b'')} bytes "
+                                    "exceeds the producer's batch size")
         self._counts[tp] += 1
 
     async def _send(self, tp: tuple[str, int]) -> None:
@@ -130,3 +132,18 @@ class BatchPublisher:
     async def flush(self) -> dict[tuple[str, int], int]:
         """Send everything and wait for the broker's acks; returns the last offset per tp."""
         return await self.wait(await self.send_all())
+
+
+class LazyPublisher:
+    """One agent's BatchPublisher on its Faust app's producer, made on first call (the
+    producer exists once the app has started). Each agent needs its own: a publisher's
+    `flush` and `discard` act on everything collected since the last one."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._out: BatchPublisher | None = None
+
+    def __call__(self) -> BatchPublisher:
+        if self._out is None:
+            self._out = BatchPublisher(app_producer(self._app))
+        return self._out

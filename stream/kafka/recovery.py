@@ -15,28 +15,19 @@ empty polls per rebalance.
 from __future__ import annotations
 
 import asyncio
-import logging
-import weakref
-from collections import Counter
+import functools
 from typing import Any
 
-from faust.tables.recovery import Recovery
 from faust.types import TP
+from kafka import KafkaConsumer, TopicPartition
 
+from stream.kafka.admin import seek_to_end
+from stream.kafka.faust_patches import raise_recovery_highwaters
 from stream.settings import Settings
-
-log = logging.getLogger(__name__)
-
-_SETTINGS: weakref.WeakKeyDictionary[Any, Settings] = weakref.WeakKeyDictionary()
-_ORIGINAL = Recovery._build_highwaters
 
 
 def true_ends(settings: Settings, tps: list[TP]) -> dict[TP, int]:
     """{tp: offset of the next record to be written}, read forward past tansu's answer."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from stream.kafka.admin import seek_to_end
-
     consumer = KafkaConsumer(**settings.kafka_python_config(), enable_auto_commit=False)
     try:
         parts = [TopicPartition(tp.topic, tp.partition) for tp in tps]
@@ -47,23 +38,10 @@ def true_ends(settings: Settings, tps: list[TP]) -> dict[TP, int]:
         consumer.close()
 
 
-async def _build_highwaters(self: Recovery, consumer: Any, tps: set[TP],
-                            destination: Counter[TP], title: str) -> None:
-    await _ORIGINAL(self, consumer, tps, destination, title)
-    settings = _SETTINGS.get(self.app)
-    if settings is None or not tps:
-        return
-    ends = await asyncio.get_running_loop().run_in_executor(
-        None, true_ends, settings, sorted(tps))
-    for tp, end in ends.items():
-        # Faust keeps "highwater" as the offset of the last record (end - 1)
-        if end - 1 > destination.get(tp, -1):
-            log.info("changelog %s:%d ends at %d, the broker reported %d", tp.topic,
-                     tp.partition, end, destination.get(tp, -1) + 1)
-            destination[tp] = end - 1
+async def _true_ends_off_loop(settings: Settings, tps: list[TP]) -> dict[TP, int]:
+    return await asyncio.get_running_loop().run_in_executor(None, true_ends, settings, tps)
 
 
 def install_exact_highwaters(app: Any, settings: Settings) -> None:
     """Make this app's table recovery use the true end of each changelog partition."""
-    _SETTINGS[app] = settings
-    Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
+    raise_recovery_highwaters(app, functools.partial(_true_ends_off_loop, settings))

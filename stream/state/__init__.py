@@ -1,7 +1,9 @@
-"""Pure per-user state: rolling features and the reward and risk-label join state."""
+"""Per-user state: rolling features, the two joins and their shared skeleton, table access."""
 
 __all__ = [
     "features",
     "rewards",
     "labels",
+    "joins",
+    "table",
 ]

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from model.types import EVENT_TYPE_INDEX, EVENT_TYPES, SeqItem
+from stream.errors import StateError
 from stream.settings import Settings, window_label
 
 _KMV_K = 256  # distinct counts are exact below this many, estimated (k-1)/max above
@@ -173,7 +174,7 @@ class UserState:
     def from_bytes(cls, raw: bytes, n_windows: int) -> UserState:
         d = orjson.loads(raw)
         if not isinstance(d, list) or d[0] != _STATE_VERSION:
-            raise ValueError("unknown user state format")
+            raise StateError("unknown user state format")
         st = cls.__new__(cls)  # every field is set below: skip __init__'s empty containers
         (_, st.user_id, st.total, st.counts, st.spend_total, st.first_ts, st.max_ts,
          st.seen_ms, tiles, seq, st.sess, items, cats, st.devices, st.ips, ids,

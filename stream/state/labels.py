@@ -1,6 +1,6 @@
 """Pure state of the risk-label join: one user's scored events (snapshots) and waiting labels.
 
-No faust here (stream/agents/risk_labels.py drives it), so it is unit-testable. A snapshot is
+No faust here (stream/feedback/risk_labels.py drives it), so it is unit-testable. A snapshot is
 what the risk model scored for one event, exactly as it saw it: the decision log's record
 (every recommendation carries the risk score, model version and threshold) or, for an event
 that triggered no recommendation, its risk alert (which carries the features and sequence).
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+
+from stream.errors import PoisonMessage, StateError
 
 STATE_VERSION = b"L1"
 # version, partition, next expiry (-1: none); the agent reads it without decoding the rest
@@ -106,7 +108,7 @@ def snapshot_from_alert(a: dict[str, Any]) -> Snapshot | None:
 
 def _features(obj: Any) -> dict[str, float]:
     if not isinstance(obj, dict):
-        raise TypeError("features must be an object")
+        raise PoisonMessage("schema", "features must be an object")
     return obj
 
 
@@ -137,7 +139,7 @@ class UserLabels:
     def from_bytes(cls, raw: bytes) -> UserLabels:
         version, partition, _ = _HEADER.unpack_from(raw)
         if version != STATE_VERSION:
-            raise ValueError("not a risk-label join state")
+            raise StateError("not a risk-label join state")
         obj = orjson.loads(zlib.decompress(raw[_HEADER.size:]))
         st = cls(partition)
         for eid, ts, score, mv, thr, feats, seq, marks in obj["s"]:
@@ -150,7 +152,7 @@ class UserLabels:
         """(partition, next expiry) of a stored state, without decoding it."""
         version, partition, nxt = _HEADER.unpack_from(raw)
         if version != STATE_VERSION:
-            raise ValueError("not a risk-label join state")
+            raise StateError("not a risk-label join state")
         return partition, None if nxt < 0 else nxt
 
     def empty(self) -> bool:
@@ -253,18 +255,3 @@ def feedback_id(m: Match) -> str:
     lb = m.label
     key = f"{m.snapshot.event_id}\x00{lb.mark}".encode()
     return hashlib.blake2b(key, digest_size=16).hexdigest()
-
-
-def risk_feedback_record(m: Match, user_key: str, key_id: str, now_ms: int
-                         ) -> dict[str, Any]:
-    """The wire record (stream.schemas.RiskFeedback): the snapshot as scored, the label, no
-    raw user id."""
-    s, lb = m.snapshot, m.label
-    return {
-        "feedback_id": feedback_id(m), "user_key": user_key, "key_id": key_id,
-        "event_id": s.event_id, "event_ts": s.event_ts, "features": s.features,
-        "sequence": s.sequence, "score": s.score, "model_version": s.model_version,
-        "threshold": s.threshold, "alerted": s.alerted, "label": lb.label,
-        "label_scope": lb.scope, "label_source": lb.source, "label_ts": lb.ts,
-        "emitted_at": now_ms,
-    }

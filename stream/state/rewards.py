@@ -1,6 +1,6 @@
 """Pure state of the delayed-reward join: pending recommendations and engagements per user.
 
-No faust here (stream/agents/feedback.py drives it), so it is unit-testable. Time is event
+No faust here (stream/feedback/app.py drives it), so it is unit-testable. Time is event
 time throughout: a recommendation's window is [event_ts, event_ts + window]; it closes when
 the partition's events watermark (the latest event time seen there) passes window end +
 lateness.
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from stream.errors import StateError
 
 STATE_VERSION = 1
 
@@ -71,7 +73,7 @@ class UserJoin:
     def from_bytes(cls, raw: bytes) -> UserJoin:
         obj = orjson.loads(raw)
         if not isinstance(obj, dict) or obj.get("v") != STATE_VERSION:
-            raise ValueError("not a reward-join state")
+            raise StateError("not a reward-join state")
         st = cls(int(obj["p"]))
         st.pending = obj["pending"]
         st.engagements = [tuple(e) for e in obj["eng"]]  # type: ignore[misc]
@@ -80,6 +82,14 @@ class UserJoin:
 
     def empty(self) -> bool:
         return not (self.pending or self.engagements or self.done)
+
+    @staticmethod
+    def partition_of(raw: bytes) -> int:
+        """The partition a stored state belongs to (-1: not a state)."""
+        try:
+            return int(orjson.loads(raw)["p"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return -1
 
     # -- the join -------------------------------------------------------------------------
     def deadline(self, decision: dict[str, Any], cfg: JoinConfig) -> int:

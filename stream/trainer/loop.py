@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import torch
+from kafka.errors import KafkaError
 
 from model.policy.reranker import Reranker
 from model.registry import ModelRegistry
@@ -42,8 +44,11 @@ from model.train.online import OnlineConfig, OnlineTrainer
 from model.train.risk_data import RISK, RiskServing
 from model.train.risk_online import OnlineRiskTrainer, RiskOnlineConfig
 from model.types import RERANKER
+from stream.client import _consumer, announce_model
 from stream.errors import InfraError
+from stream.feedback.source import load_feedback, load_risk_feedback
 from stream.settings import Settings
+from stream.topics import topics_for
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +75,6 @@ class ContinuousTrainer:
     (run_trainer feeds it)."""
 
     def __init__(self, settings: Settings, announce: Announce | None = None) -> None:
-        import torch
-
         torch.set_num_threads(settings.trainer_threads)  # OMP spin-waits starve co-tenants
         self.settings = settings
         self.announce = announce
@@ -204,8 +207,6 @@ class ContinuousTrainer:
     # -- checkpoint -----------------------------------------------------------------
     def checkpoint(self) -> None:
         """Write candidate + optimizer + buffers to a fresh dir, then swap it in."""
-        import torch
-
         tmp = self.state_dir.with_name(f".trainer-{os.getpid()}-{time.monotonic_ns()}")
         tmp.mkdir(parents=True)
         try:
@@ -226,8 +227,6 @@ class ContinuousTrainer:
             raise
 
     def _restore(self) -> None:
-        import torch
-
         state = orjson.loads((self.state_dir / "state.json").read_bytes())
         self.trainer.load_state(state)
         self.since_gate = int(state.get("since_gate", 0))
@@ -246,8 +245,6 @@ def train_from_file(settings: Settings, source: str | None, chunk: int = 500, *,
     """Replay a feedback JSONL file (and/or a risk-feedback one) through the trainer (gate
     checks as on the topics, one more at the end), then checkpoint. Publishes to the
     registry; announces nothing."""
-    from stream.feedback.source import load_feedback, load_risk_feedback
-
     ct = ContinuousTrainer(settings)
     records = load_feedback(source) if source is not None else []
     for i in range(0, len(records), chunk):
@@ -321,11 +318,6 @@ def run_trainer(settings: Settings, *, once: bool = False, idle_exit_s: float = 
                 stop: threading.Event | None = None) -> ContinuousTrainer:
     """Consume `feedback` and `risk-feedback` until SIGTERM/SIGINT (or, with `once`, until
     both have been idle for `idle_exit_s`); returns the trainer (for its gate logs)."""
-    from kafka.errors import KafkaError
-
-    from stream.client import _consumer, announce_model
-    from stream.topics import topics_for
-
     def announce(name: str, version: str, action: str) -> None:
         try:
             announce_model(settings, name, version,

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from model.policy.catalog import ItemCatalog
 from model.policy.exploration import ExplorationPredictor
 from model.policy.policies import Policy, make_policy
 from model.predictor import Predictor
-
-if TYPE_CHECKING:
-    from model.policy.reranker import Reranker
 from stream.settings import Settings
-from stream.worker.ingest import PredictorHolder
+from stream.worker.holder import PredictorHolder
+
+if TYPE_CHECKING:  # model.policy.reranker brings torch: imported when a reranker is loaded
+    from model.policy.reranker import Reranker
 
 Wrap = Callable[[Predictor], Predictor]
 
@@ -85,8 +85,7 @@ def load_reranker(settings: Settings, version: str | None = None) -> Reranker | 
     return Reranker.from_registry(ModelRegistry(settings.data_dir), version)
 
 
-def install_exploration(ingest: Any, settings: Settings) -> None:
-    """Give the ingest agent a holder whose models explore (see model.policy.policies), with the
-    latest published reranker if there is one."""
-    ingest.holder = ExploringHolder(ingest.holder.current, exploration_wrapper(settings),
-                                    load_reranker(settings))
+def exploring_holder(predictor: Predictor, settings: Settings) -> ExploringHolder:
+    """A holder whose models explore (see model.policy.policies), with the latest published
+    reranker if there is one."""
+    return ExploringHolder(predictor, exploration_wrapper(settings), load_reranker(settings))

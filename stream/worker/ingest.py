@@ -4,146 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
-import threading
 import time
-import weakref
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from faust.streams import _current_event
-from faust.types import TP, Message
+from faust.types import Message
 from mode import Service
-from rocksdict import WriteBatch
 
 from model.predictor import Predictor
 from model.recommenders.baseline import BaselinePredictor
 from model.types import Prediction, PredictionContext
-from stream.errors import InfraError, PoisonMessage
-from stream.kafka.fastpath import BatchSink, register_sink
-from stream.kafka.publish import BatchPublisher, Sent
-from stream.schemas import Event, decode_event, dlq_record
+from stream.errors import InfraError
+from stream.kafka.fastpath import BatchSink
+from stream.kafka.faust_patches import register_sink, subscribe_without_stream, unacked_messages
+from stream.kafka.publish import LazyPublisher, Sent
 from stream.settings import Settings
 from stream.state.features import FeatureConfig, UserState
+from stream.state.table import SweepCursor, TableAccess
 from stream.topics import Topics
-from stream.worker.decision_log import decision_record
+from stream.worker import steps
+from stream.worker.holder import PredictorHolder
 from stream.worker.metrics import Metrics
+from stream.worker.recent import RecentDecisions
+from stream.worker.steps import Batch, BatchStats, Outputs, Pending
 
 log = logging.getLogger(__name__)
-
-
-class _Msg:
-    __slots__ = ("partition",)
-
-    def __init__(self, partition: int) -> None:
-        self.partition = partition
-
-
-class _PartitionEvent:
-    """Stands in for Faust's current event while we touch the table for one partition.
-
-    Faust's table stores route reads/writes to the RocksDB database of the *source* partition
-    and need that partition to send changelog records; they find it through the current
-    event, which does not exist outside per-message stream iteration (faust #497: "Cannot
-    modify table key from outside of stream iteration"). Our batches know each record's
-    partition, so we say it explicitly.
-    """
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, partition: int) -> None:
-        self.message = _Msg(partition)
-
-
-@contextlib.contextmanager
-def partition_context(partition: int) -> Iterator[None]:
-    ev = _PartitionEvent(partition)
-    token = _current_event.set(weakref.ref(ev))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-class TableAccess:
-    """Per-partition reads and writes of the features table, without Faust's per-call layers.
-
-    Our keys and values are already bytes, so Faust's codec layer has nothing to do; with
-    RocksDB we go straight to the partition's database (what Faust's store does after looking
-    up the current event), otherwise through the store's mapping interface under an explicit
-    partition context.
-    """
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.rocks = hasattr(store, "_db_for_partition") and hasattr(store, "_key_index")
-        # rocksdict (Faust's default RocksDB driver): a batch's keys go in as one WriteBatch,
-        # one write-ahead-log record instead of one per key (2.6 against 4.9 us per key)
-        self.batched = self.rocks and getattr(store, "use_rocksdict", False)
-
-    def reader(self, partition: int) -> Callable[[bytes], bytes | None]:
-        if self.rocks:
-            return self.store._db_for_partition(partition).get  # type: ignore[no-any-return]
-        store = self.store
-
-        def get(key: bytes) -> bytes | None:
-            with partition_context(partition):
-                return store.get(key)  # type: ignore[no-any-return]
-        return get
-
-    def write(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
-        if self.rocks:
-            db = self.store._db_for_partition(partition)
-            index = self.store._key_index
-            # the store opens its DBs in raw mode, so the batch must be raw too
-            target = WriteBatch(raw_mode=True) if self.batched else db
-            for key, value in items:
-                index[key] = partition
-                target.put(key, value)
-            if self.batched:
-                db.write(target)
-            return
-        with partition_context(partition):
-            for key, value in items:
-                self.store[key] = value
-
-    def apply(self, partition: int, items: list[tuple[bytes, bytes | None]]) -> None:
-        """Puts, and deletes where the value is None (what the changelog already holds)."""
-        puts = [(k, v) for k, v in items if v is not None]
-        if puts:
-            self.write(partition, puts)
-        for key, value in items:
-            if value is None:
-                if self.rocks:
-                    self.store._db_for_partition(partition).delete(key)
-                else:
-                    self.store.data.pop(key, None)
-
-    def mark_persisted(self, changelog: str, saved: dict[tuple[str, int], int]) -> None:
-        """Record the changelog offsets just acked, so recovery starts after them."""
-        for (topic, p), offset in saved.items():
-            if topic == changelog:
-                self.store.set_persisted_offset(TP(changelog, p), offset)
-
-
-@dataclass
-class _Pending:
-    """One valid, non-duplicate event waiting for its decision."""
-
-    event: Event
-    recv: float
-    ctx: PredictionContext
 
 
 @dataclass
 class _Flight:
     """A batch whose records are sent but not yet acknowledged by the broker."""
 
-    batch: list[tuple[Message, float]]
+    batch: Batch
     stats: BatchStats
     sent: Sent  # BatchPublisher.send_all(): the delivery futures of its records
     states: dict[int, list[tuple[bytes, bytes]]]  # partition -> (user key, state) to store
@@ -153,67 +47,6 @@ class _Flight:
         if self.acked is None:
             self.acked = asyncio.gather(*(f for _, _, f in self.sent), return_exceptions=True)
         return self.acked
-
-
-@dataclass
-class LastDecision:
-    """A user's latest event with its prediction, as kept for the dashboard."""
-
-    event_id: str
-    event_type: str
-    event_ts: int
-    model: str
-    model_version: str
-    risk_model_version: str
-    risk_score: float
-    reasons: list[tuple[str, float, float]]  # (feature, value, contribution)
-    items: list[tuple[str, float, float]]  # (item_id, score, propensity)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> LastDecision:
-        return cls(*orjson.loads(raw))
-
-
-@dataclass
-class BatchStats:
-    events: int = 0
-    dlq: int = 0
-    duplicates: int = 0
-    late: int = 0
-    recommendations: int = 0
-    alerts: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
-    first_batch_at: float | None = None  # wall clock, for throughput over the busy span
-    last_batch_at: float | None = None
-
-
-class PredictorHolder:
-    """The predictor in service; a new one is swapped in between batches, never within."""
-
-    def __init__(self, predictor: Predictor) -> None:
-        self.current = predictor
-        self._next: Predictor | None = None
-
-    def offer(self, predictor: Predictor) -> None:
-        replaced, self._next = self._next, predictor
-        if replaced is not None and replaced is not predictor:
-            _close_later(replaced)  # superseded before it ever served
-
-    def swap_if_offered(self) -> bool:
-        """Called between batches only, so the old predictor has nothing in flight."""
-        if self._next is None:
-            return False
-        old, self.current, self._next = self.current, self._next, None
-        if old is not self.current:
-            _close_later(old)
-        return True
-
-
-def _close_later(predictor: Predictor) -> None:
-    """Release a retired predictor's resources (its batcher thread) off the event loop."""
-    close = getattr(predictor, "close", None)
-    if callable(close):
-        threading.Thread(target=close, name="close-predictor", daemon=True).start()
 
 
 class IngestAgent(Service):
@@ -243,35 +76,26 @@ class IngestAgent(Service):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict")
         self._batch_lock = asyncio.Lock()
         self._closing = False
-        self.recent: list[dict[str, Any]] = []  # latest decisions, for the dashboard
-        # also for the dashboard (stream.worker.web): latest latencies as (monotonic s, ms), the
-        # remembered decisions per user (bounded LRU), and per user the latest event with its
-        # prediction as one orjson blob (see last_decision) in two generations of plain dicts,
-        # so the per-event cost is one small dumps and one dict store, memory stays bounded,
-        # and nothing here is a container the garbage collector must scan (keeping the
-        # Prediction objects alive cost more in GC passes than the rest of the decision)
-        self.e2e_recent: deque[tuple[float, float]] = deque(maxlen=20_000)
-        self.inference_recent: deque[tuple[float, float]] = deque(maxlen=2_000)
-        self.recent_by_user: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self.last_prediction: dict[str, bytes] = {}
-        self._last_prediction_old: dict[str, bytes] = {}
+        self.recent = RecentDecisions()  # for the dashboard (stream.worker.web)
         self.stats = BatchStats()
         self.started_at = time.time()
-        self._sweep_cursor = 0
-        self._out: BatchPublisher | None = None
+        self._outputs = Outputs(
+            recommendations=topics.recommendations.name, risk_alerts=topics.risk_alerts.name,
+            decisions=topics.decisions.name if settings.decision_log else None,
+            dlq=topics.dlq.name, risk_threshold=settings.risk_threshold)
+        self._publisher = LazyPublisher(app)
         self._flight: _Flight | None = None  # sent, not yet acknowledged (see _run)
         # partition -> user key -> state bytes of batches sent but not yet stored
         self._overlay: dict[int, dict[bytes, bytes]] = {}
         self._last_sweep = time.monotonic()
+        self._sweep_cursor = SweepCursor()
         super().__init__(**kwargs)
         app.add_dependency(self)
-        # the topic must be subscribed by Faust's conductor although no stream iterates it
-        app.topics.add(events_topic)
-        app.topics._acking_topics.add(events_topic.get_topic_name())
+        subscribe_without_stream(app, events_topic)
 
     def _untrack(self, messages: list[Message]) -> None:
         """Dropped before processing: Faust must not wait for their acks (nor commit them)."""
-        unacked = self.app.consumer._unacked_messages
+        unacked = unacked_messages(self.app)
         for m in messages:
             unacked.discard(m)
 
@@ -300,7 +124,7 @@ class IngestAgent(Service):
         With no next batch waiting, N completes as soon as its acks arrive."""
         settings = self.settings
         within = settings.batch_within_ms / 1000
-        getter: asyncio.Task[list[tuple[Message, float]]] | None = None
+        getter: asyncio.Task[Batch] | None = None
         try:
             while not self.should_stop and not self._closing:
                 if getter is None:
@@ -327,7 +151,7 @@ class IngestAgent(Service):
             if getter is not None:
                 getter.cancel()
 
-    async def _pipelined(self, batch: list[tuple[Message, float]]) -> None:
+    async def _pipelined(self, batch: Batch) -> None:
         """Prepare `batch`, then complete the batch before it; broker trouble -> _recover."""
         prev, self._flight = self._flight, None
         try:
@@ -351,7 +175,7 @@ class IngestAgent(Service):
             except InfraError as exc:
                 await self._recover([prev], [], exc)
 
-    async def _recover(self, flights: list[_Flight], batches: list[list[tuple[Message, float]]],
+    async def _recover(self, flights: list[_Flight], batches: list[Batch],
                        exc: InfraError) -> None:
         """Broker trouble with batches in flight: wait until every send of theirs settled,
         forget what they collected and left in the overlay, then process them all again in
@@ -367,7 +191,7 @@ class IngestAgent(Service):
         for b in [f.batch for f in flights] + batches:
             await self._process_with_retry(b)
 
-    async def _process_with_retry(self, batch: list[tuple[Message, float]]) -> None:
+    async def _process_with_retry(self, batch: Batch) -> None:
         delay = 0.2
         for attempt in range(6):
             try:
@@ -382,168 +206,29 @@ class IngestAgent(Service):
         raise InfraError("giving up on a batch after 6 attempts; crashing the worker")
 
     # ---------------------------------------------------------------------------------
-    async def process(self, batch: list[tuple[Message, float]]) -> BatchStats:
+    async def process(self, batch: Batch) -> BatchStats:
         """One batch start to end: prepared, sent, acknowledged, stored, acked."""
         flight = await self.prepare(batch)
         await self.complete(flight)
         return flight.stats
 
-    async def prepare(self, batch: list[tuple[Message, float]]) -> _Flight:
-        """Steps 1-5 of a batch, its records handed to the producer without waiting."""
-        if self.stats.first_batch_at is None:
-            self.stats.first_batch_at = time.time()
-        cfg = self.features
-        now_ms = int(time.time() * 1000)
+    async def prepare(self, batch: Batch) -> _Flight:
+        """Steps 1-5 of a batch (stream.worker.steps), its records handed to the producer
+        without waiting."""
+        stats = self._take(batch)
         settings = self.settings
+        now_ms = int(time.time() * 1000)
         out = self._publisher()
-        stats = BatchStats(events=len(batch))
-        unacked = self.app.consumer._unacked_messages
-        for m, _ in batch:
-            unacked.add(m)
-
-        # 1. decode at the edge; group valid events by partition, then user, in order
-        by_part: dict[int, dict[str, list[tuple[Event, float]]]] = {}
-        dlq_topic = self.topics.dlq.name
-        for m, recv in batch:
-            try:
-                ev = decode_event(m.value, m.key, settings.max_event_bytes)
-            except PoisonMessage as bad:
-                stats.dlq += 1
-                self.metrics.dlq.labels(error_kind=bad.kind).inc()
-                await out.add(dlq_topic, m.key, self._dlq_record(m, bad, now_ms))
-                continue
-            users = by_part.get(m.partition)
-            if users is None:
-                users = by_part[m.partition] = {}
-            evs = users.get(ev.user_id)
-            if evs is None:
-                users[ev.user_id] = [(ev, recv)]
-            else:
-                evs.append((ev, recv))
-
-        # 2. fold into state: one read and one write per user, each partition in its context
-        pending: list[_Pending] = []
-        recommend_on = settings.recommend_on
-        top_k = settings.top_k
-        store = self.table.data
-        changelog = self.table.changelog_topic.get_topic_name()
-        n_windows = len(cfg.windows_s)
-        states: list[tuple[int, bytes, UserState]] = []
-        table = TableAccess(store)
-        overlay = self._overlay
-        for partition, users in by_part.items():
-            get = table.reader(partition)
-            newer = overlay.get(partition)
-            if newer is not None:  # states of the batch in flight, not stored yet
-                stored = get
-
-                def get(key: bytes, newer: dict[bytes, bytes] = newer,
-                        stored: Callable[[bytes], bytes | None] = stored) -> bytes | None:
-                    raw = newer.get(key)
-                    return raw if raw is not None else stored(key)
-            with partition_context(partition):
-                for user_id, events in users.items():
-                    key = user_id.encode()
-                    raw = get(key)
-                    st = (UserState.from_bytes(raw, n_windows) if raw
-                          else UserState(user_id, n_windows))
-                    for ev, recv in events:
-                        res = st.apply(ev, cfg, now_ms)
-                        if res.duplicate:
-                            stats.duplicates += 1
-                            continue
-                        if res.late:
-                            stats.late += 1
-                        pending.append(_Pending(ev, recv, PredictionContext(
-                            user_id, ev.event_id, ev.item_id, ev.type, ev.ts, ev.category,
-                            st.sequence(), st.numeric_features(cfg, ev),
-                            ev.type in recommend_on, top_k)))
-                    states.append((partition, key, st))
-
-        # 3. one model call for the whole batch, off the event loop
-        predictions: list[Prediction] = []
-        if pending:
-            if self.holder.swap_if_offered():
-                cur = self.holder.current
-                self.metrics.set_model(cur.name, cur.version)
-            t0 = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            predictions = await loop.run_in_executor(
-                self._pool, self._predict, [p.ctx for p in pending])
-            dt = time.perf_counter() - t0
-            self.metrics.inference.observe(dt)
-            self.inference_recent.append((time.monotonic(), dt * 1000))
-
-        # 4. state: changelog records now (same partition as the source); the local store
-        # is written only once the broker has everything (step 6), so a batch that fails to
-        # publish leaves no trace and its retry decides again instead of seeing duplicates
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for partition, key, st in states:
-            value = st.to_bytes()
-            by_partition.setdefault(partition, []).append((key, value))
-            part_overlay = overlay.get(partition)
-            if part_overlay is None:
-                part_overlay = overlay[partition] = {}
-            part_overlay[key] = value
-            await out.add(changelog, key, value, partition)
-
-        # 5. decisions
-        threshold = settings.risk_threshold
-        rec_topic = self.topics.recommendations.name
-        decisions_topic = self.topics.decisions.name if settings.decision_log else None
-        alert_topic = self.topics.risk_alerts.name
-        dumps = orjson.dumps
-        latest = self.last_prediction
-        for p, pred in zip(pending, predictions, strict=True):
-            ev = p.event
-            key = ev.user_id.encode()
-            risk = pred.risk
-            latest[ev.user_id] = dumps((
-                ev.event_id, ev.type, ev.ts, pred.model, pred.model_version,
-                pred.risk_model_version, risk.score, list(map(tuple, risk.reasons)),
-                list(map(tuple, pred.items))))
-            if p.ctx.recommend:  # cold start: may be empty until the model knows items
-                lat = (time.monotonic() - p.recv) * 1000
-                rec = {
-                    "rec_id": f"rec:{ev.event_id}", "user_id": ev.user_id,
-                    "event_id": ev.event_id,
-                    "items": [{"item_id": i.item_id, "score": i.score,
-                               "propensity": i.propensity} for i in pred.items],
-                    "model": pred.model, "model_version": pred.model_version,
-                    "ts": int(time.time() * 1000), "event_ts": ev.ts,
-                    "latency_ms": round(lat, 3),
-                    "explored": pred.trace is not None and pred.trace.explored,
-                }
-                await out.add(rec_topic, key, dumps(rec))
-                if decisions_topic is not None:  # issue #5: the feedback join's input
-                    await out.add(decisions_topic, key, decision_record(rec, p.ctx, pred,
-                                                                          threshold))
-                stats.recommendations += 1
-                stats.latencies_ms.append(lat)
-                if stats.recommendations % 50 == 1:
-                    self._remember("recommendation", rec)
-            if pred.risk.score >= threshold:
-                lat = (time.monotonic() - p.recv) * 1000
-                alert = {
-                    "alert_id": f"alert:{ev.event_id}", "user_id": ev.user_id,
-                    "event_id": ev.event_id, "score": pred.risk.score,
-                    "threshold": threshold,
-                    "reasons": [{"feature": r.feature, "value": r.value,
-                                 "contribution": r.contribution} for r in pred.risk.reasons],
-                    "model_version": pred.risk_model_version,
-                    "ts": int(time.time() * 1000), "event_ts": ev.ts,
-                    "latency_ms": round(lat, 3),
-                    # the snapshot the risk model scored: events that trigger no
-                    # recommendation have no decision record, and the risk-label join needs
-                    # one for every alerted event (alerts are rare: this costs little)
-                    "features": p.ctx.features, "sequence": list(map(tuple, p.ctx.sequence)),
-                }
-                await out.add(alert_topic, key, dumps(alert))
-                stats.alerts += 1
-                self._remember("risk_alert", alert)
-        if len(latest) > 5000:
-            self._last_prediction_old, self.last_prediction = latest, {}
-
+        by_part = await steps.decode(batch, settings.max_event_bytes, out, self._outputs.dlq,
+                                     stats, self.metrics.dlq, now_ms)
+        table, overlay = TableAccess(self.table.data), self._overlay
+        pending, states = steps.fold(
+            by_part, lambda partition: steps.reader(table, overlay, partition), self.features,
+            settings.recommend_on, settings.top_k, now_ms, stats)
+        predictions = await self._predict_pending(pending)  # 3. one model call
+        by_partition = await steps.stage_states(
+            states, overlay, out, self.table.changelog_topic.get_topic_name())
+        await steps.decide(pending, predictions, out, self._outputs, stats, self.recent)
         try:
             sent = await out.send_all()
         except InfraError:
@@ -552,6 +237,32 @@ class IngestAgent(Service):
             raise InfraError(f"publishing a batch failed: {exc!r}") from exc
         return _Flight(batch, stats, sent, by_partition)
 
+    def _take(self, batch: Batch) -> BatchStats:
+        """A batch starts: Faust must not commit past its messages until they are acked."""
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.time()
+        unacked = unacked_messages(self.app)
+        for m, _ in batch:
+            unacked.add(m)
+        return BatchStats(events=len(batch))
+
+    async def _predict_pending(self, pending: list[Pending]) -> list[Prediction]:
+        """3. One model call for the whole batch, off the event loop; a predictor offered
+        since the last batch serves from this one."""
+        if not pending:
+            return []
+        if self.holder.swap_if_offered():
+            cur = self.holder.current
+            self.metrics.set_model(cur.name, cur.version)
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        predictions = await loop.run_in_executor(
+            self._pool, self._predict, [p.ctx for p in pending])
+        dt = time.perf_counter() - t0
+        self.metrics.inference.observe(dt)
+        self.recent.inference.append((time.monotonic(), dt * 1000))
+        return predictions
+
     async def complete(self, flight: _Flight) -> None:
         """6. every record of the batch acknowledged by the broker -> write the local state,
         ack the inputs (so Faust commits them)."""
@@ -559,8 +270,7 @@ class IngestAgent(Service):
             last = await self._publisher().wait(flight.sent)
         except Exception as exc:  # broker trouble: not the input's fault
             raise InfraError(f"publishing a batch failed: {exc!r}") from exc
-        store = self.table.data
-        table = TableAccess(store)
+        table = TableAccess(self.table.data)
         overlay = self._overlay
         for partition, items in flight.states.items():
             table.write(partition, items)
@@ -577,41 +287,11 @@ class IngestAgent(Service):
             ack(m)
         self._account(flight.stats)
 
-    def _publisher(self) -> BatchPublisher:
-        if self._out is None:
-            self._out = BatchPublisher(self.app.producer._ensure_producer())
-        return self._out
-
     def _predict(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
         predictor = self.holder.current
         out = predictor.predict_batch(contexts)
         predictor.learn_batch(contexts)
         return out
-
-    def _dlq_record(self, m: Message, bad: PoisonMessage, now_ms: int) -> bytes:
-        return dlq_record(bad, m.value, m.key, m.topic, m.partition, m.offset, now_ms)
-
-    def _remember(self, kind: str, record: dict[str, Any]) -> None:
-        entry = {"kind": kind, **record}
-        self.recent.append(entry)
-        if len(self.recent) > 200:
-            del self.recent[:100]
-        mine = self.recent_by_user.pop(record["user_id"], [])
-        mine.append(entry)
-        self.recent_by_user[record["user_id"]] = mine[-5:]
-        if len(self.recent_by_user) > 2000:
-            self.recent_by_user.popitem(last=False)
-
-    def last_decision(self, user_id: str) -> LastDecision | None:
-        """The user's latest event and what was decided for it, if still kept."""
-        raw = self.last_prediction.get(user_id) or self._last_prediction_old.get(user_id)
-        return LastDecision.from_bytes(raw) if raw else None
-
-    def newest_decision(self) -> LastDecision | None:
-        for gen in (self.last_prediction, self._last_prediction_old):
-            if gen:
-                return LastDecision.from_bytes(next(reversed(gen.values())))
-        return None
 
     def _account(self, s: BatchStats) -> None:
         m = self.metrics
@@ -632,7 +312,7 @@ class IngestAgent(Service):
         for lat in s.latencies_ms:
             m.e2e.observe(lat / 1000)
         now = time.monotonic()
-        self.e2e_recent.extend((now, lat) for lat in s.latencies_ms)
+        self.recent.e2e.extend((now, lat) for lat in s.latencies_ms)
         t = self.stats
         t.events += s.events
         t.dlq += s.dlq
@@ -644,26 +324,11 @@ class IngestAgent(Service):
 
     # ---------------------------------------------------------------------------------
     def read_state(self, user_id: str) -> UserState | None:
-        """The user's state if this worker owns it now (used by the web view).
-
-        RocksDB keeps the files of partitions this worker no longer owns, so the lookup is
-        restricted to the table partitions currently assigned here: a stale copy left behind
-        by a rebalance is never served.
-        """
-        key = user_id.encode()
-        store = self.table.data
-        raw: bytes | None = None
-        if hasattr(store, "_dbs"):
-            changelog = self.table.changelog_topic.get_topic_name()
-            for tp in self.app.consumer.assignment():
-                if tp.topic != changelog:
-                    continue
-                with partition_context(tp.partition):
-                    raw = store.get(key)
-                if raw:
-                    break
-        else:
-            raw = store.get(key)
+        """The user's state if this worker owns it now (used by the web view): only the table
+        partitions assigned here now are read, never a stale copy a rebalance left behind."""
+        changelog = self.table.changelog_topic.get_topic_name()
+        owned = [tp.partition for tp in self.app.consumer.assignment() if tp.topic == changelog]
+        raw = TableAccess(self.table.data).read_owned(user_id.encode(), owned)
         if not raw:
             return None
         st = UserState.from_bytes(raw, len(self.features.windows_s))
@@ -672,34 +337,25 @@ class IngestAgent(Service):
         return st
 
     async def sweep_expired(self, budget: int = 20_000) -> int:
-        """Delete users idle past the TTL (processing time); a bounded slice per call."""
+        """Delete users idle past the TTL (processing time); a bounded slice per call. The
+        memory store has no sweep: a user expires lazily when their next event arrives."""
         self._last_sweep = time.monotonic()
-        store = self.table.data
-        dbs = getattr(store, "_dbs", None)
+        table = TableAccess(self.table.data)
         now_ms = int(time.time() * 1000)
         n_windows = len(self.features.windows_s)
         expired: list[tuple[int, bytes]] = []
-        if dbs is None:
-            return 0  # memory store: expiry happens lazily when a user's next event arrives
-        seen = 0
-        for partition, db in list(dbs.items()):
-            for key, value in db.items():
-                if key == store.offset_key:
-                    continue
-                seen += 1
-                try:
-                    st = UserState.from_bytes(value, n_windows)
-                except ValueError:
-                    continue
-                if st.expired(self.features, now_ms):
-                    expired.append((partition, key))
-                if seen >= budget:
-                    break
+        # resumes where the last call stopped, so successive calls reach every user
+        for partition, key, value in self._sweep_cursor.walk(table, budget):
+            try:
+                st = UserState.from_bytes(value, n_windows)
+            except ValueError:  # StateError, or bytes that are no state at all
+                continue
+            if st.expired(self.features, now_ms):
+                expired.append((partition, key))
         changelog = self.table.changelog_topic.get_topic_name()
         futures = []
         for partition, key in expired:
-            with partition_context(partition):
-                del store[key]
+            table.delete(partition, key)
             futures.append(await self.app.producer.send(changelog, key, None, partition, None,
                                                         None))
         if futures:

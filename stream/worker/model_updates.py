@@ -1,4 +1,4 @@
-"""The model-updates agent: load a newly announced model version and swap it in between batches."""
+"""Every worker reads `model-updates` itself and swaps each announced model in between batches."""
 
 from __future__ import annotations
 
@@ -6,23 +6,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mode import Service
 from pydantic import ValidationError
 
+from model.policy.exploration import ExplorationPredictor
+from model.predictor import Predictor
+from model.recommenders.baseline import BaselinePredictor
 from model.types import RERANKER
 from stream.schemas import ModelUpdate
-
-if TYPE_CHECKING:
-    from model.predictor import Predictor
-    from stream.settings import Settings
-    from stream.worker.app import Worker
-    from stream.worker.ingest import PredictorHolder
+from stream.settings import Settings
+from stream.worker.exploration import ExploringHolder, load_reranker
+from stream.worker.holder import PredictorHolder
+from stream.worker.types import Worker
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("recommender", "risk", RERANKER)
-Loader = Callable[[ModelUpdate], "Predictor | None"]
+Loader = Callable[[ModelUpdate], Predictor | None]
 
 
 def decode_update(raw: bytes | None) -> ModelUpdate | None:
@@ -42,9 +44,7 @@ def decode_update(raw: bytes | None) -> ModelUpdate | None:
 def online_base(predictor: Predictor) -> Predictor | None:
     """The online baseline inside a served predictor (under its exploration policy and risk
     overlay), or None when a published recommender serves."""
-    from model.policy.exploration import ExplorationPredictor
-    from model.recommenders.baseline import BaselinePredictor
-    from model.risk.overlay import RiskOverlay
+    from model.risk.overlay import RiskOverlay  # brings torch: only once a model is announced
 
     if isinstance(predictor, ExplorationPredictor):
         predictor = predictor.inner
@@ -62,7 +62,8 @@ def registry_loader(settings: Settings, current: Callable[[], Predictor] | None 
     (model.risk.overlay), keeping what the baseline learned online."""
 
     def load(update: ModelUpdate) -> Predictor | None:
-        from model.recommenders.baseline import BaselinePredictor
+        # imported on the first announced model: they bring torch, which a worker serving the
+        # online baseline never needs
         from model.registry import ModelRegistry
         from model.risk.overlay import overlay_risk
         from model.serving import load_predictor
@@ -86,8 +87,6 @@ def registry_loader(settings: Settings, current: Callable[[], Predictor] | None 
 async def apply_reranker(update: ModelUpdate, holder: PredictorHolder, settings: Settings
                          ) -> bool:
     """Load the announced reranker off the event loop and offer it (between batches)."""
-    from stream.worker.exploration import ExploringHolder, load_reranker
-
     if not isinstance(holder, ExploringHolder):
         log.warning("model-updates: reranker %s ignored: this worker does not explore",
                     update.version)
@@ -132,20 +131,105 @@ async def apply_update(raw: bytes | None, holder: PredictorHolder, load: Loader
     return predictor
 
 
-def attach_model_updates(worker: Worker) -> None:
-    app = worker.app
-    settings = worker.settings
-    topic = app.topic(worker.topics.model_updates.name, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw", partitions=1)
-    load = registry_loader(settings, lambda: worker.ingest.holder.current)
+async def handle_update(raw: bytes | None, worker: Worker, load: Loader) -> None:
+    """Apply one `model-updates` record to this worker (a reranker, or a model to serve)."""
+    update = decode_update(raw)
+    if update is not None and update.name == RERANKER:
+        await apply_reranker(update, worker.ingest.holder, worker.settings)
+        return
+    predictor = await apply_update(raw, worker.ingest.holder, load)
+    if predictor is not None:
+        worker.metrics.set_model(predictor.name, predictor.version)
 
-    @app.agent(topic, name=f"{settings.topic_prefix}model-updates")
-    async def model_updates(stream: Any) -> None:
-        async for raw in stream:
-            update = decode_update(raw)
-            if update is not None and update.name == RERANKER:
-                await apply_reranker(update, worker.ingest.holder, settings)
-                continue
-            predictor = await apply_update(raw, worker.ingest.holder, load)
-            if predictor is not None:
-                worker.metrics.set_model(predictor.name, predictor.version)
+
+class ModelUpdatesReader(Service):
+    """Reads `model-updates` outside the consumer group: every worker its own consumer on
+    every partition, from the end, committing nothing. An agent in the group got the topic's
+    one partition on one member only, and the other workers kept the old model.
+
+    Started, it takes the end offsets before the worker goes on starting (so an
+    announcement sent once /health says ok is never missed), then loads the registry's latest
+    recommender if it differs from the one serving (announced between this worker's start-up
+    load and its positioning), then applies each record as it comes."""
+
+    START_WAIT_S = 30.0  # past this the worker starts anyway; the reader keeps trying
+
+    def __init__(self, worker: Worker, load: Loader, **kwargs: Any) -> None:
+        self.worker = worker
+        self.load = load
+        self.topic = worker.topics.model_updates
+        self._consumer: Any = None  # aiokafka.AIOKafkaConsumer, started and positioned
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        try:
+            await asyncio.wait_for(self._open(), self.START_WAIT_S)
+        except TimeoutError:
+            log.warning("model-updates: not positioned after %.0fs; still trying",
+                        self.START_WAIT_S)
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _open(self) -> None:
+        from aiokafka import TopicPartition  # the worker's own Kafka client
+
+        consumer = await self._connect()
+        if consumer is None:
+            return
+        tps = [TopicPartition(self.topic.name, p) for p in range(self.topic.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        self._consumer = consumer
+
+    @Service.task
+    async def _read(self) -> None:
+        while self._consumer is None and not self.should_stop:
+            await self._open()
+        if self._consumer is None:
+            return
+        await self._catch_up()
+        while not self.should_stop:
+            batches = await self._consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                for record in records:
+                    await handle_update(record.value, self.worker, self.load)
+
+    async def _connect(self) -> Any:
+        """A started consumer with no group, or None when the worker stops first."""
+        from aiokafka import AIOKafkaConsumer
+
+        settings = self.worker.settings
+        while not self.should_stop:
+            consumer = AIOKafkaConsumer(**settings.aiokafka_config(), group_id=None,
+                                        enable_auto_commit=False, auto_offset_reset="latest",
+                                        client_id=f"{settings.app_id}-model-updates")
+            try:
+                await consumer.start()
+                return consumer
+            except Exception as exc:  # noqa: BLE001 - the broker may come later: retry
+                log.warning("model-updates: cannot connect yet (%s); retrying", exc)
+                await consumer.stop()
+                await self.sleep(2.0)
+        return None
+
+    async def _catch_up(self) -> None:
+        """Offer the registry's latest recommender if it is not the one serving."""
+        from model.registry import ModelRegistry
+
+        latest = ModelRegistry(self.worker.settings.data_dir).latest("recommender")
+        holder = self.worker.ingest.holder
+        if latest is None or latest == holder.current.version:
+            return
+        update = ModelUpdate(name="recommender", version=latest, action="publish",
+                             ts=int(time.time() * 1000))
+        await handle_update(update.model_dump_json().encode(), self.worker, self.load)
+
+
+def attach_model_updates(worker: Worker) -> ModelUpdatesReader:
+    """The reader that offers each announced model to the ingest agent's predictor holder."""
+    load = registry_loader(worker.settings, lambda: worker.ingest.holder.current)
+    reader = ModelUpdatesReader(worker, load)
+    worker.app.add_dependency(reader)
+    return reader

@@ -18,7 +18,7 @@ import pytest
 
 from model.datasets import iter_payloads
 from stream.client import EventProducer
-from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from tests.helpers import poll_until

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from stream.client import EventProducer, tail
-from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
 from stream.schemas import Decision, Feedback
 from stream.settings import Settings

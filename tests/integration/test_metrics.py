@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 from tests.helpers import poll_until

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from stream.client import EventProducer
-from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
 from stream.schemas import DlqRecord, RiskFeedback
 from stream.settings import Settings

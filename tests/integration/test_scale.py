@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
 from stream.kafka.broker import free_port
 from stream.settings import Settings

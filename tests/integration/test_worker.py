@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from stream.client import EventProducer, PredictionSubscriber
-from stream.devtools.demo import start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import consumer_lag, ensure_topics
 from stream.kafka.broker import free_port
 from stream.schemas import DlqRecord, Recommendation, RiskAlert

@@ -1,8 +1,9 @@
 // lamstream dashboard: polls the worker's JSON endpoints and draws SVG charts. No build step,
-// no dependencies; every value that comes from events is escaped before it reaches the DOM.
+// no dependencies; values reach the DOM as text nodes (el/show), never as parsed markup, so
+// the page runs under a CSP with no inline script or style.
 import { lineChart } from "./charts.js";
-import { clock, esc, fmtDuration, fmtInt, fmtMs, fmtNum } from "./format.js";
-import { fact, userHtml } from "./inspector.js";
+import { clock, el, fmtDuration, fmtInt, fmtMs, fmtNum, show } from "./format.js";
+import { badge, fact, userView } from "./inspector.js";
 
 const WINDOW_S = 120; // seconds of history the charts show
 const TOKEN_KEY = "lamstream.token";
@@ -24,20 +25,23 @@ async function getJSON(url, auth) {
 // ---------------------------------------------------------------------------------------
 // banners and status
 
-function setBanner(kind, title, text) {
-  const el = $("#banner");
-  if (!kind) { el.hidden = true; el.dataset.kind = ""; return; }
-  el.hidden = false;
-  el.className = `banner ${kind}`;
-  el.dataset.kind = title;
-  el.innerHTML = `<strong>${esc(title)}</strong>${text}`;
+const code = (text) => el("code", null, text);
+const empty = (...children) => el("p", { class: "empty" }, ...children);
+
+function setBanner(kind, title, ...parts) {
+  const box = $("#banner");
+  if (!kind) { box.hidden = true; box.dataset.kind = ""; return; }
+  box.hidden = false;
+  box.className = `banner ${kind}`;
+  box.dataset.kind = title;
+  show(box, el("strong", null, title), parts);
 }
 
 function setStatus(cls, text, stateName) {
-  const el = $("#status");
-  el.className = `pill ${cls}`;
-  el.textContent = text;
-  el.dataset.state = stateName;
+  const pill = $("#status");
+  pill.className = `pill ${cls}`;
+  pill.textContent = text;
+  pill.dataset.state = stateName;
 }
 
 function tokenProblem(what) {
@@ -53,8 +57,8 @@ function showWorkerDown(err) {
   const last = state.live ? ` Last answer ${Math.round(Date.now() / 1000 - state.live.ts)} s ago;` +
     " the figures below are from then." : "";
   setBanner("error", "Worker unreachable.",
-    ` The dashboard cannot reach the lamstream worker at ${esc(location.host)}` +
-    ` (${esc(err && err.message ? err.message : err)}).${last} Retrying every second.`);
+    ` The dashboard cannot reach the lamstream worker at ${location.host}` +
+    ` (${err && err.message ? err.message : err}).${last} Retrying every second.`);
 }
 
 function describeHealth(h) {
@@ -98,19 +102,19 @@ function onLive(live) {
   const t = live.totals;
   if (broker.connected === false) {
     setStatus("bad", "broker unreachable", "broker-down");
-    setBanner("error", "Broker unreachable.", ` The worker has no connection to Kafka at ` +
-      `<code>${esc(broker.bootstrap)}</code>: no events are consumed and no decisions are ` +
-      `published until it is back. The worker keeps retrying.`);
+    setBanner("error", "Broker unreachable.", " The worker has no connection to Kafka at ",
+      code(broker.bootstrap), ": no events are consumed and no decisions are published " +
+      "until it is back. The worker keeps retrying.");
   } else if (h.status !== "ok") {
     setStatus("wait", "worker starting", "starting");
-    setBanner("warn", "Worker not ready.", ` ${esc(describeHealth(h))}; ` +
+    setBanner("warn", "Worker not ready.", ` ${describeHealth(h)}; ` +
       "decisions resume when it is done.");
   } else {
     setStatus("ok", "healthy", "ok");
     if (t.events === 0) {
-      setBanner("info", "No events yet.", ` The worker is running and waiting for the first ` +
-        `record on topic <code>${esc(live.events_topic)}</code>. Produce some with ` +
-        `<code>lamstream produce FILE</code>, or run <code>make demo</code>.`);
+      setBanner("info", "No events yet.", " The worker is running and waiting for the first " +
+        "record on topic ", code(live.events_topic), ". Produce some with ",
+        code("lamstream produce FILE"), ", or run ", code("make demo"), ".");
     } else {
       setBanner(null);
     }
@@ -124,9 +128,9 @@ function onLive(live) {
 function lastPoint() { return state.series.length ? state.series[state.series.length - 1] : null; }
 
 function setKpi(id, value, sub) {
-  const el = document.getElementById(id);
-  el.querySelector(".value").textContent = value;
-  el.querySelector(".sub").textContent = sub || "\u00a0";
+  const kpi = document.getElementById(id);
+  kpi.querySelector(".value").textContent = value;
+  kpi.querySelector(".sub").textContent = sub || "\u00a0";
 }
 
 function renderKpis(live) {
@@ -171,56 +175,59 @@ function renderCharts(live) {
 }
 
 function renderLag(lag, topic) {
-  const el = $("#lag");
   const parts = Object.keys(lag).sort((a, b) => Number(a) - Number(b));
   if (!parts.length) {
-    el.innerHTML = `<p class="empty">No partition of <code>${esc(topic)}</code> is assigned to ` +
-      "this worker yet (or none has been fetched).</p>";
+    show($("#lag"), empty("No partition of ", code(topic), " is assigned to this worker yet " +
+      "(or none has been fetched)."));
     return;
   }
   const max = Math.max(1, ...parts.map((p) => lag[p]));
   const total = parts.reduce((s, p) => s + lag[p], 0);
-  el.innerHTML = parts.map((p) =>
-    `<div class="row" data-partition="${esc(p)}"><span>p${esc(p)}</span>` +
-    `<div class="bar-track"><div class="bar" style="width:${(100 * lag[p]) / max}%"></div></div>` +
-    `<span class="num">${fmtInt(lag[p])}</span></div>`).join("") +
-    `<p class="empty">${total === 0 ? "caught up: every event fetched is processed" :
-      `${fmtInt(total)} records behind on ${esc(topic)}`}</p>`;
+  show($("#lag"), parts.map((p) => el("div", { class: "row", "data-partition": p },
+    el("span", null, `p${p}`),
+    el("div", { class: "bar-track" },
+      el("div", { class: "bar", style: { width: `${(100 * lag[p]) / max}%` } })),
+    el("span", { class: "num" }, fmtInt(lag[p])))),
+  empty(total === 0 ? "caught up: every event fetched is processed"
+    : `${fmtInt(total)} records behind on ${topic}`));
 }
 
+const chips = (obj, keys, digits) => el("div", { class: "metrics" }, keys.map((k) =>
+  el("span", { class: "chip" }, `${k} `, el("b", null, fmtNum(obj[k], digits)))));
+
 function renderModels(models) {
-  const el = $("#models");
-  if (!models || !models.length) { el.innerHTML = `<p class="empty">No model reported.</p>`; return; }
+  if (!models || !models.length) { show($("#models"), empty("No model reported.")); return; }
   const rows = models.map((m) => {
     const keys = Object.keys(m.metrics || {});
-    const metrics = keys.length
-      ? `<div class="metrics">${keys.slice(0, 8).map((k) =>
-        `<span class="chip">${esc(k)} <b>${esc(fmtNum(m.metrics[k], 4))}</b></span>`).join("")}</div>`
-      : `<span class="empty">no offline metrics: this version is not in the model registry` +
-        `${m.role === "recommender" ? " (learned online)" : ""}</span>`;
-    return `<tr><td>${esc(m.role)}</td><td class="mono">${esc(m.name)}</td>` +
-      `<td class="mono">${esc(m.version)}</td><td>${metrics}</td></tr>`;
-  }).join("");
-  el.innerHTML = `<table><thead><tr><th>role</th><th>name</th><th>version</th>` +
-    `<th>offline metrics</th></tr></thead><tbody>${rows}</tbody></table>`;
+    const metrics = keys.length ? chips(m.metrics, keys.slice(0, 8), 4)
+      : el("span", { class: "empty" }, "no offline metrics: this version is not in the model " +
+        `registry${m.role === "recommender" ? " (learned online)" : ""}`);
+    return el("tr", null, el("td", null, m.role), el("td", { class: "mono" }, m.name),
+      el("td", { class: "mono" }, m.version), el("td", null, metrics));
+  });
+  show($("#models"), el("table", null,
+    el("thead", null, el("tr", null, ["role", "name", "version", "offline metrics"]
+      .map((h) => el("th", null, h)))),
+    el("tbody", null, rows)));
 }
 
 // ---------------------------------------------------------------------------------------
 // latest decisions
 
 function recCell(d) {
-  const items = (d.items || []).slice(0, 4).map((i) => esc(i.item_id)).join(", ");
-  return `top ${d.items.length}: <span class="items mono">${items}</span>` +
-    ` <span class="empty">(${esc(d.model)} ${esc(d.model_version)})</span>`;
+  const items = (d.items || []).slice(0, 4).map((i) => i.item_id).join(", ");
+  return [`top ${d.items.length}: `, el("span", { class: "items mono" }, items), " ",
+    el("span", { class: "empty" }, `(${d.model} ${d.model_version})`)];
 }
+
+const messageRow = (text) => el("tr", null, el("td", { colspan: 5, class: "empty" }, text));
 
 async function pollDecisions() {
   try {
     const { status, body } = await getJSON("/api/recent", true);
     const tbody = $("#decisions tbody");
     if (status === 401) {
-      tbody.innerHTML = `<tr><td colspan="5" class="empty">${esc(tokenProblem("decisions"))}` +
-        "</td></tr>";
+      show(tbody, messageRow(tokenProblem("decisions")));
       state.lastDecisionKey = "";
     } else if (body && body.decisions) {
       renderDecisions(body.decisions);
@@ -239,8 +246,8 @@ function renderDecisions(list) {
   if (key === state.lastDecisionKey) return;
   state.lastDecisionKey = key;
   if (!list.length) {
-    tbody.innerHTML = `<tr><td colspan="5" class="empty">No decisions yet: recommendations ` +
-      `follow view and click events, risk alerts a score at or above the threshold.</td></tr>`;
+    show(tbody, messageRow("No decisions yet: recommendations follow view and click events, " +
+      "risk alerts a score at or above the threshold."));
     return;
   }
   const firstRender = state.seenDecisions.size === 0;
@@ -250,17 +257,17 @@ function renderDecisions(list) {
     state.seenDecisions.add(id);
     const alert = d.kind === "risk_alert";
     const what = alert
-      ? `score <b>${esc(d.score.toFixed(2))}</b> ≥ ${esc(d.threshold)} · ` +
-        ((d.reasons || []).slice(0, 3).map((r) => `${esc(r.feature)}=${esc(fmtNum(r.value, 2))}`)
-          .join(", ") || "no reasons")
+      ? ["score ", el("b", null, d.score.toFixed(2)), ` ≥ ${d.threshold} · ` +
+        ((d.reasons || []).slice(0, 3).map((r) => `${r.feature}=${fmtNum(r.value, 2)}`)
+          .join(", ") || "no reasons")]
       : recCell(d);
-    return `<tr class="${fresh ? "fresh" : ""}" data-kind="${esc(d.kind)}">` +
-      `<td class="mono">${esc(clock(d.ts))}</td>` +
-      `<td>${alert ? '<span class="badge alert">ALERT</span>' : '<span class="badge rec">rec</span>'}</td>` +
-      `<td><a class="user" data-user="${esc(d.user_id)}">${esc(d.user_id)}</a></td>` +
-      `<td>${what}</td><td class="num">${esc(fmtMs(d.latency_ms))}</td></tr>`;
-  }).join("");
-  tbody.innerHTML = rows;
+    return el("tr", { class: fresh ? "fresh" : "", "data-kind": d.kind },
+      el("td", { class: "mono" }, clock(d.ts)),
+      el("td", null, badge(alert)),
+      el("td", null, el("a", { class: "user", "data-user": d.user_id }, d.user_id)),
+      el("td", null, what), el("td", { class: "num" }, fmtMs(d.latency_ms)));
+  });
+  show(tbody, rows);
   if (state.seenDecisions.size > 5000) state.seenDecisions = new Set();
 }
 
@@ -273,30 +280,31 @@ function inspect(user) {
   state.user = user;
   $("#user-id").value = user;
   history.replaceState(null, "", `#user=${encodeURIComponent(user)}`);
-  $("#inspector").innerHTML = `<p class="empty">Loading ${esc(user)}…</p>`;
+  show($("#inspector"), empty(`Loading ${user}…`));
   refreshUser();
 }
 
 async function refreshUser() {
   const user = state.user;
   if (!user) return;
-  const el = $("#inspector");
+  const box = $("#inspector");
+  const error = (text) => el("p", { class: "error-text" }, text);
   try {
     const { status, body } = await getJSON(`/api/users/${encodeURIComponent(user)}`, true);
     if (user !== state.user) return; // another user was asked for meanwhile
     if (status === 401) {
-      el.innerHTML = `<p class="error-text">${esc(tokenProblem("user data"))}</p>`;
+      show(box, error(tokenProblem("user data")));
     } else if (status === 404) {
-      el.innerHTML = `<p class="empty" data-state="unknown">No state for user ` +
-        `<b>${esc(user)}</b> on this worker: no events from them yet, their state expired ` +
-        `after the TTL, or their partition is owned by another worker.</p>`;
+      show(box, el("p", { class: "empty", "data-state": "unknown" }, "No state for user ",
+        el("b", null, user), " on this worker: no events from them yet, their state expired " +
+        "after the TTL, or their partition is owned by another worker."));
     } else if (body && status === 200) {
-      el.innerHTML = userHtml(body);
+      show(box, userView(body));
     } else {
-      el.innerHTML = `<p class="error-text">The worker answered HTTP ${status}.</p>`;
+      show(box, error(`The worker answered HTTP ${status}.`));
     }
   } catch (err) {
-    el.innerHTML = `<p class="error-text">Cannot reach the worker: ${esc(err.message)}.</p>`;
+    show(box, error(`Cannot reach the worker: ${err.message}.`));
   }
 }
 
@@ -305,24 +313,24 @@ async function refreshUser() {
 // learning view: real feedback data or an explicit empty state
 
 async function pollLearning() {
-  const el = $("#learning");
+  const box = $("#learning");
   try {
     const { body } = await getJSON("/api/learning", false);
     if (!body) throw new Error("no answer");
     if (!body.available) {
-      el.innerHTML = `<p class="empty" data-state="no-feedback">${esc(body.message)}</p>` +
-        `<p class="empty">Topic <code>${esc(body.topic)}</code>: reward per window and the ` +
-        `exploration rate appear here once feedback records are joined.</p>`;
+      show(box, el("p", { class: "empty", "data-state": "no-feedback" }, body.message),
+        empty("Topic ", code(body.topic), ": reward per window and the exploration rate " +
+          "appear here once feedback records are joined."));
     } else {
       const last = (body.series || []).slice(-1)[0] || {};
-      el.innerHTML = `<div class="facts" style="grid-template-columns:1fr 1fr">` +
-        fact("reward / window", esc(fmtNum(last.reward, 3))) +
-        fact("exploration rate", esc(fmtNum(last.exploration, 3))) + `</div>` +
-        (body.ope ? `<div class="metrics" style="margin-top:8px">${Object.keys(body.ope).map((k) =>
-          `<span class="chip">${esc(k)} <b>${esc(fmtNum(body.ope[k], 3))}</b></span>`).join("")}</div>` : "");
+      const ope = body.ope ? chips(body.ope, Object.keys(body.ope), 3) : null;
+      if (ope) ope.classList.add("gap-top");
+      show(box, el("div", { class: "facts pair" },
+        fact("reward / window", fmtNum(last.reward, 3)),
+        fact("exploration rate", fmtNum(last.exploration, 3))), ope);
     }
   } catch (_) {
-    el.innerHTML = `<p class="empty">Unavailable while the worker is unreachable.</p>`;
+    show(box, empty("Unavailable while the worker is unreachable."));
   } finally {
     setTimeout(pollLearning, 10000);
   }

@@ -14,12 +14,12 @@ from model.nets.reranker import N_DENSE, N_DENSE_V1
 from model.policy.catalog import ItemCatalog
 from model.policy.exploration import ExplorationPredictor
 from model.policy.policies import EpsilonGreedyPolicy, GreedyPolicy, KeyedRandom
-from model.policy.reranker import Reranker, RerankInput, featurize
+from model.policy.reranker import DENSE_COLUMNS, Reranker, RerankInput, featurize
 from model.testing import FakePredictor
 from model.train.online import Example, OnlineConfig, OnlineTrainer, example_from_feedback
 from model.types import PredictionContext, ScoredItem, SeqItem
+from stream.records import decision_record
 from stream.schemas import Decision, Feedback
-from stream.worker.decision_log import decision_record
 
 
 def test_catalog_is_bounded_and_keeps_the_newest() -> None:
@@ -34,6 +34,16 @@ def test_catalog_is_bounded_and_keeps_the_newest() -> None:
     assert c.get("i4") == "c4"
     with pytest.raises(ValueError):
         ItemCatalog(0)
+
+
+def test_dense_columns_name_every_column_the_net_reads() -> None:
+    names = [name for name, _ in DENSE_COLUMNS]
+    widths = [width for _, width in DENSE_COLUMNS]
+    assert sum(widths) == N_DENSE and len(set(names)) == len(names)
+    # a v1 net reads up to "repeat": the category columns were added after it
+    assert sum(widths[:names.index("repeat") + 1]) == N_DENSE_V1
+    start = sum(widths[:names.index("cat_seen")])
+    assert start == 7  # the positions test_category_features reads
 
 
 def test_category_features() -> None:

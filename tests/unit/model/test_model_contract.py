@@ -14,10 +14,11 @@ from model.encoding import SeqBatch, encode_sequences
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, SeqRecNet, build_recommender
 from model.nets.gru import GRURec
 from model.nets.ranker import RankerConfig, RankerNet
-from model.recommenders.base import Recommender, load_recommender
+from model.recommenders.base import Recommender
 from model.recommenders.candidates import CandidateTables
 from model.recommenders.counts import fit_counts
 from model.recommenders.hybrid import HybridRecommender
+from model.recommenders.loading import load_recommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.recommenders.neural import NeuralRecommender
 from model.recommenders.sequence import SequenceModel

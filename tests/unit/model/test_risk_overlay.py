@@ -17,7 +17,7 @@ from model.risk.model import RiskScorer
 from model.risk.overlay import RiskOverlay
 from model.serving import ModelPredictor
 from model.types import FEATURE_NAMES, PredictionContext, SeqItem
-from stream.cli.main import build_predictor
+from stream.cli.service import build_predictor
 from stream.settings import Settings
 from stream.worker.exploration import ExploringHolder, exploration_wrapper
 from stream.worker.model_updates import apply_update, registry_loader

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stream.cli.main import app
+from stream.errors import UsageError
 from stream.feedback.stats_export import (
     QUERIES,
     Aggregates,
@@ -158,7 +159,7 @@ def test_seeded_release_is_deterministic() -> None:
     ({"top": 0}, "--top must be at least 1"),
 ])
 def test_invalid_options_raise(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message):
         export_stats(RECORDS, **kwargs)
 
 
@@ -187,5 +188,5 @@ def test_cli_exact_noisy_and_errors(tmp_path: Path) -> None:
     assert out["protected"] and out["not_protected"] and "epsilon / 9" in out["epsilon_split"]
 
     r = runner.invoke(app, ["export", "stats", "--feedback", str(path), "--epsilon", "0"])
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert r.output.strip().splitlines() == ["error: --epsilon must be a number > 0, not 0.0"]

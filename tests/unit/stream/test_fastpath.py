@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from stream.kafka.fastpath import BatchSink
+from stream.kafka.faust_patches import fetch
 
 
 class Flow:
@@ -75,7 +76,7 @@ def test_drop_all_always_drops_and_get_batch_never_returns_more_than_asked() -> 
 
 
 class FakeConsumer:
-    """Just what stream.kafka.fastpath.fetch reads of Faust's consumer."""
+    """Just what stream.kafka.faust_patches.fetch reads of Faust's consumer."""
 
     def __init__(self, records: dict[str, list[Any]], *, active: set[str] | None,
                  flow_active: bool = True, new_generation: bool = False) -> None:
@@ -118,7 +119,6 @@ def recs(*offsets: int) -> list[Rec]:
 
 
 def test_fetch_delivers_records_of_active_partitions() -> None:
-    from stream.kafka.fastpath import fetch
     c = FakeConsumer({"p0": recs(5, 6), "p1": recs(9)}, active={"p0", "p1"})
     out = run(fetch(c, 1.0))  # type: ignore[arg-type]
     assert [m for _, m in out] == [("p0", 5), ("p0", 6), ("p1", 9)]
@@ -126,7 +126,6 @@ def test_fetch_delivers_records_of_active_partitions() -> None:
 
 
 def test_fetch_seeks_back_what_it_cannot_deliver_instead_of_skipping_it() -> None:
-    from stream.kafka.fastpath import fetch
     paused = FakeConsumer({"p0": recs(5, 6), "p1": recs(9, 10)}, active={"p0"})
     assert [m for _, m in run(fetch(paused, 1.0))] == [("p0", 5), ("p0", 6)]  # type: ignore[arg-type]
     assert paused.seeks == [("p1", 9)]

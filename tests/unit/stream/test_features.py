@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.types import EVENT_TYPES, FEATURE_NAMES
+from stream.errors import StateError
 from stream.schemas import Event
 from stream.state.features import ApplyResult, FeatureConfig, UserState
 
@@ -419,7 +420,7 @@ def test_to_bytes_from_bytes_round_trip_mid_stream(events: list[Ev], cut: int) -
 
 
 def test_from_bytes_rejects_an_unknown_format() -> None:
-    with pytest.raises(ValueError, match="unknown user state format"):
+    with pytest.raises(StateError, match="unknown user state format"):
         UserState.from_bytes(b'[99, "u1"]', 3)
     with pytest.raises(ValueError):
         UserState.from_bytes(b'{"user_id": "u1"}', 3)

@@ -10,6 +10,7 @@ import pytest
 from model.testing import FakePredictor
 from model.types import PredictionContext, SeqItem
 from stream.errors import PoisonMessage
+from stream.records import decision_record, risk_feedback_record
 from stream.schemas import Decision, RiskAlert, RiskFeedback, decode_risk_label
 from stream.state.labels import (
     Label,
@@ -17,11 +18,9 @@ from stream.state.labels import (
     Match,
     Snapshot,
     UserLabels,
-    risk_feedback_record,
     snapshot_from_alert,
     snapshot_from_decision,
 )
-from stream.worker.decision_log import decision_record
 
 MIN = 60_000
 DAY = 86_400_000

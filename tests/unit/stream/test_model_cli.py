@@ -1,4 +1,4 @@
-"""Model CLI commands: one-line errors with exit code 2, registry list/rollback, JSON shape."""
+"""Model CLI commands: one-line errors with exit code 1, registry list/rollback, JSON shape."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from stream.cli.model import evaluate_app, model_app, train_app
 runner = CliRunner()
 
 
-def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
     r = runner.invoke(evaluate_app, ["recommender", "--data-dir", str(tmp_path)])
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert "error: no --data and no trained recommender" in r.output
     assert "Traceback" not in r.output
     r = runner.invoke(train_app, ["risk", "--data", str(tmp_path / "missing.csv"),
                                   "--data-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "error:" in r.output and "Traceback" not in r.output
 
 
 def test_evaluate_prints_stored_evaluation_and_registry_commands(tmp_path: Path) -> None:
@@ -43,13 +43,13 @@ def test_evaluate_prints_stored_evaluation_and_registry_commands(tmp_path: Path)
     assert r.exit_code == 0 and reg.latest("recommender") == "v1"
     r = runner.invoke(model_app, ["rollback", "recommender", "--no-announce", "--data-dir",
                                       str(tmp_path)])
-    assert r.exit_code == 2 and "oldest" in r.output
+    assert r.exit_code == 1 and "oldest" in r.output
 
 
 def test_announce_refuses_a_version_that_is_not_published(tmp_path: Path) -> None:
     r = runner.invoke(model_app, ["announce", "recommender", "--data-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "no published recommender" in r.output
+    assert r.exit_code == 1 and "no published recommender" in r.output
     ModelRegistry(tmp_path).publish("recommender", lambda d: (d / "x").write_text("x"))
     r = runner.invoke(model_app, ["announce", "recommender", "--version", "v9",
                                   "--data-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "v9 not found" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "v9 not found" in r.output and "Traceback" not in r.output

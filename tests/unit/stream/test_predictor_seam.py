@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 
@@ -10,7 +11,9 @@ from model.predictor import Predictor
 from model.testing import FakePredictor, FakeRecommender
 from model.types import PredictionContext, SeqItem
 from stream.schemas import ModelUpdate
-from stream.worker.ingest import PredictorHolder
+from stream.settings import Settings
+from stream.worker.exploration import exploring_holder
+from stream.worker.holder import PredictorHolder
 from stream.worker.model_updates import apply_update, decode_update
 from tests.helpers import poll_until
 
@@ -44,10 +47,13 @@ def test_fake_predictor_satisfies_the_protocol_and_the_contract() -> None:
 def test_holder_swaps_only_between_batches_and_closes_the_retired_predictor() -> None:
     v1, v2, v3 = (FakePredictor(version=f"v{n}") for n in (1, 2, 3))
     holder = PredictorHolder(v1)
+    assert holder.pending is None
     holder.offer(v2)
     assert holder.current is v1  # an offer alone changes nothing mid-batch
+    assert holder.pending is v2  # what /health names as model_version_pending
     holder.offer(v3)  # v2 superseded before it served
     assert holder.swap_if_offered() and holder.current is v3
+    assert holder.pending is None
     assert not holder.swap_if_offered()
     poll_until(lambda: v1.closed and v2.closed, timeout=5, message="retired predictors closed")
     assert not v3.closed
@@ -75,3 +81,13 @@ def test_model_update_loads_the_announced_version_and_ignores_bad_records() -> N
     assert holder.swap_if_offered() and holder.current.version == "v2"
     assert decode_update(_update("risk", "v3")) == ModelUpdate(
         name="risk", version="v3", action="publish", ts=1)
+
+
+def test_the_exploring_holder_names_the_loaded_version_while_it_waits(tmp_path: Path) -> None:
+    holder = exploring_holder(FakePredictor(version="v1"), Settings(data_dir=tmp_path))
+    holder.offer(FakePredictor(version="v2"))
+    pending = holder.pending
+    assert pending is not None and pending.version == "v2"
+    assert holder.current.version == "v1"
+    assert holder.swap_if_offered() and holder.current.version == "v2"
+    assert holder.pending is None

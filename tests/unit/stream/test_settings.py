@@ -205,7 +205,7 @@ def test_security_settings_reach_the_aiokafka_clients_of_the_benchmarks(
 def test_the_worker_takes_its_switch_interval_from_the_settings() -> None:
     import sys
 
-    from stream.cli.main import tune_switching
+    from stream.cli.service import tune_switching
 
     before = sys.getswitchinterval()
     try:
@@ -238,3 +238,27 @@ def test_a_settings_error_is_a_lamstream_error_and_still_a_value_error() -> None
         load_settings(partitions=0)
     assert isinstance(info.value, LamstreamError)
     assert isinstance(info.value, ValueError)
+
+
+def test_every_setting_is_documented_in_one_section_in_section_order() -> None:
+    from stream.settings import SECTIONS
+
+    seen: list[str] = []
+    for name, field in Settings.model_fields.items():
+        assert field.description and field.description.strip(), f"{name} has no description"
+        extra = field.json_schema_extra
+        assert isinstance(extra, dict) and extra.get("section") in SECTIONS, name
+        section = str(extra["section"])
+        if not seen or seen[-1] != section:
+            # a section's fields stand together, and the sections in SECTIONS' order
+            assert section not in seen, f"{name}: section {section} is split"
+            seen.append(section)
+    assert seen == list(SECTIONS)
+
+
+def test_a_field_in_an_unknown_section_is_refused() -> None:
+    from stream.settings import _in
+
+    assert _in("trainer") == {"section": "trainer"}
+    with pytest.raises(KeyError, match="no settings section"):
+        _in("trainers")

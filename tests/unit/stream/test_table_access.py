@@ -7,7 +7,7 @@ from typing import Any
 
 from rocksdict import Options, Rdict
 
-from stream.worker.ingest import TableAccess
+from stream.state.table import TableAccess
 
 
 class _RocksStore:

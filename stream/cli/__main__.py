@@ -1,0 +1,5 @@
+"""`python -m stream.cli`: the `lamstream` command."""
+
+from stream.cli.main import main
+
+main()

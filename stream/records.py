@@ -1,0 +1,134 @@
+"""One builder per record lamstream writes, each the dict (or bytes) of its stream.schemas model.
+
+The worker's builders run once per decision on the hot path, so they build plain dicts for
+orjson rather than pydantic models (a model costs several times the dict); tests/unit/stream/
+test_records.py validates every builder's output against its schema, field for field.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from model.types import Prediction, PredictionContext
+from stream.errors import PoisonMessage
+from stream.schemas import Event
+from stream.state.labels import Match, feedback_id
+from stream.state.rewards import Outcome
+
+
+def recommendation_record(ev: Event, pred: Prediction, latency_ms: float, ts: int
+                          ) -> dict[str, Any]:
+    """stream.schemas.Recommendation: the next items for the user after `ev`."""
+    return {
+        "rec_id": f"rec:{ev.event_id}", "user_id": ev.user_id, "event_id": ev.event_id,
+        "items": [{"item_id": i.item_id, "score": i.score, "propensity": i.propensity}
+                  for i in pred.items],
+        "model": pred.model, "model_version": pred.model_version,
+        "ts": ts, "event_ts": ev.ts, "latency_ms": round(latency_ms, 3),
+        "explored": pred.trace is not None and pred.trace.explored,
+    }
+
+
+def alert_record(ev: Event, pred: Prediction, ctx: PredictionContext, threshold: float,
+                 latency_ms: float, ts: int) -> dict[str, Any]:
+    """stream.schemas.RiskAlert: the risk score of `ev` reached the threshold."""
+    risk = pred.risk
+    return {
+        "alert_id": f"alert:{ev.event_id}", "user_id": ev.user_id, "event_id": ev.event_id,
+        "score": risk.score, "threshold": threshold,
+        "reasons": [{"feature": r.feature, "value": r.value, "contribution": r.contribution}
+                    for r in risk.reasons],
+        "model_version": pred.risk_model_version,
+        "ts": ts, "event_ts": ev.ts, "latency_ms": round(latency_ms, 3),
+        # the snapshot the risk model scored: events that trigger no recommendation have no
+        # decision record, and the risk-label join needs one for every alerted event (alerts
+        # are rare: this costs little)
+        "features": ctx.features, "sequence": list(map(tuple, ctx.sequence)),
+    }
+
+
+def decision_record(rec: dict[str, Any], ctx: PredictionContext, pred: Prediction,
+                    risk_threshold: float) -> bytes:
+    """stream.schemas.Decision of one published recommendation `rec`: what was shown and why,
+    and the features and item sequence exactly as the model saw them (never recomputed
+    later). It is also the risk model's point-in-time snapshot of the event (its score,
+    version and the alert threshold ride along), which the risk-label join reads."""
+    trace = pred.trace
+    d: dict[str, Any] = {
+        "rec_id": rec["rec_id"], "user_id": rec["user_id"], "event_id": rec["event_id"],
+        "event_ts": rec["event_ts"], "ts": rec["ts"], "items": rec["items"],
+        "model": rec["model"], "model_version": rec["model_version"],
+        "features": ctx.features,
+        # SeqItem is a tuple: orjson writes plain tuples as [item, type, ts] arrays
+        "sequence": list(map(tuple, ctx.sequence)),
+        "category": ctx.category,
+        "risk_score": pred.risk.score, "risk_model_version": pred.risk_model_version,
+        "risk_threshold": risk_threshold,
+    }
+    if trace is not None:
+        d["policy"] = trace.policy
+        d["explored"] = trace.explored
+        d["candidates"] = [{"item_id": c[0], "score": c[1], "propensity": p}
+                           for c, p in zip(trace.pool, trace.inclusion, strict=True)]
+        if trace.base_scores:
+            d["base_scores"] = list(trace.base_scores)
+        if trace.candidate_categories:
+            d["candidate_categories"] = list(trace.candidate_categories)
+            d["recent_categories"] = list(trace.recent_categories)
+        if trace.shadow_policy is not None:
+            d["shadow_policy"] = trace.shadow_policy
+            d["shadow_items"] = list(trace.shadow_items)
+            d["shadow_inclusion"] = list(trace.shadow_inclusion)
+    else:
+        d["policy"] = "greedy"
+        d["explored"] = False
+        d["candidates"] = rec["items"]
+    return orjson.dumps(d)
+
+
+def feedback_record(o: Outcome, user_key: str, key_id: str, now_ms: int) -> dict[str, Any]:
+    """stream.schemas.Feedback: a closed decision with its reward; the decision's own
+    snapshot, no raw ids."""
+    d = o.decision
+    return {
+        "rec_id": d["rec_id"], "user_key": user_key, "key_id": key_id,
+        "features": d["features"], "sequence": d["sequence"], "category": d.get("category"),
+        "shown": d["items"], "candidates": d.get("candidates") or d["items"],
+        "engaged_item": o.engaged_item, "engaged_type": o.engaged_type, "reward": o.reward,
+        "model": d["model"], "model_version": d["model_version"], "policy": d["policy"],
+        "explored": bool(d.get("explored", False)),
+        "shadow_policy": d.get("shadow_policy"), "shadow_inclusion": d.get("shadow_inclusion"),
+        "base_scores": d.get("base_scores"),
+        "candidate_categories": d.get("candidate_categories"),
+        "recent_categories": d.get("recent_categories"),
+        "decision_ts": d["event_ts"], "outcome_ts": o.outcome_ts, "emitted_at": now_ms,
+    }
+
+
+def risk_feedback_record(m: Match, user_key: str, key_id: str, now_ms: int
+                         ) -> dict[str, Any]:
+    """stream.schemas.RiskFeedback: the snapshot as scored, the label, no raw user id."""
+    s, lb = m.snapshot, m.label
+    return {
+        "feedback_id": feedback_id(m), "user_key": user_key, "key_id": key_id,
+        "event_id": s.event_id, "event_ts": s.event_ts, "features": s.features,
+        "sequence": s.sequence, "score": s.score, "model_version": s.model_version,
+        "threshold": s.threshold, "alerted": s.alerted, "label": lb.label,
+        "label_scope": lb.scope, "label_source": lb.source, "label_ts": lb.ts,
+        "emitted_at": now_ms,
+    }
+
+
+def dlq_record(bad: PoisonMessage, raw: bytes | None, key: bytes | None, topic: str,
+               partition: int, offset: int, received_at: int) -> bytes:
+    """stream.schemas.DlqRecord of one rejected input record, ready to send (any agent, any
+    topic)."""
+    return orjson.dumps({
+        "error": bad.message, "error_kind": bad.kind,
+        "raw": base64.b64encode(raw or b"").decode(),
+        "key": base64.b64encode(key).decode() if key is not None else None,
+        "topic": topic, "partition": partition, "offset": offset, "received_at": received_at,
+    })
