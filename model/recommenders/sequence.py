@@ -36,10 +36,13 @@ class SequenceModel:
     """A GRURec and its item vocabulary, read by the hybrid: re-encoded from a history, or
     advanced by `step` per event (the cost of an event does not grow with the history)."""
 
-    def __init__(self, net: GRURec, vocab: ItemVocab, version: str = "") -> None:
+    def __init__(self, net: GRURec, vocab: ItemVocab, version: str = "",
+                 categories: dict[str, int] | None = None) -> None:
         self.net = net.eval()
         self.vocab = vocab
         self.version = version
+        # category -> the id its embedding has (nets with categories): new items join theirs
+        self.categories = categories or {}
 
     @property
     def max_len(self) -> int:
@@ -113,7 +116,8 @@ class SequenceModel:
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
         torch.save(state, directory / "weights.pt")
-        cfg = {"kind": self.net.kind, "config": self.net.config.to_dict()}
+        cfg = {"kind": self.net.kind, "config": self.net.config.to_dict(),
+               "categories": self.categories}
         (directory / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
         self.vocab.save(directory / "vocab.json")
 
@@ -126,7 +130,8 @@ class SequenceModel:
                             f"{cfg['kind']!r}")
         state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-        return cls(net, ItemVocab.load(directory / "vocab.json"), version)
+        return cls(net, ItemVocab.load(directory / "vocab.json"), version,
+                   {str(c): int(i) for c, i in cfg.get("categories", {}).items()})
 
 
 _HEAD = struct.Struct("<qIHH")  # last_ts_ms (-1: none), events, layers, version length

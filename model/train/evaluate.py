@@ -16,7 +16,7 @@ from model.recommenders.counts import CLASSIC_COVISITATION
 from model.recommenders.hybrid import HYBRID, WITHOUT_SEQUENCE, HybridRecommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.train.data import Case, Split, cases_between
-from model.train.hybrid import HybridConfig, HybridFit, before, fit_hybrid, tables_of, time_slices
+from model.train.hybrid import HybridConfig, before, fit_hybrid, time_slices
 from model.train.metrics import rank_metrics
 from model.train.neural import TrainConfig, train_sequence_model
 from model.train.sequence import SeqTrainConfig
@@ -123,7 +123,8 @@ class _Fitter:
                  hybrid_cfg: HybridConfig, say: Callable[[str], None]) -> None:
         self.split, self.stage, self.cfg, self.hcfg, self.say = (split, stage, train_cfg,
                                                                  hybrid_cfg, say)
-        self._hybrid: HybridFit | None = None
+        # (validation stage, final) pairs of (hybrid, hybrid_without_sequence)
+        self._hybrid: tuple[tuple[HybridRecommender, HybridRecommender], ...] = ()
 
     def fit(self, method: str) -> Fitted:
         split, stage = self.split, self.stage
@@ -152,15 +153,15 @@ class _Fitter:
     def _fit_hybrid(self, method: str) -> Fitted:
         split, stage, hcfg = self.split, self.stage, self.hcfg
         notes: dict[str, Any] = {}
-        if self._hybrid is None:
+        if not self._hybrid:
             seq_cfg = SeqTrainConfig(budget_s=self.cfg.budget_s, seed=self.cfg.seed)
-            self._hybrid = fit_hybrid(split.train, split.categories, hcfg, seq_cfg, self.say)
-            notes["hybrid_training"] = self._hybrid.notes
+            fit = fit_hybrid(split.train, split.categories, hcfg, seq_cfg, self.say)
+            notes["hybrid_training"] = fit.notes
+            self._hybrid = (fit.build(stage.users, split.categories, hcfg),
+                            fit.build(split.train, split.categories, hcfg))
         pick = 0 if method == HYBRID else 1
-        rec = self._hybrid.build(tables_of(stage.users, split.categories, hcfg), hcfg)[pick]
-        m, _ = score_cases(rec, stage.cases)
-        final = self._hybrid.build(tables_of(split.train, split.categories, hcfg), hcfg)[pick]
-        return Fitted(m, final, notes)
+        m, _ = score_cases(self._hybrid[0][pick], stage.cases)
+        return Fitted(m, self._hybrid[1][pick], notes)
 
 
 def compare_methods(split: Split, methods: Sequence[str] = METHODS,

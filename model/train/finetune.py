@@ -15,8 +15,8 @@ from model.nets.ranker import listwise_loss
 from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.sequence import SequenceModel
 from model.train.data import Case
-from model.train.hybrid import ranker_chunks
 from model.train.metrics import rank_metrics
+from model.train.ranker import ranker_chunks
 from model.train.sequence import Rows, next_item_loss, window_inputs
 from model.types import SeqItem
 
@@ -98,8 +98,9 @@ def fine_tune_ranker(rec: HybridRecommender, cases: Sequence[Case], cfg: FineTun
 
 
 def _grow(model: SequenceModel, users: Mapping[str, Sequence[SeqItem]],
-          new_from: Mapping[str, int]) -> int:
-    """Add the poll's new items to the vocabulary and the net's table; returns how many."""
+          new_from: Mapping[str, int], categories: Mapping[str, str]) -> int:
+    """Add the poll's new items to the vocabulary and the net's table (with their category's
+    embedding where the net has one for it); returns how many."""
     vocab, before = model.vocab, len(model.vocab)
     for u, seq in users.items():
         for e in seq[new_from.get(u, 0):]:
@@ -107,20 +108,39 @@ def _grow(model: SequenceModel, users: Mapping[str, Sequence[SeqItem]],
     recycled = vocab.take_recycled()
     if vocab.size > model.n_items or recycled:
         model.net.grow_items(vocab.size, recycled)
+    item_cat = model.net.item_cat
+    if item_cat is not None and model.categories:
+        table = vocab.item_table()
+        for i in range(len(table)):
+            name = table[i]
+            if name is not None and item_cat[i] == 0 and name in categories:
+                item_cat[i] = model.categories.get(categories[name], 0)
     return len(vocab) - before
 
 
-def fine_tune_sequence(model: SequenceModel, users: Mapping[str, Sequence[SeqItem]],
-                       new_from: Mapping[str, int], cfg: FineTuneConfig) -> float | None:
-    """Next-item training on each user's last max_len + 1 events, the targets being the
-    poll's new events only (earlier events are context)."""
+def _rows(model: SequenceModel, users: Mapping[str, Sequence[SeqItem]],
+          new_from: Mapping[str, int]) -> list[tuple[Rows, int]]:
+    """Windows of max_len + 1 events over each user's new events (cut from the end, each with
+    the events before it as context), with the index of each window's first new event."""
+    n = model.max_len
     rows: list[tuple[Rows, int]] = []
     for u in sorted(users):
         seq, first = users[u], max(1, new_from.get(u, 0))
-        if len(seq) <= first:
-            continue
-        lo = max(0, len(seq) - model.max_len - 1)
-        rows.append((seq_rows(seq[lo:], model.vocab, len(seq) - lo), first - lo))
+        end = len(seq)
+        while end > first:
+            lo = max(0, end - n - 1)
+            rows.append((seq_rows(seq[lo:end], model.vocab, end - lo), first - lo))
+            end -= n
+    return rows
+
+
+def fine_tune_sequence(model: SequenceModel, users: Mapping[str, Sequence[SeqItem]],
+                       new_from: Mapping[str, int], cfg: FineTuneConfig,
+                       categories: Mapping[str, str] | None = None) -> float | None:
+    """Next-item training whose targets are the poll's new events only (earlier events are
+    context); the vocabulary grows by the poll's new items first."""
+    _grow(model, users, new_from, categories or {})
+    rows = _rows(model, users, new_from)
     if not rows:
         return None
     net, rng = model.net, random.Random(cfg.seed)
@@ -148,7 +168,8 @@ def fine_tune_sequence(model: SequenceModel, users: Mapping[str, Sequence[SeqIte
 
 def fine_tune(rec: HybridRecommender, users: Mapping[str, Sequence[SeqItem]],
               new_from: Mapping[str, int] | None = None,
-              cfg: FineTuneConfig = FineTuneConfig()) -> FineTuneReport:
+              cfg: FineTuneConfig = FineTuneConfig(),
+              categories: Mapping[str, str] | None = None) -> FineTuneReport:
     """Learn from one poll of the events stream, in place.
 
     users: each user's recent history with the poll's events at the end; new_from: the index
@@ -170,7 +191,8 @@ def fine_tune(rec: HybridRecommender, users: Mapping[str, Sequence[SeqItem]],
     report.prequential = {k: round(v, 5) for k, v in prequential(rec, cases).items()}
     report.ranker_loss = fine_tune_ranker(rec, cases, cfg)
     if rec.seq is not None:
-        report.new_items = _grow(rec.seq, users, new_from)
-        report.sequence_loss = fine_tune_sequence(rec.seq, users, new_from, cfg)
+        before = len(rec.seq.vocab)
+        report.sequence_loss = fine_tune_sequence(rec.seq, users, new_from, cfg, categories)
+        report.new_items = len(rec.seq.vocab) - before
         rec.sequence_changed()
     return report

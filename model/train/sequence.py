@@ -173,11 +173,11 @@ def new_model(users: Mapping[str, Sequence[SeqItem]], categories: Mapping[str, s
     net = GRURec(SeqRecConfig(n_items=vocab.size, dim=cfg.dim, layers=2 * cfg.layers,
                               max_len=cfg.max_len, dropout=cfg.dropout, repeat=False,
                               n_categories=n_cats))
+    index = {c: i + 1 for i, c in enumerate(cats)} if n_cats else {}
     if n_cats:
-        index = {c: i + 1 for i, c in enumerate(cats)}
         net.set_categories(torch.tensor(
             [index.get(categories.get(i or "", ""), 0) for i in table], dtype=torch.int64))
-    return SequenceModel(net, vocab)
+    return SequenceModel(net, vocab, categories=index)
 
 
 def train_sequence(users: Mapping[str, Sequence[SeqItem]], valid: Sequence[Case],

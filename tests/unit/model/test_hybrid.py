@@ -21,7 +21,8 @@ from model.recommenders.sequence import (
 )
 from model.serving import ModelPredictor
 from model.train.finetune import FineTuneConfig, fine_tune, poll_cases
-from model.train.hybrid import HybridConfig, fit_hybrid, tables_of
+from model.train.hybrid import HybridConfig, fit_hybrid
+from model.train.ranker import RankerTrainConfig
 from model.train.sequence import SeqTrainConfig
 from model.types import PredictionContext, SeqItem
 from model.vocab import ItemVocab
@@ -209,9 +210,9 @@ def test_fine_tune_scores_each_poll_before_learning_from_it() -> None:
     """A stream that changes its habit (two steps around the ring, then a new item): the
     poll is scored before the model learns from it, and the next poll scores higher."""
     train = _ring(40, 30)
-    cfg = HybridConfig(epochs=5, ranker_cases=400)
+    cfg = HybridConfig(ranker=RankerTrainConfig(epochs=5), ranker_cases=400)
     fit = fit_hybrid(train, {}, cfg, SeqTrainConfig(dim=16, max_len=8, epochs=3, budget_s=20))
-    rec = fit.build(tables_of(train, {}, cfg), cfg)[0]
+    rec = fit.build(train, {}, cfg)[0]
     assert rec.seq is not None
     n_vocab = len(rec.seq.vocab)
     hist = {u: s[-5:] for u, s in _ring(40, 30).items()}
