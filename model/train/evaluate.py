@@ -157,8 +157,13 @@ class _Fitter:
             seq_cfg = SeqTrainConfig(budget_s=self.cfg.budget_s, seed=self.cfg.seed)
             fit = fit_hybrid(split.train, split.categories, hcfg, seq_cfg, self.say)
             notes["hybrid_training"] = fit.notes
-            self._hybrid = (fit.build(stage.users, split.categories, hcfg),
-                            fit.build(split.train, split.categories, hcfg))
+            valid = fit.build(stage.users, split.categories, hcfg)
+            if hcfg.refit_rankers:
+                sl = fit.slices
+                cases, _ = cases_between(split.train, sl.t_valid, sl.t_end,
+                                         split.info["max_history"], hcfg.ranker_cases, hcfg.seed)
+                fit = fit.refit(valid, cases, hcfg, self.say)
+            self._hybrid = (valid, fit.build(split.train, split.categories, hcfg))
         pick = 0 if method == HYBRID else 1
         m, _ = score_cases(self._hybrid[0][pick], stage.cases)
         return Fitted(m, self._hybrid[1][pick], notes)

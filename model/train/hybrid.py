@@ -14,9 +14,9 @@ from model.recommenders.candidates import CandidateConfig, CandidateTables
 from model.recommenders.counts import fit_counts
 from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.sequence import SequenceModel
-from model.train.data import cases_between
+from model.train.data import Case, cases_between
 from model.train.finetune import FineTuneConfig, fine_tune_sequence
-from model.train.ranker import RankerTrainConfig, ranker_chunks, train_ranker
+from model.train.ranker import Chunk, RankerTrainConfig, ranker_chunks, train_ranker
 from model.train.sequence import SeqTrainConfig, train_sequence
 from model.types import SeqItem
 
@@ -32,6 +32,7 @@ class HybridConfig:
     ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
     top_k: int = 50  # the sequence model's top items added to the candidates
     warm_start: bool = True  # the hybrid's ranker starts as the one without the sequence
+    refit_rankers: bool = True  # after validation, rankers retrained on both later slices
     refresh_epochs: int = 1  # fine-tuning of the sequence model on the slices after its own
     refresh_lr: float = 1e-3
     half_s: float = 3600.0  # co-visitation time decay (see counts.time_decay)
@@ -82,6 +83,22 @@ class HybridFit:
     ranker_plain: RankerNet
     slices: Slices
     notes: dict[str, Any]
+    # the ranker slice's inputs (with, without the sequence model): what `refit` adds to
+    chunks: tuple[list[Chunk], list[Chunk]] = field(default_factory=lambda: ([], []))
+
+    def refit(self, stage: tuple[HybridRecommender, HybridRecommender], cases: Sequence[Case],
+              cfg: HybridConfig, say: Callable[[str], None]) -> HybridFit:
+        """Both rankers trained afresh on the ranker slice's cases and `cases` (the slice
+        after it, featured by `stage`: the pair `build` made for it), as the neural methods
+        refit on the whole training period once validation has spoken."""
+        rcfg = cfg.ranker
+        more_seq, _ = ranker_chunks(stage[0], cases, rcfg.batch)
+        more_plain, _ = ranker_chunks(stage[1], cases, rcfg.batch)
+        plain = train_ranker([*self.chunks[1], *more_plain], rcfg, say,
+                             "hybrid_without_sequence (refit)")
+        ranker = train_ranker([*self.chunks[0], *more_seq], rcfg, say, "hybrid (refit)",
+                              plain if cfg.warm_start else None)
+        return HybridFit(self.seq, ranker, plain, self.slices, self.notes)
 
     def build(self, users: Users, categories: Mapping[str, str], cfg: HybridConfig
               ) -> tuple[HybridRecommender, HybridRecommender]:
@@ -120,12 +137,12 @@ def fit_hybrid(train: Users, categories: Mapping[str, str], cfg: HybridConfig = 
     with_seq, plain = HybridRecommender(tables, RankerNet(RankerConfig(1)), seq, cfg.top_k), \
         HybridRecommender(tables, RankerNet(RankerConfig(1)), None)
     rcfg = cfg.ranker
-    chunks, recall_plain = ranker_chunks(plain, cases, rcfg.batch)
-    ranker_plain = train_ranker(chunks, rcfg, say, "hybrid_without_sequence")
+    chunks_plain, recall_plain = ranker_chunks(plain, cases, rcfg.batch)
+    ranker_plain = train_ranker(chunks_plain, rcfg, say, "hybrid_without_sequence")
     chunks, recall = ranker_chunks(with_seq, cases, rcfg.batch)
     ranker = train_ranker(chunks, rcfg, say, "hybrid", ranker_plain if cfg.warm_start else None)
     notes = {"sequence_model": {"kind": "gru", **report.to_json()},
              "ranker_cases": len(cases), "ranker_cases_total": total,
              "ranker_candidate_recall": round(recall, 4),
              "ranker_candidate_recall_without_sequence": round(recall_plain, 4)}
-    return HybridFit(seq, ranker, ranker_plain, sl, notes)
+    return HybridFit(seq, ranker, ranker_plain, sl, notes, (chunks, chunks_plain))
