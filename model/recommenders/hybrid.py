@@ -119,14 +119,17 @@ class HybridRecommender:
             return self.seq.encode(seqs)
         version = self.seq.version
         stale = [i for i, s in enumerate(states) if s is None or s.version != version]
+        # no state, or one of another version: re-encoded from the history
         fresh = self.seq.encode([seqs[i] for i in stale]) if stale else None
+        where = {i: j for j, i in enumerate(stale)}
         cols = []
         for i, s in enumerate(states):
-            if s is None or s.version != version:
-                assert fresh is not None
-                cols.append(fresh[:, stale.index(i)])
-            else:
+            j = where.get(i)
+            if s is not None and j is None:
                 cols.append(s.hidden)
+            else:
+                assert fresh is not None and j is not None
+                cols.append(fresh[:, j])
         return torch.stack(cols, 1)
 
     def advance(self, seqs: Sequence[Sequence[SeqItem]], blobs: Sequence[bytes | None]
