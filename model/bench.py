@@ -15,11 +15,17 @@ import torch
 
 from model.device import resolve_device
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
+from model.nets.gru import GRURec
+from model.nets.ranker import RankerConfig, RankerNet
 from model.predictor import Predictor
-from model.recommenders.base import NEURAL_METHODS
+from model.recommenders.base import NEURAL_METHODS, Recommender
+from model.recommenders.candidates import CandidateConfig, CandidateTables
+from model.recommenders.counts import ItemCounts
+from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.neural import NeuralRecommender
+from model.recommenders.sequence import SequenceModel
 from model.risk.model import RiskScorer
-from model.serving import ModelPredictor, load_predictor
+from model.serving import ModelPredictor, load_predictor, with_trigger
 from model.stats import percentile
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
@@ -58,6 +64,32 @@ def untrained_predictor(device: torch.device, n_items: int = 20_000, kind: str =
     net = build_recommender(kind, SeqRecConfig(n_items=vocab.size))
     risk = RiskNet(RiskConfig(max_len=8))
     return ModelPredictor(NeuralRecommender(net, vocab, device), RiskScorer(risk, device),
+                          version="untrained", risk_version="untrained", **batcher)
+
+
+def untrained_hybrid(device: torch.device, n_items: int = 20_000, **batcher: Any
+                     ) -> ModelPredictor:
+    """Default-size hybrid (tables of random neighbours and categories, random GRU and ranker)
+    + risk net: the compute of a trained one on a catalogue of n_items."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    items = [f"item{i}" for i in range(n_items)]
+    cfg = CandidateConfig()
+    nb = torch.randint(0, n_items, (n_items, cfg.neighbours), generator=g).tolist()
+    counts = ItemCounts(items, [float(n_items - i) for i in range(n_items)],
+                        [float((i * 7) % 100) for i in range(n_items)],
+                        [float(1 + i % 5) for i in range(n_items)],
+                        [f"c{i % 500}" for i in range(n_items)],
+                        {a: [(items[b], 1.0 / (1 + j)) for j, b in enumerate(row)]
+                         for a, row in zip(items, nb, strict=True)},
+                        float(n_items * n_items / 2), float(n_items * 50))
+    vocab = ItemVocab(n_items)
+    vocab.add_all(items)
+    net = GRURec(SeqRecConfig(n_items=vocab.size, repeat=False))
+    ranker = RankerNet(RankerConfig(len(HybridRecommender.feature_names(True))))
+    rec = HybridRecommender(CandidateTables.from_counts(counts, cfg), ranker,
+                            SequenceModel(net, vocab, "untrained"))
+    return ModelPredictor(rec, RiskScorer(RiskNet(RiskConfig(max_len=8)), device),
                           version="untrained", risk_version="untrained", **batcher)
 
 
@@ -140,15 +172,20 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     if data_dir is not None:
         pred = load_predictor(data_dir, device=device, prefer=prefer)
     if not isinstance(pred, ModelPredictor):
-        kind = prefer if prefer in NEURAL_METHODS else "sasrec"
+        kind = prefer if prefer in NEURAL_METHODS else "hybrid"
         say(f"registry empty (or baseline): benchmarking default-size untrained {kind} + risk")
-        pred = untrained_predictor(dev, kind=kind)
+        pred = untrained_hybrid(dev) if kind == "hybrid" else untrained_predictor(dev, kind=kind)
     assert isinstance(pred, ModelPredictor)
-    rec = pred.recommender
-    items = ([i for i in (rec.vocab.item(j) for j in rec.vocab.known_ids()) if i]
-             if isinstance(rec, NeuralRecommender) else [f"item{i}" for i in range(5000)])
-    contexts = synthetic_contexts(2048, items[:50_000])
+    contexts = synthetic_contexts(2048, _catalogue(pred.recommender)[:50_000])
     pred.compute(contexts[:64])  # warm up kernels and caches
+    # today's served path before the hybrid, measured in the same sitting: the floor the
+    # served model's per-event rate is held to
+    sasrec = None
+    if pred.name != "sasrec":
+        floor = untrained_predictor(dev)
+        floor.compute(contexts[:64])
+        sasrec = per_event(floor, contexts, seconds)
+        floor.close()
     # The model, the imports and the synthetic contexts (100k+ SeqItems, tuple subclasses the
     # cyclic GC never untracks) live for the whole run. Frozen, as the worker freezes what it
     # loaded at start-up, a full collection scans only what the measurement allocates instead
@@ -156,9 +193,32 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     gc.collect()
     gc.freeze()
     try:
-        return _measure(pred, contexts, dev, seconds, concurrency, say)
+        result = _measure(pred, contexts, dev, seconds, concurrency, say)
     finally:
         gc.unfreeze()
+    result["candidates"] = _candidates(pred.recommender, contexts[:256])
+    if sasrec is not None:
+        result["sasrec_per_event_pps"] = round(sasrec["pps"], 1)
+    return result
+
+
+def _catalogue(rec: Recommender) -> list[str]:
+    """Item names the synthetic contexts draw from: the model's own where it has a table."""
+    if isinstance(rec, NeuralRecommender):
+        return [i for i in (rec.vocab.item(j) for j in rec.vocab.known_ids()) if i]
+    if isinstance(rec, HybridRecommender):
+        return list(rec.tables.items)
+    return [f"item{i}" for i in range(5000)]
+
+
+def _candidates(rec: Recommender, contexts: list[PredictionContext]) -> float | None:
+    """Items scored per event: the hybrid's candidates, a sequence net's whole table."""
+    if isinstance(rec, HybridRecommender):
+        b = rec.batch([with_trigger(c) for c in contexts], [{c.item_id} for c in contexts])
+        return round(float(b.cand.mask.sum(1).float().mean()), 1)
+    if isinstance(rec, NeuralRecommender):
+        return float(rec.net.config.n_items)
+    return None
 
 
 def _measure(pred: ModelPredictor, contexts: list[PredictionContext], dev: torch.device,
@@ -186,7 +246,8 @@ def _measure(pred: ModelPredictor, contexts: list[PredictionContext], dev: torch
     head = max(ok or levels, key=lambda r: r["pps"])
     metrics = pred.metrics()
     pred.close()
-    return {"device": str(dev), "model": pred.name, "model_version": pred.version,
+    return {"device": str(dev), "model": pred.name, "method": pred.name,
+            "model_version": pred.version,
             "risk_model_version": pred.risk_version, "per_event_pps": round(single["pps"], 1),
             "per_event_p50_ms": round(single["p50_ms"], 3),
             "per_event_p99_ms": round(single["p99_ms"], 3),

@@ -19,6 +19,12 @@ Layouts (see ../shared/data/README.md for the files):
   purchase_value, device_id, ip (when the column exists), ts = purchase_time; signup_time,
   source, browser, sex and age go to ``attrs``. The fraud label is not part of the event:
   read it with iter_fraud_labels().
+- ``pairs``: SASRec-style ``user_id item_id`` lines (whitespace-separated integers, no header),
+  each user's lines together and in time order, no timestamps and no event types (the
+  Amazon review sets: every line is a purchase the user rated). A synthetic clock stands in
+  for time: the k-th of a user's n events is at ``PAIRS_T0_MS + PAIRS_SPAN_MS * k / n``, so
+  every user spans the same year and a temporal split holds out the end of every history
+  (the leave-last-out protocol of the SASRec papers, as a time split).
 - ``jsonl``: lamstream events, one JSON object per line, passed through unchanged (not
   validated). iter_events() skips lines that are not JSON objects (logged); iter_payloads()
   yields every line as its original bytes, so malformed input stays malformed.
@@ -58,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LAYOUTS: tuple[str, ...] = ("taobao", "yoochoose", "otto", "fraud", "jsonl", "csv")
+LAYOUTS: tuple[str, ...] = ("taobao", "yoochoose", "otto", "fraud", "pairs", "jsonl", "csv")
 EVENT_FIELDS: tuple[str, ...] = ("event_id", "user_id", "type", "item_id", "ts", "session_id",
                                  "category", "price", "quantity", "device_id", "ip")
 REQUIRED_FIELDS: tuple[str, ...] = ("user_id", "item_id", "type", "ts")
@@ -69,6 +75,9 @@ OTTO_TYPES: dict[str, str] = {"clicks": "click", "carts": "add_to_cart", "orders
 TYPE_ALIASES: dict[str, str] = {**TAOBAO_TYPES, **OTTO_TYPES, "addtocart": "add_to_cart",
                                 "transaction": "purchase"}
 _TAOBAO_HEADER = ("user_id", "item_id", "category_id", "behavior", "timestamp")
+_PAIRS = re.compile(rb"^\d+\s+\d+$")
+PAIRS_T0_MS = 1_500_000_000_000
+PAIRS_SPAN_MS = 365 * 86_400_000
 _MDY_HM = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{2}|\d{4}) (\d{1,2}):(\d{2})")
 
 PathLike = Path | str
@@ -142,6 +151,8 @@ def _sniff(src: _Source, has_mapping: bool) -> str:
         return "otto" if isinstance(obj, dict) and {"session", "events"} <= obj.keys() else "jsonl"
     if any(s in (".jsonl", ".ndjson") for s in src.suffixes):
         return "jsonl"
+    if _PAIRS.match(first):
+        return "pairs"
     text = first.decode("utf-8", "replace").lstrip("\ufeff")
     low = text.lower()
     if "\t" in text and {"sessionid", "itemid"} <= {c.strip() for c in low.split("\t")}:
@@ -230,6 +241,33 @@ def _yoochoose(src: _Source) -> Iterator[dict[str, Any]]:
                    "session_id": session}
 
     return events()
+
+
+def _pairs(src: _Source) -> Iterator[dict[str, Any]]:
+    """One user's lines at a time (they are contiguous), stamped by the synthetic clock."""
+    user: str | None = None
+    rows: list[tuple[int, str, bytes]] = []
+
+    def flush() -> Iterator[dict[str, Any]]:
+        n = len(rows)
+        for k, (no, item, line) in enumerate(rows):
+            yield {"event_id": _event_id("pairs", no, line), "user_id": user,
+                   "type": "purchase", "item_id": item,
+                   "ts": PAIRS_T0_MS + PAIRS_SPAN_MS * k // n}
+
+    for no, raw in enumerate(src.lines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.decode("utf-8", "replace").split()
+        if len(parts) != 2:
+            raise ValueError(f"{src.name}:{no}: pairs rows have 2 columns (user_id item_id), "
+                             f"got {len(parts)}")
+        if parts[0] != user:
+            yield from flush()
+            user, rows = parts[0], []
+        rows.append((no, parts[1], line))
+    yield from flush()
 
 
 def _otto(src: _Source) -> Iterator[dict[str, Any]]:
@@ -406,7 +444,7 @@ def _read(src: _Source, layout: str, mapping: Mapping[str, str] | None
     if layout == "csv":
         return _csv(src, mapping)
     readers = {"taobao": _taobao, "yoochoose": _yoochoose, "otto": _otto, "fraud": _fraud,
-               "jsonl": _jsonl}
+               "pairs": _pairs, "jsonl": _jsonl}
     return readers[layout](src)
 
 

@@ -18,6 +18,7 @@ from model.recommenders.base import METHODS, Recommender
 from model.recommenders.baseline import BaselinePredictor
 from model.recommenders.loading import load_recommender
 from model.recommenders.neural import CPU_ROWS
+from model.recommenders.sequence import SeqState, state_to_bytes
 from model.registry import ModelRegistry
 from model.risk.model import RiskScorer
 from model.types import Prediction, PredictionContext, RiskOutput, ScoredItem, SeqItem
@@ -68,11 +69,15 @@ class ModelPredictor:
             return []
         rec_rows = [i for i, c in enumerate(contexts) if c.recommend and c.k > 0]
         ranked: dict[int, tuple[ScoredItem, ...]] = {}
+        states = self._advance(contexts)
         if rec_rows:
             k = max(contexts[i].k for i in rec_rows)
             seqs = [with_trigger(contexts[i]) for i in rec_rows]
             excl = [contexts[i].exclude_items | {contexts[i].item_id} for i in rec_rows]
-            for i, row in zip(rec_rows, self.recommender.recommend(seqs, k, excl), strict=True):
+            out = (self.recommender.recommend(seqs, k, excl) if not states else
+                   self.recommender.recommend(  # type: ignore[call-arg]
+                       seqs, k, excl, states=[states.get(i) for i in rec_rows]))
+            for i, row in zip(rec_rows, out, strict=True):
                 ranked[i] = tuple(starmap(ScoredItem, row[: contexts[i].k]))  # propensity 1
         risks: list[RiskOutput]
         if self.risk_scorer is not None:
@@ -81,8 +86,20 @@ class ModelPredictor:
             assert self._rules is not None
             risks = [self._rules.risk(c.features) for c in contexts]
         return [Prediction(items=ranked.get(i, ()), risk=risks[i], model=self.name,
-                           model_version=self.version, risk_model_version=self.risk_version)
+                           model_version=self.version, risk_model_version=self.risk_version,
+                           seq_state=state_to_bytes(states[i]) if i in states else None)
                 for i in range(len(contexts))]
+
+    def _advance(self, contexts: Sequence[PredictionContext]) -> dict[int, SeqState]:
+        """Sequence states after each event whose context carries one (recommending or
+        not: every event advances the state), when the served model keeps states."""
+        advance = getattr(self.recommender, "advance", None)
+        rows = [i for i, c in enumerate(contexts) if c.seq_state is not None]
+        if advance is None or not rows or getattr(self.recommender, "seq", None) is None:
+            return {}
+        got = advance([with_trigger(contexts[i]) for i in rows],
+                      [contexts[i].seq_state for i in rows])
+        return dict(zip(rows, got, strict=True))
 
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
         return self._batcher.map(list(contexts))
@@ -122,7 +139,11 @@ def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str,
     with _cache_lock:  # versions are immutable, so a loaded one can be shared
         hit = _cache.get(key)
         if hit is None:
-            hit = (load_recommender(root / method, method, device), version)
+            rec = load_recommender(root / method, method, device)
+            seq = getattr(rec, "seq", None)
+            if seq is not None:  # cached sequence states name the version that computed them
+                seq.version = version
+            hit = (rec, version)
             _cache[key] = hit
     return hit
 
@@ -134,7 +155,8 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     """The Predictor for the registry's latest versions in `data_dir`.
 
     prefer: "auto" serves the method that won the evaluation at training time; a method name
-    ("popularity", "covisitation", "gru", "sasrec") serves that one from the latest version;
+    ("popularity", "covisitation", "gru", "sasrec", "hybrid", "hybrid_without_sequence") serves
+    that one from the latest version;
     "baseline" (or an empty registry) gives the online BaselinePredictor. Loading is cheap
     (small files, cached per immutable version) and touches no shared state but the cache, so
     a worker may call it from any thread and swap predictors between batches; call `close()`

@@ -62,6 +62,11 @@ class PredictionContext:
     recommend: bool = True
     k: int = 10
     exclude_items: frozenset[str] = field(default_factory=frozenset)
+    # The user's cached sequence-model state after the event before this one (the bytes a
+    # previous Prediction.seq_state carried), b"" to start keeping one; None (the default):
+    # the model re-encodes `sequence` and returns no state. A state of another model version
+    # is re-encoded from `sequence` (model.recommenders.hybrid.HybridRecommender.advance).
+    seq_state: bytes | None = None
 
 
 class ScoredItem(NamedTuple):
@@ -124,6 +129,9 @@ class Prediction:
     model_version: str
     risk_model_version: str
     trace: PolicyTrace | None = None  # set by an exploring predictor
+    # the user's sequence state after this event, when the context carried one and the served
+    # model keeps one (else None): store it with the user, pass it with the next event
+    seq_state: bytes | None = None
 
 
 RERANKER = "reranker"  # the feedback-trained reranker: registry name, model-updates name

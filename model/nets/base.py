@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from model.encoding import N_GAPS, N_TYPES, SeqBatch
+from model.errors import ConfigError
 
 __all__ = [
     "SeqRecConfig", "SeqRecNet", "TOPK_BLOCK", "TOPK_PRUNE_ROWS", "logsumexp_rows_", "top_k_rows",
@@ -25,6 +26,9 @@ class SeqRecConfig:
     max_len: int = 50
     dropout: float = 0.2
     repeat: bool = True  # mix in a copy distribution over the user's own past items
+    # > 0: an item's vector adds an embedding of its category (`set_categories`), which every
+    # item of the category trains: what sparse logs (most items seen once or twice) can learn
+    n_categories: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +64,16 @@ class SeqRecNet(nn.Module):
         # query's own event); covisitation's repeat score decays with age and wins with it
         self.copy_age = nn.Embedding(config.max_len, 1)
         nn.init.zeros_(self.copy_age.weight)
+        self.cat_emb: nn.Embedding | None = None
+        self.item_cat: torch.Tensor | None
+        if config.n_categories > 0:
+            self.cat_emb = nn.Embedding(config.n_categories + 1, d, padding_idx=0)
+            nn.init.normal_(self.cat_emb.weight, std=d ** -0.5)
+            with torch.no_grad():
+                self.cat_emb.weight[0].zero_()
+            self.register_buffer("item_cat", torch.zeros(config.n_items, dtype=torch.int64))
+        else:
+            self.register_buffer("item_cat", None)
         for emb in (self.item_emb, self.type_emb, self.gap_emb):
             nn.init.normal_(emb.weight, std=d ** -0.5)
             with torch.no_grad():
@@ -77,8 +91,30 @@ class SeqRecNet(nn.Module):
         return h[torch.arange(h.shape[0], device=h.device), last]
 
     # -- shared ---------------------------------------------------------------------------
+    def set_categories(self, item_cat: torch.Tensor) -> None:
+        """Each item id's category id (0: none), for a net built with n_categories."""
+        if self.item_cat is None:
+            raise ConfigError("this net was built without categories")
+        self.item_cat.copy_(item_cat.to(self.item_cat.device))
+
+    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The vectors (input and, tied, output) of item ids: the item's own embedding plus
+        its category's when the net has categories."""
+        v: torch.Tensor = self.item_emb(ids)
+        if self.cat_emb is not None and self.item_cat is not None:
+            v = v + self.cat_emb(self.item_cat[ids])
+        return v
+
+    def item_table(self) -> torch.Tensor:
+        """(n_items, d) every item's vector (`item_vectors` of the whole table)."""
+        if self.cat_emb is None or self.item_cat is None:
+            return self.item_emb.weight
+        out: torch.Tensor = self.item_emb.weight + self.cat_emb(self.item_cat)
+        return out
+
     def embed(self, batch: SeqBatch) -> torch.Tensor:
-        x = self.item_emb(batch.items) + self.type_emb(batch.types) + self.gap_emb(batch.gaps)
+        x = (self.item_vectors(batch.items) + self.type_emb(batch.types)
+             + self.gap_emb(batch.gaps))
         out: torch.Tensor = self.dropout(x)
         return out
 
@@ -129,7 +165,7 @@ class SeqRecNet(nn.Module):
 
     def _out_logits(self, h: torch.Tensor, n_out: int) -> torch.Tensor:
         if h.dim() == 2:  # serving: one fused pass instead of a product then a bias pass
-            bias, table = self.item_bias.to(h.dtype), self.item_emb.weight.T.to(h.dtype)
+            bias, table = self.item_bias.to(h.dtype), self.item_table().T.to(h.dtype)
             if (h.device.type == "cpu" and h.dtype == bias.dtype == table.dtype
                     and not torch.is_grad_enabled()):  # out= has no autograd
                 # rows laid out a multiple of 16 wide: an odd row length (the items plus
@@ -140,7 +176,7 @@ class SeqRecNet(nn.Module):
             else:
                 logits = torch.addmm(bias, h, table)
         else:
-            logits = h @ self.item_emb.weight.T + self.item_bias
+            logits = h @ self.item_table().T + self.item_bias
         logits[..., :2] = float("-inf")  # padding and the unknown bucket are never predicted
         if n_out > logits.shape[-1]:  # batch-local ids of unknown history items: copy only
             extra = logits.new_full((*logits.shape[:-1], n_out - logits.shape[-1]),
@@ -252,6 +288,9 @@ class SeqRecNet(nn.Module):
             bias = torch.full((n_items,), -10.0, dtype=old.dtype, device=old.device)
             bias[: old.shape[0]] = self.item_bias
             self.item_bias = nn.Parameter(bias)
+            if self.item_cat is not None:  # new items have no category until told
+                self.item_cat = torch.cat([self.item_cat, self.item_cat.new_zeros(
+                    n_items - self.item_cat.shape[0])])
             self.config = SeqRecConfig(**{**self.config.to_dict(), "n_items": n_items})
         for idx in reset or []:
             nn.init.normal_(self.item_emb.weight[idx], std=old.shape[1] ** -0.5)

@@ -8,12 +8,15 @@ from typing import Protocol
 
 from model.types import SeqItem
 
-__all__ = ["METHODS", "NEIGHBOR_METHODS", "NEURAL_METHODS", "Ranked", "Recommender"]
+__all__ = ["HYBRID_METHODS", "METHODS", "NEIGHBOR_METHODS", "NEURAL_METHODS", "Ranked",
+           "Recommender"]
 
 # The one list of recommender methods: the CLI, serving, training and evaluation read it here.
 NEIGHBOR_METHODS: tuple[str, ...] = ("popularity", "covisitation")
 NEURAL_METHODS: tuple[str, ...] = ("gru", "sasrec")  # the kinds of model.nets.RECOMMENDER_NETS
-METHODS: tuple[str, ...] = (*NEIGHBOR_METHODS, *NEURAL_METHODS)
+# the two-stage hybrid (model.recommenders.hybrid), with and without its sequence model
+HYBRID_METHODS: tuple[str, ...] = ("hybrid", "hybrid_without_sequence")
+METHODS: tuple[str, ...] = (*NEIGHBOR_METHODS, *NEURAL_METHODS, *HYBRID_METHODS)
 
 Ranked = list[tuple[str, float]]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from model.errors import ConfigError
-from model.recommenders.base import METHODS, NEURAL_METHODS, Recommender
+from model.recommenders.base import HYBRID_METHODS, METHODS, NEURAL_METHODS, Recommender
+from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.recommenders.neural import NeuralRecommender
 
@@ -23,4 +24,6 @@ def load_recommender(directory: Path, method: str, device: torch.device | None =
         return CoVisitationRecommender.load(directory)
     if method in NEURAL_METHODS:
         return NeuralRecommender.load(directory, device=device)
+    if method in HYBRID_METHODS:
+        return HybridRecommender.load(directory)
     raise ConfigError(f"unknown recommender method {method!r}; known: {', '.join(METHODS)}")

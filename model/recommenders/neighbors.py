@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import heapq
 import json
-import math
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from model.recommenders.base import Ranked
+from model.recommenders.counts import TYPE_WEIGHT, covisitation, split_sessions
 from model.types import SeqItem
 
 __all__ = ["CoVisitationRecommender", "PopularityRecommender", "TYPE_WEIGHT", "split_sessions"]
-
-# How much a past event of each type says "the user may come back to this item".
-TYPE_WEIGHT: dict[str, float] = {"view": 1.0, "click": 1.0, "add_to_cart": 2.0, "purchase": 0.5}
 
 
 class PopularityRecommender:
@@ -61,24 +59,15 @@ class PopularityRecommender:
         return p
 
 
-def split_sessions(seq: Sequence[SeqItem], gap_ms: int) -> list[list[SeqItem]]:
-    out: list[list[SeqItem]] = []
-    prev: int | None = None
-    for e in seq:
-        if prev is None or e.ts_ms - prev > gap_ms:
-            out.append([])
-        out[-1].append(e)
-        prev = e.ts_ms
-    return out
-
-
 class CoVisitationRecommender:
-    """Item-kNN on sessions plus the user's own recent items.
+    """Item-kNN on user sequences plus the user's own recent items.
 
-    sim(i, j) = co-occurrences within `window` positions of a session / sqrt(n_i n_j) (cosine),
-    top `neighbours` kept per item. A sequence scores candidates by the similarity to its last
-    `last_n` distinct items (more weight to recent ones) plus `repeat_weight` times a recency-
-    and type-weighted score of the items it already contains.
+    sim(i, j) = adjacency within `window` positions of a user's sequence, decayed with the
+    time between the two events, / sqrt(n_i n_j) (`counts.covisitation`), top `keep` per
+    item; `session_gap_ms` restricts pairs to sessions (the classic variant, which finds no
+    pairs in logs whose events are days apart). A sequence scores candidates by the
+    similarity to its last `last_n` distinct items (more weight to recent ones) plus
+    `repeat_weight` times a recency- and type-weighted score of the items it already contains.
     """
 
     method = "covisitation"
@@ -93,25 +82,13 @@ class CoVisitationRecommender:
 
     @classmethod
     def fit(cls, seqs: Iterable[Sequence[SeqItem]], window: int = 5, keep: int = 50,
-            session_gap_ms: int = 30 * 60_000, repeat_weight: float = 1.0
-            ) -> CoVisitationRecommender:
-        pair: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+            repeat_weight: float = 1.0, **pairs: Any) -> CoVisitationRecommender:
+        """`pairs`: how `counts.covisitation` counts (CLASSIC_COVISITATION: the old way)."""
+        seqs = list(seqs)
+        neighbours = covisitation(seqs, window=window, keep=keep, **pairs)
         n: Counter[str] = Counter()
         for seq in seqs:
-            for sess in split_sessions(seq, session_gap_ms):
-                items = [e.item_id for e in sess]
-                # collapse immediate repeats (view then cart of one item is one visit)
-                items = [it for i, it in enumerate(items) if i == 0 or it != items[i - 1]]
-                n.update(set(items))
-                for i, a in enumerate(items):
-                    for b in items[i + 1: i + 1 + window]:
-                        if a != b:
-                            pair[a][b] += 1.0
-                            pair[b][a] += 1.0
-        neighbours: dict[str, list[tuple[str, float]]] = {}
-        for a, row in pair.items():
-            sims = ((b, c / math.sqrt(n[a] * n[b])) for b, c in row.items())
-            neighbours[a] = heapq.nlargest(keep, sims, key=lambda kv: kv[1])
+            n.update({e.item_id for e in seq})
         popular = [i for i, _ in n.most_common(200)]
         return cls(neighbours, popular, repeat_weight)
 

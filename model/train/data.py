@@ -25,12 +25,14 @@ class EventLog:
     n_events: int = 0
     t_min: int = 0
     t_max: int = 0
+    categories: dict[str, str] = field(default_factory=dict)  # item -> its latest category
 
 
 def events_to_log(events: Iterable[Mapping[str, Any]], max_events: int | None = None
                   ) -> EventLog:
     """Group event dicts ({"user_id", "item_id", "type", "ts" (ms)}) by user, sort by time."""
     users: dict[str, list[tuple[int, int, SeqItem]]] = {}
+    categories: dict[str, str] = {}
     n = 0
     for e in events:
         item = e.get("item_id")
@@ -38,6 +40,9 @@ def events_to_log(events: Iterable[Mapping[str, Any]], max_events: int | None = 
         if item is None or user is None:
             continue
         ts = int(e.get("ts", 0))
+        cat = e.get("category")
+        if cat is not None:
+            categories[str(item)] = str(cat)
         users.setdefault(str(user), []).append(
             (ts, n, SeqItem(str(item), str(e.get("type", "view")), ts)))
         n += 1
@@ -48,7 +53,7 @@ def events_to_log(events: Iterable[Mapping[str, Any]], max_events: int | None = 
     out = {u: [s for _, _, s in sorted(rows)] for u, rows in users.items()}
     t_min = min(s[0].ts_ms for s in out.values())
     t_max = max(s[-1].ts_ms for s in out.values())
-    return EventLog(out, n, t_min, t_max)
+    return EventLog(out, n, t_min, t_max, categories)
 
 
 def load_log(path: Path, layout: str = "auto", max_events: int | None = None) -> EventLog:
@@ -69,6 +74,8 @@ class Split:
     train: dict[str, list[SeqItem]]
     test: list[Case]
     info: dict[str, Any]
+    # item -> category of the items met in the training period (what a catalogue knew then)
+    categories: dict[str, str] = field(default_factory=dict)
 
 
 def cases_between(users: Mapping[str, Sequence[SeqItem]], t_from: int, t_to: int, max_hist: int,
@@ -124,4 +131,6 @@ def temporal_split(log: EventLog, test_frac: float = 0.2, max_hist: int = 50,
             "users": len(log.users), "max_history": max_hist,
             "targets": "next event of the user in the test period whose item differs from "
                        "the trigger's"}
-    return Split(t_split, train, cases, info)
+    known = {e.item_id for s in train.values() for e in s}
+    cats = {i: c for i, c in log.categories.items() if i in known}
+    return Split(t_split, train, cases, info, cats)

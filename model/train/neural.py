@@ -85,7 +85,7 @@ def sampled_loss(net: SeqRecNet, batch: SeqBatch, targets: torch.Tensor, negativ
     tgt_c = inverse[n_hist: n_hist + len(pos[0])]
     hq = h[pos]  # (N, d)
     cur = batch.items[pos]
-    explore = hq @ net.item_emb(cand).T + net.item_bias[cand]
+    explore = hq @ net.item_vectors(cand).T + net.item_bias[cand]
     explore = explore.masked_fill((cand < RESERVED)[None, :] | (cand[None, :] == cur[:, None]),
                                   float("-inf"))
     # Only the target's log-probability is needed, so the mixture is evaluated at the target
@@ -117,6 +117,7 @@ class TrainReport:
     best_epoch: int | None = None  # picked on the validation slice (None: no validation)
     valid_ndcg: list[float] = field(default_factory=list)  # per epoch of the selection run
     refit: bool = False  # retrained on the whole period (else: the validated model serves)
+    valid_metrics: dict[str, float] = field(default_factory=dict)  # of the best epoch
 
     def to_json(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "best_epoch": self.best_epoch,
@@ -137,14 +138,15 @@ def validation_split(train: Mapping[str, Sequence[SeqItem]], frac: float, max_ca
     return inner, cases
 
 
-def _valid_ndcg(rec: NeuralRecommender, cases: Sequence[Case], k: int = 20) -> float:
+def _valid_metrics(rec: NeuralRecommender, cases: Sequence[Case], k: int = 20
+                   ) -> dict[str, float]:
     ranked: list[list[str]] = []
     for b in range(0, len(cases), 256):
         chunk = cases[b: b + 256]
         out = rec.recommend([c.history for c in chunk], k,
                             [frozenset({c.history[-1].item_id}) for c in chunk])
         ranked.extend([i for i, _ in row] for row in out)
-    return rank_metrics(ranked, [c.target for c in cases], k)[f"ndcg@{k}"]
+    return rank_metrics(ranked, [c.target for c in cases], k)
 
 
 def _epoch(net: SeqRecNet, opt: torch.optim.Optimizer,
@@ -205,13 +207,14 @@ def _fit(kind: str, train: Mapping[str, Sequence[SeqItem]], cfg: TrainConfig, ep
         msg = (f"{kind} [{phase}]: epoch {epoch}/{epochs} loss {total / max(1, count):.3f} "
                f"({time.perf_counter() - t0:.0f}s, {len(data)} windows, {len(vocab)} items)")
         if valid:
-            score = _valid_ndcg(NeuralRecommender(net, vocab), valid)
+            metrics = _valid_metrics(NeuralRecommender(net, vocab), valid)
+            score = metrics["ndcg@20"]
             net.train()
             report.valid_ndcg.append(score)
             msg += f" validation ndcg@20 {score:.4f}"
             if best is None or score > best[0]:
                 best = (score, copy.deepcopy(net.state_dict()))
-                report.best_epoch = epoch
+                report.best_epoch, report.valid_metrics = epoch, metrics
         say(msg)
         if time.perf_counter() > deadline:
             say(f"{kind} [{phase}]: stopping after epoch {epoch}: time budget spent")
@@ -226,23 +229,31 @@ def _fit(kind: str, train: Mapping[str, Sequence[SeqItem]], cfg: TrainConfig, ep
 
 def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],
                          cfg: TrainConfig = TrainConfig(),
-                         progress: Callable[[str], None] | None = None
-                         ) -> tuple[NeuralRecommender, TrainReport]:
+                         progress: Callable[[str], None] | None = None,
+                         validation: tuple[Mapping[str, Sequence[SeqItem]], Sequence[Case]]
+                         | None = None) -> tuple[NeuralRecommender, TrainReport]:
     """Next-item training at every position (see `sampled_loss`) within `cfg.budget_s`.
 
     Targets that are unknown items or repeat the current item are ignored (the trigger is
     never recommended). With `cfg.validate`, the number of epochs is chosen first: train on
     all but the last `valid_frac` of the training period, score that part each epoch (early
     stopping, `patience`, best weights kept), then, if the budget left allows, train afresh on
-    the whole training period for the best number of epochs. Sparse logs (most items seen
+    the whole training period for the best number of epochs. `validation` (the inner training
+    part, the cases after it) replaces that split, so that every method is selected on the
+    same cases. Sparse logs (most items seen
     once or twice) overfit within a few epochs, so more epochs can lose to fewer: the count is
     measured, not fixed.
     """
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     deadline = t0 + cfg.budget_s
-    inner, cases = (validation_split(train, cfg.valid_frac, cfg.valid_cases, cfg.seed)
-                    if cfg.validate else ({}, []))
+    inner: Mapping[str, Sequence[SeqItem]]
+    cases: Sequence[Case]
+    if validation is not None:
+        inner, cases = validation
+    else:
+        inner, cases = (validation_split(train, cfg.valid_frac, cfg.valid_cases, cfg.seed)
+                        if cfg.validate else ({}, []))
     if not cases:
         return _fit(kind, train, cfg, cfg.epochs, deadline, say)
     selected, sel = _fit(kind, inner, cfg, cfg.epochs, deadline, say, cases)
@@ -262,7 +273,8 @@ def train_sequence_model(kind: str, train: Mapping[str, Sequence[SeqItem]],
         f"refitting on the whole training period for {best} epochs")
     rec, final = _fit(kind, train, cfg, best, deadline, say)
     final.best_epoch, final.valid_ndcg, final.refit = best, sel.valid_ndcg, True
+    final.valid_metrics = sel.valid_metrics
     return rec, final
 
 
-__all__ = ["TrainConfig", "TrainReport", "train_sequence_model", "build_vocab", "UNK"]
+__all__ = ["TrainConfig", "TrainReport", "build_vocab", "train_sequence_model", "UNK"]

@@ -73,7 +73,7 @@ def _print_table(result: dict[str, Any]) -> None:
     for m, row in methods.items():
         mark = " *" if m == result.get("served") else ""
         typer.echo(f"{m + mark:<14}" + "".join(f"{row.get(c, float('nan')):>18}" for c in cols))
-    typer.echo(f"served: {result.get('served')}  (* = best ndcg@20)")
+    typer.echo(f"served: {result.get('served')}  (* = best hr@20 on the validation slice)")
 
 
 @command(train_app, "recommender")
@@ -92,10 +92,11 @@ def train_recommender(
     json_out: JsonOpt = False,
     announce: AnnounceOpt = False,
 ) -> None:
-    """Train the four recommenders on one split and publish them.
+    """Train the recommenders on one split and publish them.
 
-    Popularity, co-visitation, GRU and SASRec on one temporal split, all published to the
-    registry; the method with the best NDCG@20 on the test part is the one served.
+    Popularity, co-visitation, GRU, SASRec and the hybrid (with and without its sequence
+    model) on one temporal split, all published to the registry; the method with the best
+    HR@20 on a validation slice before the test part is the one served.
     """
     from model.train.pipeline import train_recommender as run  # torch: not for --help
 
@@ -165,10 +166,11 @@ def evaluate_recommender(
     = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """HR@20, MRR@20, NDCG@20 and time of the four recommenders.
+    """HR@20, MRR@20, NDCG@20 and time of every recommender.
 
-    Popularity, co-visitation, GRU and SASRec, train and inference time too, all on the same
-    temporal split; nothing is published. Without --data: the evaluation stored with the
+    Popularity, co-visitation, GRU, SASRec, hybrid and hybrid_without_sequence, train and
+    inference time too, all on the same temporal split; served: the best HR@20 on a validation
+    slice before the test part; nothing is published. Without --data: the evaluation stored with the
     latest published recommender.
     """
     with errors(missing_field=True, code=OFFLINE_EXIT):

@@ -208,8 +208,8 @@ def bench_inference(
     json_out: JsonOpt = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_dir: DataDirOpt = None,
-    prefer: Annotated[str, typer.Option(help="Recommender to bench: sasrec (default), gru, "
-                                        "auto (the served one), covisitation.")] = "sasrec",
+    prefer: Annotated[str, typer.Option(help="Recommender to bench: auto (default: the served "
+                                        "one), hybrid, sasrec, gru, covisitation.")] = "auto",
     seconds: Annotated[float, typer.Option(help="Seconds per measured level.")] = 3.0,
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's "
                                                 "choice, one per core).")] = None,

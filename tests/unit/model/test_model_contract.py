@@ -12,10 +12,16 @@ import torch
 from model.device import resolve_device
 from model.encoding import SeqBatch, encode_sequences
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, SeqRecNet, build_recommender
+from model.nets.gru import GRURec
+from model.nets.ranker import RankerConfig, RankerNet
 from model.recommenders.base import Recommender
+from model.recommenders.candidates import CandidateTables
+from model.recommenders.counts import fit_counts
+from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.loading import load_recommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.recommenders.neural import NeuralRecommender
+from model.recommenders.sequence import SequenceModel
 from model.types import FEATURE_NAMES, SeqItem
 from model.vocab import ItemVocab
 
@@ -80,7 +86,25 @@ def _risk_case() -> NetCase:
     return NetCase("risk", build, run, False)
 
 
-NET_CASES = [_rec_case("sasrec"), _rec_case("gru"), _risk_case()]
+def _ranker_case() -> NetCase:
+    """The hybrid's ranker over its real inputs, as one score per table item (candidates
+    only; -1e9 elsewhere), so rows of different candidate counts compare."""
+    def build() -> torch.nn.Module:
+        names = HybridRecommender.feature_names(True)
+        net = RankerNet(RankerConfig(len(names), hidden=8))
+        net.mean.normal_()
+        return net
+
+    def run(m: torch.nn.Module, seqs: list[list[SeqItem]], dev: torch.device) -> torch.Tensor:
+        rec = _hybrid(True)
+        b = rec.batch(seqs, [frozenset({s[-1].item_id}) for s in seqs])
+        s = m(b.x.to(dev)).cpu().masked_fill(~b.cand.mask, -1e9)  # type: ignore[operator]
+        out = torch.full((len(seqs), rec.tables.n + 8), -1e9)
+        return out.scatter(1, b.cand.ids, s)
+    return NetCase("ranker", build, run, False)
+
+
+NET_CASES = [_rec_case("sasrec"), _rec_case("gru"), _risk_case(), _ranker_case()]
 
 
 def _fresh(case: NetCase, seed: int = 0) -> torch.nn.Module:
@@ -98,6 +122,8 @@ class TestNetContract:
             assert out.shape[1] == _vocab().size
             torch.testing.assert_close(out.exp().sum(1), torch.ones(out.shape[0]))
             assert (out[:, :2] < -50).all()  # padding and unknown: probability ~ 0
+        elif case.name == "ranker":
+            assert ((out > -1e9).sum(1) > 0).all()  # every row has candidates
         else:
             assert out.shape[1] == 1 + len(FEATURE_NAMES)
             assert ((out[:, 0] > 0) & (out[:, 0] < 1)).all()
@@ -166,11 +192,27 @@ def _neural(kind: str) -> Recommender:
     return NeuralRecommender(_random_age_bias(net), _vocab())
 
 
+def _hybrid(with_sequence: bool) -> HybridRecommender:
+    """Tables counted from the training sequences, a seeded random ranker (and GRU)."""
+    torch.manual_seed(0)
+    users = {str(i): s for i, s in enumerate(_train_seqs())}
+    tables = CandidateTables.from_counts(fit_counts(users, {"i1": "c1", "i2": "c1", "i3": "c2"}))
+    names = HybridRecommender.feature_names(with_sequence)
+    ranker = RankerNet(RankerConfig(len(names), hidden=8))
+    seq = None
+    if with_sequence:
+        net = GRURec(SeqRecConfig(n_items=_vocab().size, dim=16, max_len=16, repeat=False))
+        seq = SequenceModel(net, _vocab())
+    return HybridRecommender(tables, ranker, seq, top_k=5)
+
+
 REC_FACTORIES: dict[str, Callable[[], Recommender]] = {
     "popularity": lambda: PopularityRecommender.fit(_train_seqs()),
     "covisitation": lambda: CoVisitationRecommender.fit(_train_seqs()),
     "gru": lambda: _neural("gru"),
     "sasrec": lambda: _neural("sasrec"),
+    "hybrid": lambda: _hybrid(True),
+    "hybrid_without_sequence": lambda: _hybrid(False),
 }
 
 

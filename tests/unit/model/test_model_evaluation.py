@@ -10,6 +10,7 @@ import pytest
 
 from model.train.data import events_to_log, temporal_split
 from model.train.evaluate import compare_methods
+from model.train.hybrid import HybridConfig
 from model.train.metrics import negative_weight, pr_auc, rank_metrics, roc_auc
 from model.train.neural import TrainConfig
 from model.train.pipeline import evaluate_recommenders
@@ -63,17 +64,26 @@ def test_compare_methods_scores_every_method_on_the_same_cases(tmp_path: Path) -
     cfg = TrainConfig(dim=16, layers=1, heads=1, max_len=8, epochs=20, budget_s=20,
                       batch_size=32, negatives=16, lr=1e-2)
     comp = evaluate_recommenders(f, layout="jsonl", cfg=cfg, test_frac=0.25)
-    assert set(comp.methods) == {"popularity", "covisitation", "gru", "sasrec"}
+    assert set(comp.methods) == {"popularity", "covisitation", "gru", "sasrec", "hybrid",
+                                 "hybrid_without_sequence"}
     for row in comp.methods.values():
-        assert {"hr@20", "mrr@20", "ndcg@20", "train_s", "infer_ms_per_case"} <= set(row)
+        assert {"hr@20", "mrr@20", "ndcg@20", "train_s", "infer_ms_per_case", "valid"} <= set(row)
         assert 0.0 <= row["mrr@20"] <= row["ndcg@20"] <= row["hr@20"] <= 1.0
+        assert 0.0 <= row["valid"]["mrr@20"] <= row["valid"]["hr@20"] <= 1.0
     # the ring is learnable: co-visitation finds it exactly, popularity cannot
     assert comp.methods["covisitation"]["hr@20"] == 1.0
     assert comp.methods["popularity"]["mrr@20"] < 0.5
     assert comp.methods["sasrec"]["hr@20"] > 0.5
+    # the hybrid's candidates hold the ring's next item, and its ranker finds it
+    hybrid = comp.methods["hybrid"]
+    assert hybrid["candidate_recall@" + str(HybridConfig().candidates.total + 50)] == 1.0
+    assert hybrid["hr@20"] == 1.0
+    # served: the best on the validation slice (before the test part), never picked on test
     assert comp.served in comp.methods
-    assert comp.methods[comp.served]["ndcg@20"] == max(r["ndcg@20"] for r in comp.methods.values())
+    assert comp.methods[comp.served]["valid"]["hr@20"] == max(
+        r["valid"]["hr@20"] for r in comp.methods.values())
     assert comp.split["test_cases"] > 0
+    assert comp.split["valid_from_ms"] < comp.split["t_split_ms"]
 
 
 def test_compare_methods_rejects_an_empty_test_period() -> None:

@@ -9,18 +9,22 @@ import pytest
 
 from model.errors import ConfigError
 from model.nets import RECOMMENDER_NETS, build_recommender
-from model.recommenders.base import METHODS, NEIGHBOR_METHODS, NEURAL_METHODS
+from model.recommenders.base import HYBRID_METHODS, METHODS, NEIGHBOR_METHODS, NEURAL_METHODS
+from model.recommenders.hybrid import HYBRID, WITHOUT_SEQUENCE
 from model.recommenders.loading import load_recommender
 from model.types import EVENT_TYPE_INDEX, EVENT_TYPES, EventType
 
 
 def test_every_neural_method_has_a_net_and_every_net_a_method() -> None:
     assert set(NEURAL_METHODS) == set(RECOMMENDER_NETS)
-    assert METHODS == NEIGHBOR_METHODS + NEURAL_METHODS and len(set(METHODS)) == len(METHODS)
+    assert METHODS == NEIGHBOR_METHODS + NEURAL_METHODS + HYBRID_METHODS
+    assert len(set(METHODS)) == len(METHODS)
+    assert (HYBRID, WITHOUT_SEQUENCE) == HYBRID_METHODS
 
 
 def test_unknown_names_are_config_errors_and_still_value_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="known: popularity, covisitation, gru, sasrec"):
+    with pytest.raises(ConfigError, match="known: popularity, covisitation, gru, sasrec, "
+                       "hybrid, hybrid_without_sequence"):
         load_recommender(tmp_path, "knn")
     with pytest.raises(ValueError, match="unknown recommender net"):
         build_recommender("lstm", {})

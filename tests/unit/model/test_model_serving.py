@@ -10,10 +10,16 @@ import torch
 
 from model.errors import RegistryError
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, build_recommender
+from model.nets.gru import GRURec
+from model.nets.ranker import RankerConfig, RankerNet
 from model.predictor import Predictor
 from model.recommenders.baseline import BaselinePredictor
+from model.recommenders.candidates import CandidateTables
+from model.recommenders.counts import fit_counts
+from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.recommenders.neural import NeuralRecommender
+from model.recommenders.sequence import SequenceModel, state_from_bytes
 from model.registry import ModelRegistry
 from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor
@@ -133,3 +139,38 @@ def test_new_version_loads_while_old_one_serves(tmp_path: Path) -> None:
     assert results and set(results) == {v1}
     assert new.predict_batch([_ctx(3)])[0].model_version == v2
     new.close()
+
+
+def test_a_published_hybrid_serves_and_its_states_name_the_version(tmp_path: Path) -> None:
+    """`train recommender` publishes the hybrid beside the other methods; served, it keeps
+    sequence states stamped with the registry version, and a state of an older version is
+    re-encoded (after a hot swap) rather than read with the wrong weights."""
+    torch.manual_seed(0)
+    users = {str(u): s for u, s in enumerate(_train_seqs())}
+    vocab = ItemVocab()
+    vocab.add_all(ITEMS)
+    seq = SequenceModel(GRURec(SeqRecConfig(n_items=vocab.size, dim=16, repeat=False)), vocab)
+    ranker = RankerNet(RankerConfig(len(HybridRecommender.feature_names(True)), hidden=8))
+    rec = HybridRecommender(CandidateTables.from_counts(fit_counts(users, {})), ranker, seq)
+    reg = ModelRegistry(tmp_path)
+    v1 = reg.publish("recommender", lambda d: rec.save(d / "hybrid"),
+                     metadata={"served": "hybrid", "methods": ["hybrid"]})
+    v2 = reg.publish("recommender", lambda d: rec.save(d / "hybrid"),
+                     metadata={"served": "hybrid", "methods": ["hybrid"]})
+    old = load_predictor(tmp_path, device="cpu", recommender_version=v1)
+    new = load_predictor(tmp_path, device="cpu")
+    try:
+        assert isinstance(new, ModelPredictor) and new.name == "hybrid" and new.version == v2
+        first = old.predict_batch([_ctx(1, seq_state=b"")])[0]
+        assert first.seq_state is not None and state_from_bytes(first.seq_state).version == v1
+        assert len(first.items) == 10
+        swapped = new.predict_batch([_ctx(1, seq_state=first.seq_state)])[0]
+        fresh = new.predict_batch([_ctx(1, seq_state=b"")])[0]
+        assert swapped.seq_state is not None
+        assert state_from_bytes(swapped.seq_state).version == v2
+        assert swapped.seq_state == fresh.seq_state  # re-encoded, not stepped from v1's state
+        assert new.predict_batch([_ctx(1)])[0].seq_state is None  # no state asked, none kept
+    finally:
+        for p in (old, new):
+            if isinstance(p, ModelPredictor):
+                p.close()
