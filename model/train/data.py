@@ -10,9 +10,11 @@ from typing import Any
 
 from model.datasets import iter_events
 from model.errors import ConfigError, DataError
+from model.recommenders.base import Recommender
 from model.types import SeqItem
 
 __all__ = [
+    "rank_cases",
     "Case", "EventLog", "Split", "cases_between", "events_to_log", "load_log", "temporal_split",
 ]
 
@@ -134,3 +136,15 @@ def temporal_split(log: EventLog, test_frac: float = 0.2, max_hist: int = 50,
     known = {e.item_id for s in train.values() for e in s}
     cats = {i: c for i, c in log.categories.items() if i in known}
     return Split(t_split, train, cases, info, cats)
+
+
+def rank_cases(rec: Recommender, cases: Sequence[Case], k: int, batch: int = 256
+               ) -> list[list[str]]:
+    """The top-k item ids `rec` gives each case, in batches, never the trigger's own item."""
+    ranked: list[list[str]] = []
+    for b in range(0, len(cases), batch):
+        chunk = cases[b: b + batch]
+        out = rec.recommend([c.history for c in chunk], k,
+                            [frozenset({c.history[-1].item_id}) for c in chunk])
+        ranked.extend([i for i, _ in row] for row in out)
+    return ranked

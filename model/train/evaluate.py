@@ -15,7 +15,7 @@ from model.recommenders.base import METHODS, NEURAL_METHODS, Recommender
 from model.recommenders.counts import CLASSIC_COVISITATION
 from model.recommenders.hybrid import HYBRID, WITHOUT_SEQUENCE, HybridRecommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
-from model.train.data import Case, Split, cases_between
+from model.train.data import Case, Split, cases_between, rank_cases
 from model.train.hybrid import HybridConfig, before, fit_hybrid, time_slices
 from model.train.metrics import rank_metrics
 from model.train.neural import TrainConfig, train_sequence_model
@@ -35,13 +35,8 @@ VALID_CASES = 2000
 def score_cases(rec: Recommender, cases: Sequence[Case], k: int = K, batch: int = 256
                 ) -> tuple[dict[str, float], float]:
     """Metrics over the cases plus inference milliseconds per case (batched)."""
-    ranked: list[list[str]] = []
     t0 = time.perf_counter()
-    for b in range(0, len(cases), batch):
-        chunk = cases[b: b + batch]
-        out = rec.recommend([c.history for c in chunk], k,
-                            [frozenset({c.history[-1].item_id}) for c in chunk])
-        ranked.extend([i for i, _ in row] for row in out)
+    ranked = rank_cases(rec, cases, k, batch)
     ms = (time.perf_counter() - t0) * 1000.0 / max(1, len(cases))
     targets = [c.target for c in cases]
     metrics = rank_metrics(ranked, targets, k)

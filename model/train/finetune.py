@@ -14,7 +14,7 @@ from model.encoding import seq_rows
 from model.nets.ranker import listwise_loss
 from model.recommenders.hybrid import HybridRecommender
 from model.recommenders.sequence import SequenceModel
-from model.train.data import Case
+from model.train.data import Case, rank_cases
 from model.train.metrics import rank_metrics
 from model.train.ranker import ranker_chunks
 from model.train.sequence import Rows, next_item_loss, window_inputs
@@ -66,13 +66,7 @@ def poll_cases(users: Mapping[str, Sequence[SeqItem]], new_from: Mapping[str, in
 
 def prequential(rec: HybridRecommender, cases: Sequence[Case]) -> dict[str, float]:
     """HR/MRR/NDCG@20 of the model as it is, on cases it has not learned from yet."""
-    ranked: list[list[str]] = []
-    for b in range(0, len(cases), 256):
-        part = cases[b: b + 256]
-        out = rec.recommend([c.history for c in part], K,
-                            [frozenset({c.history[-1].item_id}) for c in part])
-        ranked.extend([i for i, _ in row] for row in out)
-    return rank_metrics(ranked, [c.target for c in cases], K)
+    return rank_metrics(rank_cases(rec, cases, K), [c.target for c in cases], K)
 
 
 def fine_tune_ranker(rec: HybridRecommender, cases: Sequence[Case], cfg: FineTuneConfig

@@ -16,7 +16,7 @@ from model.encoding import SeqBatch, encode_rows, seq_rows
 from model.errors import DataError
 from model.nets import SeqRecConfig, SeqRecNet, build_recommender
 from model.recommenders.neural import NeuralRecommender
-from model.train.data import Case, cases_between
+from model.train.data import Case, cases_between, rank_cases
 from model.train.metrics import rank_metrics
 from model.types import SeqItem
 from model.vocab import RESERVED, UNK, ItemVocab
@@ -140,13 +140,7 @@ def validation_split(train: Mapping[str, Sequence[SeqItem]], frac: float, max_ca
 
 def _valid_metrics(rec: NeuralRecommender, cases: Sequence[Case], k: int = 20
                    ) -> dict[str, float]:
-    ranked: list[list[str]] = []
-    for b in range(0, len(cases), 256):
-        chunk = cases[b: b + 256]
-        out = rec.recommend([c.history for c in chunk], k,
-                            [frozenset({c.history[-1].item_id}) for c in chunk])
-        ranked.extend([i for i, _ in row] for row in out)
-    return rank_metrics(ranked, [c.target for c in cases], k)
+    return rank_metrics(rank_cases(rec, cases, k), [c.target for c in cases], k)
 
 
 def _epoch(net: SeqRecNet, opt: torch.optim.Optimizer,
