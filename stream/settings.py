@@ -92,6 +92,12 @@ class Settings(BaseSettings):
                            description="Table state and model registry.")
     store: Literal["rocksdb", "memory"] = Field("rocksdb", json_schema_extra=_in("worker"),
                                                 description="Table store.")
+    rocksdb_memtable_mb: int = Field(
+        4, ge=1, le=1024, json_schema_extra=_in("worker"), description="RocksDB write buffer "
+        "per table partition (two are kept); bounds the state store's write memory.")
+    rocksdb_cache_mb: int = Field(
+        8, ge=1, le=4096, json_schema_extra=_in("worker"), description="RocksDB block cache "
+        "per table partition.")
     batch_max: int = Field(1000, ge=1, le=100_000, json_schema_extra=_in("worker"),
                            description="Max events per batch.")
     batch_within_ms: int = Field(5, ge=1, le=10_000, json_schema_extra=_in("worker"),

@@ -31,6 +31,13 @@ from stream.settings import Settings
 __all__ = ["WARMUP_MINUTES", "rss_mb", "run_soak", "summarise"]
 
 WARMUP_MINUTES = 2  # RSS growth is judged after this: imports, caches and tables fill first
+# The offering client batches like an application sending 1,000 ev/s would (Kafka clients'
+# linger.ms is 5 ms by default, batching tens of events at this rate in one client). At 5 ms
+# nearly every event became a batch of its own on the embedded broker, and tansu's memory
+# engine lists every stored batch of a partition on each fetch (tansu-storage dynostore
+# `fetch`): a bare consumer's latency grew from 17 to 330 ms as 1.5 GB accumulated, and the
+# worker's lag with it (docs/benchmarks/soak-2026-12.md).
+SOAK_LINGER_MS = 50
 
 
 def rss_mb(pid: int) -> float | None:
@@ -77,7 +84,7 @@ async def _offer_minutes(soak: _Soak) -> list[dict[str, Any]]:
     s = soak.settings
     consumer = AIOKafkaConsumer(**s.aiokafka_config(), enable_auto_commit=False,
                                 fetch_max_wait_ms=5, max_poll_records=5000)
-    producer = AIOKafkaProducer(**s.aiokafka_config(), linger_ms=5, acks=1)
+    producer = AIOKafkaProducer(**s.aiokafka_config(), linger_ms=SOAK_LINGER_MS, acks=1)
     await consumer.start()
     await producer.start()
     obs, samples, topic = LatencyObserver(), [], s.topic_prefix + "events"

@@ -37,7 +37,7 @@ from stream.feedback.privacy import Pseudonymizer
 from stream.feedback.risk_labels import RiskLabelJoin, attach_risk_labels
 from stream.feedback.web import serve_probes
 from stream.kafka.admin import ensure_topics
-from stream.kafka.faust_app import bytes_topic, new_faust_app, run_until_stopped
+from stream.kafka.faust_app import bytes_table, bytes_topic, new_faust_app, run_until_stopped
 from stream.kafka.recovery import install_exact_highwaters
 from stream.records import feedback_record
 from stream.schemas import EpochMs
@@ -279,9 +279,8 @@ def create_feedback_app(settings: Settings) -> FeedbackWorker:
                              "keyed pseudonym instead of the user id")
     app = new_faust_app(settings, f"{settings.app_id}-feedback", "faust-feedback",
                         web_enabled=False)
-    table = app.Table(f"{settings.topic_prefix}feedback-join", partitions=settings.partitions,
-                      key_type=bytes, value_type=bytes,
-                      help="user id -> pending decisions, engagements, emitted rec ids")
+    table = bytes_table(app, settings, "feedback-join",
+                        help="user id -> pending decisions, engagements, emitted rec ids")
     install_exact_highwaters(app, settings)  # tansu under-reports changelog ends
     join = FeedbackJoin(app, settings, topics, table)
     join.attach_agent(bytes_topic(app, topics.decisions.name, topics.events.name),

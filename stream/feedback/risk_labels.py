@@ -26,7 +26,7 @@ import orjson
 
 from stream.errors import PoisonMessage
 from stream.feedback.privacy import Pseudonymizer
-from stream.kafka.faust_app import bytes_topic
+from stream.kafka.faust_app import bytes_table, bytes_topic
 from stream.records import dlq_record, risk_feedback_record
 from stream.schemas import decode_risk_label
 from stream.settings import Settings
@@ -168,9 +168,8 @@ class RiskLabelJoin(PartitionedJoin[PartitionIndex, UserLabels]):
 def attach_risk_labels(app: faust.App, settings: Settings, topics: Topics,
                        pseudo: Pseudonymizer) -> RiskLabelJoin:
     """Add the risk-label join (its table and agent) to the feedback app."""
-    table = app.Table(f"{settings.topic_prefix}risk-label-join", partitions=settings.partitions,
-                      key_type=bytes, value_type=bytes,
-                      help="user id -> scored events (snapshots) and waiting risk labels")
+    table = bytes_table(app, settings, "risk-label-join",
+                        help="user id -> scored events (snapshots) and waiting risk labels")
     join = RiskLabelJoin(app, settings, topics, table, pseudo)
     join.attach_agent(bytes_topic(app, topics.decisions.name, topics.risk_alerts.name,
                                   topics.risk_labels.name),

@@ -60,6 +60,20 @@ def new_faust_app(settings: Settings, app_id: str, datadir: str, **conf: Any) ->
     return faust.App(app_id, **{**shared, **conf})
 
 
+def bytes_table(app: faust.App, settings: Settings, name: str, help: str) -> Any:  # noqa: A002
+    """A changelogged table of raw bytes keys and values (`name` gets the topic prefix), its
+    RocksDB memory bounded by settings. Faust's defaults give each partition's database
+    three 64 MiB write buffers and a 2 GiB block cache: a 20-minute soak at 1,000 ev/s grew
+    the worker by ~55 MiB a minute as eight partitions filled their write buffers."""
+    mb = 1024 * 1024
+    options = {"write_buffer_size": settings.rocksdb_memtable_mb * mb,
+               "max_write_buffer_number": 2,
+               "block_cache_size": settings.rocksdb_cache_mb * mb,
+               "block_cache_compressed_size": settings.rocksdb_cache_mb * mb}
+    return app.Table(f"{settings.topic_prefix}{name}", partitions=settings.partitions,
+                     key_type=bytes, value_type=bytes, help=help, options=options)
+
+
 def bytes_topic(app: faust.App, *names: str, partitions: int | None = None) -> Any:
     """A topic (or several read as one) of raw bytes keys and values: lamstream's agents
     decode at their own edge (stream.schemas), never through Faust's codecs."""

@@ -8,7 +8,7 @@ from typing import Any
 import faust
 
 from model.predictor import Predictor
-from stream.kafka.faust_app import bytes_topic, new_faust_app, run_until_stopped
+from stream.kafka.faust_app import bytes_table, bytes_topic, new_faust_app, run_until_stopped
 from stream.kafka.faust_patches import install_batch_drain, set_fetch_max_wait
 from stream.kafka.recovery import install_exact_highwaters
 from stream.settings import Settings
@@ -60,13 +60,8 @@ def create_app(settings: Settings, predictor: Predictor | None = None) -> Worker
         canonical_url=settings.advertised_url(),
     )
     app.conf.table_cleanup_interval = 3600.0
-    table = app.Table(
-        f"{settings.topic_prefix}features",
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        help="user id -> rolling feature state",
-    )
+    table = bytes_table(app, settings, "features",
+                        help="user id -> rolling feature state")
     features = FeatureConfig.from_settings(settings)
     metrics = Metrics()
     events_topic = bytes_topic(app, topics.events.name, partitions=topics.events.partitions)
