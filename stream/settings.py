@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     model_name: str = Field("auto", json_schema_extra=_in("model"),
                             description="Recommender to serve: auto (latest trained, else "
                             "baseline) or baseline.")
+    predictor: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", json_schema_extra=_in("model"),
+        description="Serve your own model instead: package.module:factory, a callable that "
+        "returns a model.predictor.Predictor (docs/models.md, `lamstream model check`). "
+        "Announcements are ignored unless it sets accepts_announcements = True.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra=_in("model"),
                                                    description="Torch device.")
     recommend_on: Annotated[tuple[EventType, ...], NoDecode] = Field(

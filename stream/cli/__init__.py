@@ -1,6 +1,7 @@
 """The `lamstream` command line: one module per command group, assembled in main."""
 
 __all__ = [
+    "check",
     "data",
     "export",
     "main",
