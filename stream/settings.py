@@ -372,6 +372,13 @@ class Settings(BaseSettings):
         """WEB_HOST is a wildcard: the worker listens on every interface."""
         return self.web_host in ("0.0.0.0", "::", "")
 
+    def shared(self) -> dict[str, object]:
+        """What every process of one deployment must agree on (the worker's /health shows
+        it, `lamstream doctor` compares), and what the worker serves."""
+        return {"app_id": self.app_id, "topic_prefix": self.topic_prefix,
+                "partitions": self.partitions, "model_name": self.model_name,
+                "predictor": self.predictor}
+
     def advertised_url(self) -> str:
         """The worker's URL as its peers use it (Faust's canonical URL)."""
         if self.web_advertised_url is not None:

@@ -3,6 +3,7 @@
 __all__ = [
     "check",
     "data",
+    "doctor",
     "export",
     "main",
     "model",

@@ -36,7 +36,7 @@ def test_top_level_help_lists_each_command_on_one_line() -> None:
     out = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
     panel = out.split("─ Commands ")[1].split("╰")[0].splitlines()[1:]
     names = [line.split()[1] for line in panel]
-    assert names[:4] == ["broker", "worker", "feedback", "trainer"] and len(names) == 16
+    assert names[:4] == ["broker", "worker", "feedback", "trainer"] and len(names) == 17
     assert all(line[2] != " " for line in panel), out  # no line continues the one above
 
 
