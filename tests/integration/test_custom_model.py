@@ -1,14 +1,16 @@
-"""A worker serves the user's own torch model (examples/custom_model, LAMSTREAM_PREDICTOR)."""
+"""A worker serves the user's own torch model (examples/custom_model, LAMSTREAM_PREDICTOR):
+recommendations, the decision log and the dashboard name it; announcements are ignored."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from stream.client import PredictionSubscriber, announce_model
+from stream.client import PredictionSubscriber, announce_model, tail
 from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
 from stream.schemas import Recommendation
@@ -55,8 +57,15 @@ def test_worker_serves_the_example_custom_model_and_ignores_announcements(
             send(s, encode(second))
             poll_until(collect(sub, triggers(first + second)), timeout=60,
                        message="recommendations after the announcement")
+        # the dashboard and the decision log (what the feedback join reads) name it too
+        status, stats = get_json(f"{base}/api/stats")
+        assert status == 200 and "custom-torch" in json.dumps(stats)
+        decisions = [v for _, v in tail(s, f"{s.topic_prefix}decisions", from_beginning=True,
+                                        timeout=3)]
     finally:
         stop_worker(proc)
     assert {(r.model, r.model_version) for r in recs.values()} == {("custom-torch", "1.0")}
     assert all(r.items and len(r.items) == s.top_k for r in recs.values())
     assert all(i.item_id.startswith("item-") for r in recs.values() for i in r.items)
+    assert {d["event_id"] for d in decisions} >= triggers(first + second)
+    assert {(d["model"], d["model_version"]) for d in decisions} == {("custom-torch", "1.0")}
