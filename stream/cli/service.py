@@ -70,8 +70,13 @@ def worker(
     """
     settings = get_settings(web_port=web_port, data_dir=data_dir, predictor=predictor)
     setup_logging(settings)
-    with errors(), broker_for(settings) as s:
-        run_worker(s)
+    with errors():
+        if settings.predictor:  # a factory that cannot be imported fails before any broker
+            from stream.worker.custom import import_factory
+
+            import_factory(settings.predictor)
+        with broker_for(settings) as s:
+            run_worker(s)
 
 
 @command(app)
@@ -219,8 +224,9 @@ def run_worker(settings: Settings) -> None:
     from stream.kafka.admin import ensure_topics  # kafka and faust: not for --help
     from stream.worker.app import create_app, run_until_stopped
 
+    predictor = build_predictor(settings)  # the user's own may fail: before touching Kafka
     ensure_topics(settings)
-    w = create_app(settings, predictor=build_predictor(settings))
+    w = create_app(settings, predictor=predictor)
     tune_gc()
     tune_switching(settings)
     typer.echo(f"worker {settings.app_id}: http://{settings.web_host}:{settings.web_port} "

@@ -107,10 +107,18 @@ def test_the_setting_refuses_what_is_not_a_predictor() -> None:
     assert issubclass(SettingsError, LamstreamError)
 
 
-def test_the_worker_option_is_the_setting() -> None:
+def test_the_worker_option_is_the_setting_and_fails_before_any_broker() -> None:
     result = CliRunner().invoke(app, ["worker", "--predictor", "bad spec"])
     assert result.exit_code == 2
     assert "LAMSTREAM_PREDICTOR" in result.output
+    # an unreachable broker would take 30 s to fail: the import is refused first
+    result = CliRunner().invoke(app, ["worker", "--predictor", "no_such_package:make"],
+                                env={"LAMSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        "error: predictor 'no_such_package:make': cannot import 'no_such_package': "
+        "ModuleNotFoundError: No module named 'no_such_package' (is it installed, or on "
+        "PYTHONPATH?)")
 
 
 def test_the_example_serves_through_the_exploration_policy() -> None:
