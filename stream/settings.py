@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     model_name: str = Field("auto", json_schema_extra=_in("model"),
                             description="Recommender to serve: auto (latest trained, else "
                             "baseline) or baseline.")
+    predictor: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", json_schema_extra=_in("model"),
+        description="Serve your own model instead: package.module:factory, a callable that "
+        "returns a model.predictor.Predictor (docs/models.md, `lamstream model check`). "
+        "Announcements are ignored unless it sets accepts_announcements = True.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", json_schema_extra=_in("model"),
                                                    description="Torch device.")
     recommend_on: Annotated[tuple[EventType, ...], NoDecode] = Field(
@@ -372,6 +377,13 @@ class Settings(BaseSettings):
     def web_binds_all(self) -> bool:
         """WEB_HOST is a wildcard: the worker listens on every interface."""
         return self.web_host in ("0.0.0.0", "::", "")
+
+    def shared(self) -> dict[str, object]:
+        """What every process of one deployment must agree on (the worker's /health shows
+        it, `lamstream doctor` compares), and what the worker serves."""
+        return {"app_id": self.app_id, "topic_prefix": self.topic_prefix,
+                "partitions": self.partitions, "model_name": self.model_name,
+                "predictor": self.predictor}
 
     def advertised_url(self) -> str:
         """The worker's URL as its peers use it (Faust's canonical URL)."""

@@ -79,6 +79,18 @@ def topics_for(settings: Settings) -> Topics:
     )
 
 
+def consumer_groups(settings: Settings) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """{process: (its consumer group, the topics it reads in that group)}: the worker, the
+    feedback join (both joins) and the trainer. Their probes report lag on these topics."""
+    t = topics_for(settings)
+    return {
+        "worker": (settings.app_id, (t.events.name,)),
+        "feedback": (f"{settings.app_id}-feedback", (t.decisions.name, t.events.name,
+                                                     t.risk_alerts.name, t.risk_labels.name)),
+        "trainer": (f"{settings.app_id}-trainer", (t.feedback.name, t.risk_feedback.name)),
+    }
+
+
 def table_changelog(settings: Settings, table: str) -> str:
     """Faust's changelog topic name for one of our tables."""
     return f"{settings.app_id}-{settings.topic_prefix}{table}-changelog"

@@ -103,6 +103,10 @@ class BaselinePredictor:
         self._spend = _Welford()
         self.events_seen = 0
 
+    # predict_batch learns each event right after predicting it: asked twice, it answers
+    # differently (model.testing.check_predictor skips its repeat rules for that reason)
+    learns_online = True
+
     # -- learning -------------------------------------------------------------------
     def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
         """Nothing left to learn: predict_batch learned each event right after predicting it."""

@@ -1,7 +1,9 @@
 """The `lamstream` command line: one module per command group, assembled in main."""
 
 __all__ = [
+    "check",
     "data",
+    "doctor",
     "export",
     "main",
     "model",

@@ -33,8 +33,9 @@ def command(group: typer.Typer, name: str | None = None) -> Callable[[F], F]:
     break its sentences wherever the terminal is wider or narrower. The first line is the
     summary `lamstream --help` lists."""
     def register(f: F) -> F:
-        paragraphs = inspect.cleandoc(f.__doc__ or "").split("\n\n")
-        group.command(name, help="\n\n".join(" ".join(p.split()) for p in paragraphs))(f)
+        paragraphs = [" ".join(p.split()) for p in inspect.cleandoc(f.__doc__ or "").split("\n\n")]
+        # short_help: the listing shows the whole first sentence, never click's 45-character cut
+        group.command(name, help="\n\n".join(paragraphs), short_help=paragraphs[0])(f)
         return f
     return register
 

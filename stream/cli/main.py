@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
+from typing import Annotated
 
 import typer
 
-from stream.cli import data, export, model, service, tools
+from stream.cli import data, doctor, export, model, service, tools
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="lamstream: real-time user-behaviour prediction on Kafka.")
@@ -18,6 +20,24 @@ app.add_typer(model.train_app, name="train")
 app.add_typer(model.evaluate_app, name="evaluate")
 app.add_typer(model.model_app, name="model")
 app.add_typer(export.export_app, name="export")
+app.add_typer(doctor.app)  # doctor
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            version = importlib.metadata.version("lamstream")
+        except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+            version = "unknown (not installed)"
+        typer.echo(f"lamstream {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print lamstream's version and exit.")] = False) -> None:
+    """lamstream: real-time user-behaviour prediction on Kafka."""
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from stream.cli._common import (
     resolve_data_dir,
     say,
 )
+from stream.cli.check import model_check
 from stream.cli.policy import evaluate_policy
 from stream.errors import LamstreamError, UsageError
 from stream.feedback.source import load_feedback
@@ -28,7 +29,7 @@ train_app = typer.Typer(no_args_is_help=True, help="Train models from event file
                         "them to the registry.")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Offline evaluation on a temporal split.")
 model_app = typer.Typer(no_args_is_help=True,
-                        help="The model registry: list, rollback, gate, announce.")
+                        help="The model registry: list, rollback, gate, announce, check.")
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Event file (CSV/TSV/JSONL, any layout "
                                        "`lamstream produce` reads).")]
@@ -305,3 +306,4 @@ def model_announce(
 
 
 command(evaluate_app, "policy")(evaluate_policy)
+command(model_app, "check")(model_check)

@@ -13,6 +13,7 @@ import orjson
 import typer
 
 from model.errors import FeatureMismatch
+from model.predictor import Predictor
 from model.recommenders.baseline import BaselinePredictor
 from model.registry import ModelRegistry
 from stream.cli._common import command, errors, get_settings, setup_logging, sigterm_to_exit
@@ -55,18 +56,27 @@ def broker(port: Annotated[int, typer.Option(help="Port to listen on.")] = 9092,
 def worker(
     web_port: Annotated[int | None, typer.Option(help="HTTP port (LAMSTREAM_WEB_PORT).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="State dir (LAMSTREAM_DATA_DIR).")] = None,
+    predictor: Annotated[str | None, typer.Option(
+        help="Serve your own model: package.module:factory returning a "
+        "model.predictor.Predictor (LAMSTREAM_PREDICTOR; docs/models.md).")] = None,
 ) -> None:
     """Run a worker: consume events, publish decisions, serve HTTP.
 
     It keeps every user's rolling features in its tables, publishes a recommendation (and,
     above LAMSTREAM_RISK_THRESHOLD, a risk alert) per event and serves the dashboard,
     /features and /metrics. With LAMSTREAM_BOOTSTRAP_SERVERS unset, an embedded broker is
-    started first.
+    started first. With --predictor (LAMSTREAM_PREDICTOR) it serves your own model through
+    the same exploration policy, decision log and dashboard.
     """
-    settings = get_settings(web_port=web_port, data_dir=data_dir)
+    settings = get_settings(web_port=web_port, data_dir=data_dir, predictor=predictor)
     setup_logging(settings)
-    with errors(), broker_for(settings) as s:
-        run_worker(s)
+    with errors():
+        if settings.predictor:  # a factory that cannot be imported fails before any broker
+            from stream.worker.custom import import_factory
+
+            import_factory(settings.predictor)
+        with broker_for(settings) as s:
+            run_worker(s)
 
 
 @command(app)
@@ -136,8 +146,11 @@ def trainer(
 
 
 def build_predictor(settings: Settings) -> Any:
-    """The predictor the worker starts with: the registry's latest, else the online baseline
-    (with the latest published risk model, if any: model.risk.overlay)."""
+    """The predictor the worker starts with: the user's own (LAMSTREAM_PREDICTOR), else the
+    registry's latest, else the online baseline (with the latest published risk model, if
+    any: model.risk.overlay)."""
+    if settings.predictor:
+        return build_custom(settings)
     predictor: Any = BaselinePredictor()
     try:  # torch: imported here so that --help and a torch-less install stay light
         from model.risk.overlay import overlay_risk
@@ -161,6 +174,24 @@ def build_predictor(settings: Settings) -> Any:
                       "serves instead", exc)
             predictor, with_risk = BaselinePredictor(), False
     return predictor
+
+
+def build_custom(settings: Settings) -> Predictor:
+    """The user's predictor; one that accepts announcements also gets the registry's latest
+    risk model, as the baseline does (its own risk scores otherwise)."""
+    from stream.worker.custom import accepts_announcements, import_factory, make_custom
+
+    spec = settings.predictor or ""
+    factory = import_factory(spec)
+    predictor = make_custom(factory, spec)
+    log.info("serving %s: %s %s", spec, predictor.name, predictor.version)
+    if not accepts_announcements(factory, predictor):
+        return predictor
+    from model.risk.overlay import overlay_risk  # torch: the user's model brought it already
+
+    produced = FeatureConfig.from_settings(settings).produced_names
+    return overlay_risk(predictor, ModelRegistry(settings.data_dir), device=settings.device,
+                        features=produced)
 
 
 def tune_gc() -> None:
@@ -193,8 +224,9 @@ def run_worker(settings: Settings) -> None:
     from stream.kafka.admin import ensure_topics  # kafka and faust: not for --help
     from stream.worker.app import create_app, run_until_stopped
 
+    predictor = build_predictor(settings)  # the user's own may fail: before touching Kafka
     ensure_topics(settings)
-    w = create_app(settings, predictor=build_predictor(settings))
+    w = create_app(settings, predictor=predictor)
     tune_gc()
     tune_switching(settings)
     typer.echo(f"worker {settings.app_id}: http://{settings.web_host}:{settings.web_port} "

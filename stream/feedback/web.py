@@ -14,7 +14,7 @@ from stream import probes
 from stream.kafka.faust_patches import recovery_done
 from stream.probes import LagProbe, counter, gauge, lag_gauge
 from stream.settings import Settings
-from stream.topics import topics_for
+from stream.topics import consumer_groups
 
 __all__ = ["feedback_families", "feedback_health", "serve_probes"]
 
@@ -69,9 +69,8 @@ def feedback_families(fw: Any, lag: LagProbe) -> Iterable[Metric]:
 def serve_probes(fw: Any, settings: Settings) -> contextlib.AbstractContextManager[None]:
     """/health and /metrics on WEB_HOST:FEEDBACK_WEB_PORT while the join runs; the lag is of
     the group `<app_id>-feedback` on the topics both joins read."""
-    t = topics_for(settings)
+    group, topics = consumer_groups(settings)["feedback"]
     return probes.serve_probes(
-        "feedback", settings, settings.feedback_web_port, f"{settings.app_id}-feedback",
-        (t.decisions.name, t.events.name, t.risk_alerts.name, t.risk_labels.name),
+        "feedback", settings, settings.feedback_web_port, group, topics,
         lambda lag, started: feedback_health(fw, lag, started),
         lambda lag: feedback_families(fw, lag))

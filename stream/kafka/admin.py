@@ -20,10 +20,25 @@ log = logging.getLogger(__name__)
 _TOPIC_ALREADY_EXISTS = 36
 
 
+class _AdminClient(KafkaAdminClient):  # type: ignore[misc]
+    """kafka-python's admin client, minus ACL decoding in DescribeGroups answers.
+
+    kafka-python 3.0 always asks DescribeGroups for the authorized operations and decodes
+    them into an enum; tansu answers with an operation bit (15) the enum lacks, and the whole
+    call raised ValueError. lamstream reads no ACLs, so the field is dropped instead."""
+
+    def _process_acl_operations(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj.pop("authorized_operations", None)
+        return obj
+
+
 @contextmanager
-def _admin(settings: Settings) -> Iterator[KafkaAdminClient]:
+def admin_client(settings: Settings, **config: Any) -> Iterator[KafkaAdminClient]:
+    """A kafka-python admin client with the settings' TLS/SASL (and `config`, kafka-python's
+    options); InfraError when the cluster cannot be reached."""
     try:
-        admin = KafkaAdminClient(**settings.kafka_python_config(), client_id="lamstream-admin")
+        admin = _AdminClient(**settings.kafka_python_config(), client_id="lamstream-admin",
+                             **config)
     except KafkaError as exc:
         raise InfraError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from None
     try:
@@ -47,7 +62,7 @@ def _describe_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str,
 
 def list_topics(settings: Settings) -> dict[str, int]:
     """Every non-internal topic on the cluster with its partition count, sorted by name."""
-    with _admin(settings) as admin:
+    with admin_client(settings) as admin:
         try:
             names = [n for n in admin.list_topics() if not n.startswith("__")]
             return dict(sorted(_describe_partitions(admin, names).items()))
@@ -63,7 +78,7 @@ def ensure_topics(settings: Settings, *, timeout: float = 30.0) -> list[str]:
     between worker table shards, which an operator must decide on.
     """
     specs = topics_for(settings).all()
-    with _admin(settings) as admin:
+    with admin_client(settings) as admin:
         try:
             existing = set(admin.list_topics())
             have = _describe_partitions(admin, [s.name for s in specs if s.name in existing])
@@ -178,7 +193,7 @@ def consumer_lag(settings: Settings, group_id: str, topic: str, *,
         raise InfraError(f"cannot read offsets of {topic!r}: {exc}") from None
     finally:
         consumer.close()
-    with _admin(settings) as admin:
+    with admin_client(settings) as admin:
         try:
             committed = admin.list_group_offsets({group_id: tps}).get(group_id, {})
         except KafkaError as exc:

@@ -13,7 +13,7 @@ from prometheus_client.core import Metric
 from stream import probes
 from stream.probes import LagProbe, counter, gauge, lag_gauge
 from stream.settings import Settings
-from stream.topics import topics_for
+from stream.topics import consumer_groups
 
 __all__ = ["gate_outcome", "serve_probes", "trainer_families", "trainer_health"]
 
@@ -78,9 +78,8 @@ def trainer_families(ct: Any, lag: LagProbe) -> Iterable[Metric]:
 def serve_probes(ct: Any, settings: Settings) -> contextlib.AbstractContextManager[None]:
     """/health and /metrics on WEB_HOST:TRAINER_WEB_PORT while the trainer runs; the lag is
     of the group `<app_id>-trainer` on feedback and risk-feedback."""
-    t = topics_for(settings)
+    group, topics = consumer_groups(settings)["trainer"]
     return probes.serve_probes(
-        "trainer", settings, settings.trainer_web_port, f"{settings.app_id}-trainer",
-        (t.feedback.name, t.risk_feedback.name),
+        "trainer", settings, settings.trainer_web_port, group, topics,
         lambda lag, started: trainer_health(ct, lag, started),
         lambda lag: trainer_families(ct, lag))

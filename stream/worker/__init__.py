@@ -13,4 +13,5 @@ __all__ = [
     "routing",
     "metrics",
     "exploration",
+    "custom",
 ]

@@ -11,13 +11,13 @@ from typing import Any
 from mode import Service
 from pydantic import ValidationError
 
-from model.policy.exploration import ExplorationPredictor
 from model.predictor import Predictor
 from model.recommenders.baseline import BaselinePredictor
 from model.types import RERANKER
 from stream.schemas import ModelUpdate
 from stream.settings import Settings
 from stream.state.features import FeatureConfig
+from stream.worker.custom import custom_loader, served_model
 from stream.worker.exploration import ExploringHolder, load_reranker
 from stream.worker.holder import PredictorHolder
 from stream.worker.types import Worker
@@ -46,12 +46,7 @@ def decode_update(raw: bytes | None) -> ModelUpdate | None:
 def online_base(predictor: Predictor) -> Predictor | None:
     """The online baseline inside a served predictor (under its exploration policy and risk
     overlay), or None when a published recommender serves."""
-    from model.risk.overlay import RiskOverlay  # brings torch: only once a model is announced
-
-    if isinstance(predictor, ExplorationPredictor):
-        predictor = predictor.inner
-    if isinstance(predictor, RiskOverlay):
-        predictor = predictor.inner
+    predictor = served_model(predictor)
     return predictor if isinstance(predictor, BaselinePredictor) else None
 
 
@@ -236,8 +231,13 @@ class ModelUpdatesReader(Service):
 
 
 def attach_model_updates(worker: Worker) -> ModelUpdatesReader:
-    """The reader that offers each announced model to the ingest agent's predictor holder."""
-    load = registry_loader(worker.settings, lambda: worker.ingest.holder.current)
+    """The reader that offers each announced model to the ingest agent's predictor holder
+    (a user's own predictor, LAMSTREAM_PREDICTOR, takes them only if it opts in)."""
+    def current() -> Predictor:
+        return worker.ingest.holder.current
+
+    load = (custom_loader(worker.settings, current) if worker.settings.predictor else
+            registry_loader(worker.settings, current))
     reader = ModelUpdatesReader(worker, load)
     worker.app.add_dependency(reader)
     return reader

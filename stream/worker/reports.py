@@ -44,6 +44,8 @@ def health_report(worker: Worker) -> dict[str, Any]:
         "model_version_pending": pending.version if pending is not None else None,
         "model_refused": worker.metrics.last_refusal,  # the latest announcement not served
         "uptime_s": round(time.time() - ingest.started_at, 1),
+        # what must agree between processes, for `lamstream doctor` to compare
+        "settings": worker.settings.shared(),
     }
 
 

@@ -1,10 +1,12 @@
-"""The contract every model class passes: nets, the risk net, and every Recommender."""
+"""The contract every model class passes: nets, the risk net, every Recommender and every
+Predictor (model.testing.check_predictor, the rules a user's own model is checked against)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +16,9 @@ from model.encoding import SeqBatch, encode_sequences
 from model.nets import RiskConfig, RiskNet, SeqRecConfig, SeqRecNet, build_recommender
 from model.nets.gru import GRURec
 from model.nets.ranker import RankerConfig, RankerNet
+from model.predictor import Predictor
 from model.recommenders.base import Recommender
+from model.recommenders.baseline import BaselinePredictor
 from model.recommenders.candidates import CandidateTables
 from model.recommenders.counts import fit_counts
 from model.recommenders.hybrid import HybridRecommender
@@ -22,7 +26,8 @@ from model.recommenders.loading import load_recommender
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.recommenders.neural import NeuralRecommender
 from model.recommenders.sequence import SequenceModel
-from model.types import FEATURE_NAMES, SeqItem
+from model.testing import CONTRACT_RULES, FakePredictor, check_predictor
+from model.types import FEATURE_NAMES, Prediction, PredictionContext, ScoredItem, SeqItem
 from model.vocab import ItemVocab
 
 ITEMS = [f"i{n}" for n in range(30)]
@@ -279,3 +284,123 @@ def test_fast_top_k_equals_full_table_ranking(kind: str) -> None:
         assert [i for i, _ in got] == [i for i, _ in ranked]
         torch.testing.assert_close([s for _, s in got], [s for _, s in ranked],
                                    rtol=1e-4, atol=1e-4)
+
+
+# --- the Predictor contract (model.testing.check_predictor): what the worker relies on ------
+
+def _model_predictor(method: str) -> Predictor:
+    from model.serving import ModelPredictor
+
+    return ModelPredictor(REC_FACTORIES[method](), None, version="v1", risk_version=None)
+
+
+def _exploring() -> Predictor:
+    from model.policy.exploration import ExplorationPredictor
+    from model.policy.policies import make_policy
+
+    return ExplorationPredictor(FakePredictor(), make_policy("epsilon_greedy"), pool=10)
+
+
+PREDICTORS: dict[str, Callable[[], Predictor]] = {
+    "fake": FakePredictor,
+    "baseline": BaselinePredictor,
+    "exploring": _exploring,
+    **{f"served-{m}": (lambda m=m: _model_predictor(m))  # type: ignore[misc]
+       for m in ("popularity", "covisitation", "gru", "sasrec", "hybrid")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREDICTORS))
+def test_every_predictor_passes_the_predictor_contract(name: str) -> None:
+    predictor = PREDICTORS[name]()
+    try:
+        assert check_predictor(predictor) == []
+    finally:
+        close = getattr(predictor, "close", None)
+        if callable(close):
+            close()
+
+
+class _LearnFails(FakePredictor):
+    def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
+        raise RuntimeError("no online learning here")
+
+
+class _Broken(FakePredictor):
+    """A FakePredictor whose answers `mutate` spoils, to show each rule can fail."""
+
+    def __init__(self, mutate: Callable[[_Broken, list[Prediction]], list[Prediction]],
+                 **kw: Any) -> None:
+        super().__init__(**kw)
+        self.mutate = mutate
+        self.calls = 0
+
+    def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
+        self.calls += 1
+        return self.mutate(self, super().predict_batch(contexts))
+
+
+def _each(fn: Callable[[Prediction], None]) -> Callable[[_Broken, list[Prediction]],
+                                                          list[Prediction]]:
+    def mutate(_: _Broken, preds: list[Prediction]) -> list[Prediction]:
+        for p in preds:
+            fn(p)
+        return preds
+    return mutate
+
+
+def _set(**values: Any) -> Callable[[Prediction], None]:
+    def fn(p: Prediction) -> None:
+        for k, v in values.items():
+            setattr(p, k, v)
+    return fn
+
+
+def _items(fn: Callable[[tuple[ScoredItem, ...]], tuple[ScoredItem, ...]]
+           ) -> Callable[[Prediction], None]:
+    def apply(p: Prediction) -> None:
+        if p.items:
+            p.items = fn(p.items)
+    return apply
+
+
+BROKEN: dict[str, Callable[[], object]] = {
+    "protocol": lambda: object(),
+    "identity": lambda: FakePredictor(version=""),
+    "answers": lambda: _Broken(lambda _, ps: ps[:-1] if ps else ps),
+    "labels": lambda: _Broken(_each(_set(model="someone-else"))),
+    "k": lambda: _Broken(_each(_items(lambda it: it + (ScoredItem("extra-item", -1.0),) * 40))),
+    "exclusions": lambda: _Broken(_each(_items(lambda it: (ScoredItem("item-0", 9.0),
+                                                           *it)))),
+    "unique": lambda: _Broken(_each(_items(lambda it: (it[0], *it)))),
+    "order": lambda: _Broken(_each(_items(lambda it: tuple(reversed(it))))),
+    "propensity": lambda: _Broken(_each(_items(lambda it: tuple(s._replace(propensity=0.0)
+                                                                for s in it)))),
+    "risk": lambda: _Broken(_each(lambda p: setattr(p.risk, "score", 1.5))),
+    "deterministic": lambda: _Broken(lambda b, ps: ps if b.calls < 3 else [
+        Prediction(items=(), risk=p.risk, model=p.model, model_version=p.model_version,
+                   risk_model_version=p.risk_model_version) for p in ps]),
+    "batch_of_one": lambda: _Broken(lambda _, ps: ps if len(ps) > 1 else [
+        Prediction(items=(), risk=p.risk, model=p.model, model_version=p.model_version,
+                   risk_model_version=p.risk_model_version) for p in ps]),
+    "learns": lambda: _LearnFails(),
+}
+
+
+def test_every_contract_rule_is_tried() -> None:
+    assert set(BROKEN) == set(CONTRACT_RULES)
+
+
+@pytest.mark.parametrize("rule", sorted(BROKEN))
+def test_the_contract_names_the_rule_a_predictor_breaks(rule: str) -> None:
+    fails = check_predictor(BROKEN[rule]())
+    assert rule in {f.rule for f in fails}, fails
+    assert all(f.message and "\n" not in f.message for f in fails)
+
+
+def test_an_online_learner_is_not_asked_to_repeat_itself() -> None:
+    online = _Broken(lambda b, ps: ps if b.calls < 3 else [])  # would break `answers` later
+    assert "deterministic" in {f.rule for f in check_predictor(online)}
+    online = _Broken(lambda b, ps: ps if b.calls < 3 else [])
+    online.learns_online = True  # type: ignore[attr-defined]
+    assert check_predictor(online) == []

@@ -36,8 +36,35 @@ def test_top_level_help_lists_each_command_on_one_line() -> None:
     out = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
     panel = out.split("─ Commands ")[1].split("╰")[0].splitlines()[1:]
     names = [line.split()[1] for line in panel]
-    assert names[:4] == ["broker", "worker", "feedback", "trainer"] and len(names) == 16
+    assert names[:4] == ["broker", "worker", "feedback", "trainer"] and len(names) == 17
     assert all(line[2] != " " for line in panel), out  # no line continues the one above
+
+
+def _listed(path: list[str]) -> dict[str, str]:
+    """{command: the summary its group's --help lists}, read from a wide terminal's output."""
+    out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+    rows = out.split("─ Commands ")[1].split("╰")[0].splitlines()[1:]
+    return {name: summary for name, summary in (row.strip("│ ").split(None, 1) for row in rows)}
+
+
+def _commands_of(group: Any) -> dict[str, Any]:
+    return dict(getattr(group, "commands", {}))
+
+
+def test_each_listed_summary_is_the_whole_first_sentence() -> None:
+    """`lamstream --help` and each group's list show one whole sentence per command: the
+    first paragraph of its help, not cut (click shortens to 45 characters with "...")."""
+    root = typer.main.get_command(app)
+    groups = [([], root)] + [([name], sub) for name, sub in _commands_of(root).items()
+                             if _commands_of(sub)]
+    assert len(groups) >= 6
+    for path, group in groups:
+        listed = _listed(path)
+        assert set(listed) == set(_commands_of(group)), path
+        for name, sub in _commands_of(group).items():
+            want = (sub.help or "").split("\n\n")[0].strip()
+            assert listed[name].strip() == want, (path, name, listed[name])
+            assert want.endswith(".") and "..." not in want and "\n" not in want, (path, name)
 
 
 def test_errors_are_one_line_with_the_documented_exit_codes(
