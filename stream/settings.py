@@ -92,6 +92,10 @@ class Settings(BaseSettings):
                            description="Table state and model registry.")
     store: Literal["rocksdb", "memory"] = Field("rocksdb", json_schema_extra=_in("worker"),
                                                 description="Table store.")
+    stall_after_s: float = Field(
+        60.0, ge=1.0, le=3600.0, json_schema_extra=_in("worker"), description="/health "
+        "answers 503 `stalled` when the worker's partitions have lag and no batch was "
+        "processed for this long (liveness probes then restart it).")
     rocksdb_memtable_mb: int = Field(
         4, ge=1, le=1024, json_schema_extra=_in("worker"), description="RocksDB write buffer "
         "per table partition (two are kept); bounds the state store's write memory.")

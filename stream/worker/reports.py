@@ -32,8 +32,11 @@ def health_report(worker: Worker) -> dict[str, Any]:
     recovery_done = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
     ok = (ingest.state == "running" and not app.should_stop and recovery_done
           and not app.rebalancing)
+    stalled_s = stalled_for(worker) if ok else None
     return {
-        "status": "ok" if ok else "starting",
+        "status": "starting" if not ok else "stalled" if stalled_s is not None else "ok",
+        # seconds without a processed batch while events wait (None: not stalled)
+        "stalled_for_s": stalled_s,
         "ingest": ingest.state,
         "rebalancing": bool(app.rebalancing),
         "recovery_completed": recovery_done,
@@ -47,6 +50,18 @@ def health_report(worker: Worker) -> dict[str, Any]:
         # what must agree between processes, for `lamstream doctor` to compare
         "settings": worker.settings.shared(),
     }
+
+
+def stalled_for(worker: Worker) -> float | None:
+    """Seconds since the last processed batch when events wait on this worker's partitions
+    and that is longer than LAMSTREAM_STALL_AFTER_S; else None. What a running, assigned,
+    healthy-looking worker that has stopped consuming shows (a soak on the embedded broker
+    once stopped after ~400k events while every other check said ok)."""
+    ingest = worker.ingest
+    idle = time.time() - (ingest.stats.last_batch_at or ingest.started_at)
+    if idle <= worker.settings.stall_after_s or sum(update_lag(worker).values()) == 0:
+        return None
+    return round(idle, 1)
 
 
 def update_lag(worker: Worker) -> dict[str, int]:
