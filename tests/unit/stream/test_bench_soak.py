@@ -29,3 +29,9 @@ def test_rss_of_this_process_is_read_from_proc() -> None:
     mb = rss_mb(os.getpid())
     assert mb is not None and mb > 1.0
     assert rss_mb(2**22 + 12345) is None  # no such process
+
+
+def test_minutes_whose_health_was_not_ok_are_listed() -> None:
+    samples = [{**sample(m, 100.0, 0, 10.0), "health": h}
+               for m, h in [(1, "ok"), (2, "stalled"), (3, "ok"), (4, "unreachable")]]
+    assert summarise(samples, warmup=2)["minutes_not_ok"] == [2, 4]
