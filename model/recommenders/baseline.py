@@ -14,6 +14,7 @@ from model.types import (
     Reason,
     RiskOutput,
     ScoredItem,
+    SeqItem,
 )
 
 __all__ = ["BaselinePredictor", "RISK_RULES", "RiskRule"]
@@ -46,8 +47,14 @@ _RISK_BIAS = -5.0
 _RULE_TUPLES = tuple((r.feature, r.weight, r.offset, r.cap) for r in RISK_RULES)
 _second = operator.itemgetter(1)
 _third = operator.itemgetter(2)
-# weight of the user's own item at each age (0 = the event just seen): recency decay
-_RECENCY = tuple(0.3 / (1 + age) ** 0.5 for age in range(20))
+# weight of the user's own item at each age (0 = the event just seen): recency decay, over
+# as much history as the worker keeps (the features' sequence, 50 events)
+_RECENCY = tuple(0.3 / (1 + age) ** 0.5 for age in range(50))
+# Above every neighbour score (each of the `window` lists sums to at most 1 / (1 + rank)):
+# the user's own items all rank first while re-consumption is what hits
+_HISTORY_FIRST = 2.0
+_RATE_ALPHA = 0.002  # the EWMA of where next items come from: ~500 events of memory
+_RATE_TOP = 20  # a source "had" the next item when it was among its first this many
 
 
 class _Welford:
@@ -76,16 +83,20 @@ class _Welford:
 class BaselinePredictor:
     """Online popularity + item-to-item co-visitation, and a rule-based risk score.
 
-    Co-visitation: items that follow each other within a user's session (30 min gap) by
-    event time, weighted by event type; the user's own recent items are candidates too
-    (re-consumption is common in e-commerce logs); popularity fills the rest. Memory is
-    bounded: `max_items` items, `max_neighbours` neighbours each; counts decay by halving.
+    Co-visitation: items that follow each other in a user's sequence (adjacent by event
+    time, however far apart: reviews and purchases are days apart; `session_gap_ms` restores
+    the classic in-session variant), weighted by event type; the user's own items are
+    candidates too; popularity fills the rest. Which of the two sources ranks first is
+    learned online: the user's own items all go first while the next different item is
+    more often one of them (re-consumption, common in shop logs) than a neighbour of the
+    trigger; where nothing repeats, neighbours lead. Memory is bounded: `max_items` items,
+    `max_neighbours` neighbours each; counts decay by halving.
     """
 
     name = "covisitation"
 
     def __init__(self, *, max_items: int = 200_000, max_neighbours: int = 64,
-                 window: int = 3, session_gap_ms: int = 1_800_000,
+                 window: int = 3, session_gap_ms: int | None = None,
                  decay_every: int = 500_000) -> None:
         self.version = "baseline-online"
         self.max_items = max_items
@@ -102,6 +113,10 @@ class BaselinePredictor:
         self._since_top = 0
         self._spend = _Welford()
         self.events_seen = 0
+        # how often the next different item was in the user's history / among the
+        # trigger's neighbours (EWMA; equal at the start, when history goes first)
+        self.rate_history = 0.0
+        self.rate_neighbours = 0.0
 
     # predict_batch learns each event right after predicting it: asked twice, it answers
     # differently (model.testing.check_predictor skips its repeat rules for that reason)
@@ -125,11 +140,14 @@ class BaselinePredictor:
         if ctx.event_type == "purchase":
             self._spend.add(ctx.features.get("spend_1h", 0.0))
         seq = ctx.sequence
-        # the trigger is the last element; link it with the few before it in the session
         n = len(seq)
+        if n >= 2 and seq[n - 2].item_id != item:
+            self._count_source(seq, item)
+        # the trigger is the last element; link it with the few before it
+        gap = self.session_gap_ms
         for j in range(max(0, n - 1 - self.window), n - 1):
             prev = seq[j]
-            if prev.item_id == item or ctx.ts_ms - prev.ts_ms > self.session_gap_ms:
+            if prev.item_id == item or (gap is not None and ctx.ts_ms - prev.ts_ms > gap):
                 continue
             wt = w / (n - 1 - j)
             self._link(prev.item_id, item, wt)
@@ -139,6 +157,19 @@ class BaselinePredictor:
             self._decay()
         if len(self.pop) > self.max_items:
             self._evict()
+
+    def _count_source(self, seq: Sequence[SeqItem], item: str) -> None:
+        """Where this event's item was when the previous event was recommended on."""
+        n = len(seq)
+        in_history = any(seq[j].item_id == item for j in range(max(0, n - 2 - _RATE_TOP), n - 2))
+        in_neighbours = False
+        nb = self.covis.get(seq[n - 2].item_id)
+        w = nb.get(item) if nb is not None else None
+        if nb is not None and w is not None:  # its rank, ties counted against it
+            in_neighbours = sum(1 for v in nb.values() if v >= w) <= _RATE_TOP
+        a = _RATE_ALPHA
+        self.rate_history += a * (float(in_history) - self.rate_history)
+        self.rate_neighbours += a * (float(in_neighbours) - self.rate_neighbours)
 
     def _link(self, a: str, b: str, w: float) -> None:
         nb = self.covis.get(a)
@@ -209,9 +240,16 @@ class BaselinePredictor:
                 scores[b] = scores.get(b, 0.0) + f * c
         # the user's own recent items (re-consumption), by recency and intent
         weight = _TYPE_WEIGHT
+        first = _HISTORY_FIRST if self.rate_history >= self.rate_neighbours else 0.0
+        mine: set[str] = set()
         for age in range(min(n, len(_RECENCY))):
             e = seq[n - 1 - age]
-            scores[e.item_id] = scores.get(e.item_id, 0.0) + _RECENCY[age] * weight.get(
+            b = e.item_id
+            bonus = 0.0
+            if b not in mine:
+                mine.add(b)
+                bonus = first
+            scores[b] = scores.get(b, 0.0) + bonus + _RECENCY[age] * weight.get(
                 e.event_type, 1.0)
         scores.pop(trigger, None)
         for b in exclude:

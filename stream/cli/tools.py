@@ -200,6 +200,30 @@ def bench_soak(
     _print_result(result, json_out, skip="samples")
 
 
+@command(bench_app, "replay")
+def bench_replay(
+    json_out: JsonOpt = False,
+    data: BenchDataOpt = None,
+    events: Annotated[int, typer.Option(help="Events replayed (the first N of the file, "
+                                        "by event time).")] = 50_000,
+    k: Annotated[int, typer.Option(help="Items per recommendation (top_k) and the K of "
+                                   "HR@K.")] = 20,
+) -> None:
+    """A live worker replays a real file in time order: HR@K of what it published.
+
+    Each recommendation is scored against the user's next item that differs from the
+    trigger's, beside the offline rule "the user's history first, then co-visitation" on
+    the same cases. The worker serves what LAMSTREAM_DATA_DIR's registry holds (else the
+    online baseline).
+    """
+    from stream.devtools.bench_replay import run_replay_bench  # kafka: not for --help
+
+    settings = get_settings()
+    with errors():
+        result = run_replay_bench(settings, data=data, events=events, k=k, log=say)
+    _print_result(result, json_out)
+
+
 RECOMMENDERS = ("auto", *METHODS)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -72,14 +73,51 @@ def test_co_visited_items_come_before_merely_popular_ones() -> None:
     assert ids(User("new2").event("something-else"), p)[0] == "bestseller"
 
 
-def test_covisitation_stays_within_a_session() -> None:
-    p = BaselinePredictor()
+def test_covisitation_links_consecutive_items_however_far_apart() -> None:
+    days = 3 * 24 * 60 * MIN  # reviews and purchases are days apart
     batch = []
     for n in range(20):
         u = User(f"u{n}")
-        batch += [u.event("a"), u.event("b", gap_ms=31 * MIN)]  # a new session: no link
+        batch += [u.event("a"), u.event("b", gap_ms=days)]
+    p = BaselinePredictor()
     learn(p, batch)
-    assert "a" not in p.covis.get("b", {}) and "b" not in p.covis.get("a", {})
+    assert "b" in p.covis["a"] and "a" in p.covis["b"]
+    classic = BaselinePredictor(session_gap_ms=30 * MIN)  # in-session pairs only
+    learn(classic, batch)
+    assert "a" not in classic.covis.get("b", {}) and "b" not in classic.covis.get("a", {})
+
+
+def _world(repeat: bool) -> list[Any]:
+    """Users who go h (their own) -> n1 -> (back to h | on to n2), and a few who go t -> p
+    or t -> q."""
+    batch = []
+    for n in range(300):
+        u = User(f"u{n}")
+        batch += [u.event(f"h{n}"), u.event("n1"), u.event(f"h{n}" if repeat else "n2")]
+    for n in range(10):
+        u = User(f"w{n}")
+        batch += [u.event("t"), u.event("p" if n % 2 else "q")]
+    return batch
+
+
+def _after_old_then_t(p: BaselinePredictor) -> list[str]:
+    u = User("fresh")
+    learn(p, [u.event("old")])
+    return ids(u.event("t"), p)
+
+
+def test_the_users_own_items_lead_while_users_come_back_to_them() -> None:
+    p = BaselinePredictor()
+    learn(p, _world(repeat=True))
+    assert p.rate_history > p.rate_neighbours
+    assert _after_old_then_t(p)[0] == "old"
+
+
+def test_neighbours_lead_where_nothing_repeats() -> None:
+    p = BaselinePredictor()
+    learn(p, _world(repeat=False))
+    assert p.rate_neighbours > p.rate_history
+    assert set(_after_old_then_t(p)[:2]) == {"p", "q"}
 
 
 def test_the_users_own_recent_items_are_candidates() -> None:
