@@ -18,7 +18,14 @@ from model.datasets import iter_payloads
 from model.registry import ModelRegistry
 from model.stats import percentile
 from stream.client import EventProducer, Prediction, PredictionSubscriber
-from stream.devtools.procs import broker_for, get_json, start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import (
+    broker_for,
+    get_json,
+    link_models,
+    start_worker,
+    stop_worker,
+    wait_healthy,
+)
 from stream.devtools.replay import default_data, paced
 from stream.kafka.admin import ensure_topics
 from stream.schemas import DlqRecord, Recommendation, RiskAlert
@@ -159,8 +166,7 @@ def use_registry(settings: Settings, data_dir: Path) -> str:
         return (f"no trained recommender in {models}: the online co-visitation baseline "
                 "serves (`lamstream train recommender --data FILE` trains one, the hybrid "
                 "among them)")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "models").symlink_to(models.resolve(), target_is_directory=True)
+    link_models(models, data_dir)
     served = reg.manifest("recommender", latest).get("served")
     return f"recommender {latest} of {models} (its evaluation's winner: {served})"
 
