@@ -148,11 +148,11 @@ def fold(by_part: Grouped, read: Callable[[int], Reader], cfg: FeatureConfig,
 def keep_seq_states(pending: list[Pending], predictions: list[Prediction],
                     states: list[tuple[int, bytes, UserState]]) -> None:
     """3b. Each user's sequence state after its last event of the batch, into the user's
-    state before it is staged: stored and sent to the changelog with the rest of it."""
+    state before it is staged: stored and sent to the changelog with the rest of it (None
+    when that event got none: the next one re-encodes rather than step a state behind)."""
     by_user = {st.user_id: st for _, _, st in states}
     for p, pred in zip(pending, predictions, strict=True):
-        if pred.seq_state is not None:
-            by_user[p.ctx.user_id].seq_state = pred.seq_state
+        by_user[p.ctx.user_id].seq_state = pred.seq_state
 
 
 def stage_states(states: list[tuple[int, bytes, UserState]],

@@ -209,3 +209,26 @@ def test_a_hybrids_incremental_states_equal_a_full_re_encode_across_restart_and_
         assert 0 < sum(steps_v2) <= 15 - len(users)
     finally:
         v1.close()
+
+
+def test_states_stay_exact_when_another_model_served_in_between() -> None:
+    """Hybrid v1, then a predictor that keeps no state for a few batches (a rollback to the
+    baseline), then v1 again: the states v1 left are behind the history, so each user's next
+    event re-encodes instead of stepping past the events v1 never saw."""
+    v1 = ModelPredictor(_hybrid(), None, version="v1", risk_version=None)
+    v1.recommender.seq.version = "v1"  # type: ignore[attr-defined]
+    events = _stream(4, 12, seed=6)
+    try:
+        agent, _, store = _agent(v1)
+        _run(agent, [_batch(events[i: i + 4]) for i in range(0, 16, 4)])
+        agent.holder.offer(FakePredictor())
+        _run(agent, [_batch(events[i: i + 4]) for i in range(16, 32, 4)])
+        assert all(_state(store, u).seq_state is not None for u in ("u0", "u1", "u2", "u3"))
+        # v1 again (a predictor the holder closed cannot serve twice: a new one, same model)
+        again = ModelPredictor(v1.recommender, None, version="v1", risk_version=None)
+        agent.holder.offer(again)
+        _run(agent, [_batch(events[i: i + 4]) for i in range(32, 48, 4)])
+        _check(again, store, ["u0", "u1", "u2", "u3"], "v1")
+        again.close()
+    finally:
+        v1.close()
