@@ -199,10 +199,10 @@ class UserState:
         if not isinstance(d, list) or d[0] != _STATE_VERSION:
             raise StateError("unknown user state format")
         st = cls.__new__(cls)  # every field is set below: skip __init__'s empty containers
+        st.seq_state = base64.b64decode(d.pop()) if len(d) > _FIELDS else None
         (_, st.user_id, st.total, st.counts, st.spend_total, st.first_ts, st.max_ts,
          st.seen_ms, tiles, seq, st.sess, items, cats, st.devices, st.ips, ids,
-         st.late, st.dups, st.prev_gap_ms) = d[:_FIELDS]
-        st.seq_state = base64.b64decode(d[_FIELDS]) if len(d) > _FIELDS else None
+         st.late, st.dups, st.prev_gap_ms) = d
         st.items, st.cats, st.ids = _unpack(items), _unpack(cats), _unpack(ids)
         st.tiles = [{row[0]: row[1:] for row in tiles[w]} if w < len(tiles) else {}
                     for w in range(n_windows)]
