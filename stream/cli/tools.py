@@ -44,7 +44,9 @@ def demo(
 
     Decisions, alerts and dead letters are shown live while the events are replayed, with a
     few malformed records and a fraud-like burst injected; the dashboard is at the worker's
-    URL while it runs (--hold keeps it up after the summary).
+    URL while it runs (--hold keeps it up after the summary). The worker serves the models of
+    DATA_DIR's registry (`lamstream train recommender` publishes there; the hybrid when it
+    won), else the online baseline; the summary says which.
     """
     from stream.devtools.demo import run_demo  # kafka and rich: not for --help
 
