@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from model.types import Prediction, PredictionContext
 
-__all__ = ["Predictor", "Wrapper"]
+__all__ = ["Predictor", "Wrapper", "keeps_seq_state"]
 
 
 @runtime_checkable
@@ -30,12 +30,22 @@ class Predictor(Protocol):
     def learn_batch(self, contexts: Sequence[PredictionContext]) -> None: ...
 
 
+def keeps_seq_state(predictor: object) -> bool:
+    """Whether `predictor` advances a per-user sequence state (PredictionContext.seq_state):
+    only then does the stream keep one per user; other predictors are never sent one."""
+    return bool(getattr(predictor, "keeps_seq_state", False))
+
+
 class Wrapper:
     """Base of predictors that wrap another one (`inner`): online learning, metrics and
     closing go to it; subclasses change what `predict_batch` returns."""
 
     def __init__(self, inner: Predictor) -> None:
         self.inner = inner
+
+    @property
+    def keeps_seq_state(self) -> bool:
+        return keeps_seq_state(self.inner)
 
     def learn_batch(self, contexts: Sequence[PredictionContext]) -> None:
         self.inner.learn_batch(contexts)

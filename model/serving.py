@@ -63,6 +63,12 @@ class ModelPredictor:
             self.compute, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
             timeout_s=timeout_s, block_s=timeout_s, name=f"predict-{self.name}-{version}")
 
+    @property
+    def keeps_seq_state(self) -> bool:
+        """True when the served recommender keeps a streaming sequence state (the hybrid)."""
+        rec = self.recommender
+        return hasattr(rec, "advance") and getattr(rec, "seq", None) is not None
+
     def compute(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
         """One batched forward pass of both models, no queueing (what the batcher calls)."""
         if not contexts:

@@ -65,15 +65,19 @@ class FakePredictor:
     most `context.k` (none when `context.recommend` is False). Risk: `features[risk_feature]
     / risk_scale` clipped to [0, 1], with that feature as the one reason when it is positive.
     `fail_with` makes `predict_batch` raise it (to test error paths). Thread-safe counters:
-    the worker calls from a thread pool.
+    the worker calls from a thread pool. With `keeps_seq_state`, a context's `seq_state`
+    advances as the hybrid's does: its bytes are the history's items joined by b"|", one item
+    appended to a kept state, the whole history written out for b"" (a re-encode).
     """
 
     def __init__(self, name: str = "fake", version: str = "fake-v1", *,
                  catalogue: Sequence[str] = DEFAULT_CATALOGUE,
                  risk_feature: str = "count_purchase_1m", risk_scale: float = 5.0,
                  risk_version: str = "fake-risk-v1",
-                 fail_with: BaseException | None = None) -> None:
+                 fail_with: BaseException | None = None, keeps_seq_state: bool = False
+                 ) -> None:
         self.name = name
+        self.keeps_seq_state = keeps_seq_state
         self.version = version
         self.risk_version = risk_version
         self.recommender = FakeRecommender(catalogue)
@@ -101,8 +105,16 @@ class FakePredictor:
                 items = tuple(ScoredItem(i, s, 1.0) for i, s in row)
             out.append(Prediction(items=items, risk=self.risk(c.features), model=self.name,
                                   model_version=self.version,
-                                  risk_model_version=self.risk_version))
+                                  risk_model_version=self.risk_version,
+                                  seq_state=self._advance(c)))
         return out
+
+    def _advance(self, c: PredictionContext) -> bytes | None:
+        if not self.keeps_seq_state or c.seq_state is None:
+            return None
+        if c.seq_state:
+            return c.seq_state + b"|" + c.item_id.encode()
+        return b"|".join(e.item_id.encode() for e in c.sequence)
 
     def risk(self, features: dict[str, float]) -> RiskOutput:
         value = float(features.get(self.risk_feature, 0.0))

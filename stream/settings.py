@@ -292,6 +292,26 @@ class Settings(BaseSettings):
                                      "records).")
     trainer_risk_lr: float = Field(1e-3, gt=0.0, json_schema_extra=_in("trainer"),
                                    description="Adam learning rate of the risk fine-tuning.")
+    trainer_sequence: bool = Field(True, json_schema_extra=_in("trainer"),
+                                   description="Fine-tune the served hybrid recommender from "
+                                   "the events topic (consumer group <app_id>-trainer-events) "
+                                   "when the registry's latest recommender serves a hybrid; "
+                                   "false: that loop does not run.")
+    trainer_sequence_every: int = Field(2000, ge=1, json_schema_extra=_in("trainer"),
+                                        description="Events per fine-tuning poll: each is "
+                                        "scored (prequential) before it is trained on, then "
+                                        "the gate is checked.")
+    trainer_sequence_window: int = Field(10, ge=1, json_schema_extra=_in("trainer"),
+                                         description="Polls the hybrid's gate compares on "
+                                         "(HR@20 of candidate and serving on the same cases).")
+    trainer_sequence_min_cases: int = Field(1000, ge=1, json_schema_extra=_in("trainer"),
+                                            description="No hybrid gate decision on fewer "
+                                            "next-item cases in the window.")
+    trainer_sequence_margin: float = Field(0.0, ge=-1.0, json_schema_extra=_in("trainer"),
+                                           description="The candidate's HR@20 must exceed the "
+                                           "serving hybrid's by this fraction (0: any gain; "
+                                           "negative: publish up to that much worse, -1 every "
+                                           "window, for demos and tests).")
 
     # --- logging --------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -135,17 +135,19 @@ class HybridRecommender:
     def advance(self, seqs: Sequence[Sequence[SeqItem]], blobs: Sequence[bytes | None]
                 ) -> list[SeqState]:
         """Each user's sequence state after the trigger (each history's last event): one GRU
-        step from a cached state (`state_to_bytes`) of this model version that ended before the
-        trigger; a missing, empty, unreadable, stale or newer state is re-encoded from the
-        history instead (what follows a hot swap or a first event)."""
+        step from a cached state (`state_to_bytes`) of this model version that ended at the
+        event before the trigger; a missing, empty, unreadable, stale or newer state, or one
+        that ended elsewhere (events it never saw: a stretch served by another model, two
+        events of one user in one batch, a late event), is re-encoded from the history
+        instead (what follows a hot swap or a first event)."""
         seq = self.seq
         if seq is None:
             raise DataError("hybrid_without_sequence keeps no sequence state")
         steppable: list[tuple[int, SeqState]] = []
         for i, (hist, blob) in enumerate(zip(seqs, blobs, strict=True)):
             st = _readable(blob)
-            if (st is not None and st.version == seq.version and st.last_ts_ms is not None
-                    and hist and st.last_ts_ms <= hist[-1].ts_ms):
+            if (st is not None and st.version == seq.version and len(hist) > 1
+                    and st.last_ts_ms == hist[-2].ts_ms):
                 steppable.append((i, st))
         out: list[SeqState | None] = [None] * len(seqs)
         stepped = seq.step_batch([st for _, st in steppable], [seqs[i][-1] for i, _ in steppable])

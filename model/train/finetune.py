@@ -64,6 +64,17 @@ def poll_cases(users: Mapping[str, Sequence[SeqItem]], new_from: Mapping[str, in
     return out
 
 
+def sample_cases(rec: HybridRecommender, users: Mapping[str, Sequence[SeqItem]],
+                 new_from: Mapping[str, int], cfg: FineTuneConfig) -> list[Case]:
+    """The poll's cases `fine_tune` scores and learns from (at most cfg.max_cases, sampled
+    under cfg.seed): what a caller scores another model on to compare it with the same cases."""
+    max_len = rec.seq.max_len if rec.seq is not None else rec.tables.cfg.history
+    cases = poll_cases(users, new_from, max_len)
+    if len(cases) > cfg.max_cases:
+        cases = random.Random(cfg.seed).sample(cases, cfg.max_cases)
+    return cases
+
+
 def prequential(rec: HybridRecommender, cases: Sequence[Case]) -> dict[str, float]:
     """HR/MRR/NDCG@20 of the model as it is, on cases it has not learned from yet."""
     return rank_metrics(rank_cases(rec, cases, K), [c.target for c in cases], K)
@@ -175,10 +186,7 @@ def fine_tune(rec: HybridRecommender, users: Mapping[str, Sequence[SeqItem]],
     and are re-encoded lazily by `HybridRecommender.advance`.
     """
     new_from = new_from or {}
-    max_len = rec.seq.max_len if rec.seq is not None else rec.tables.cfg.history
-    cases = poll_cases(users, new_from, max_len)
-    if len(cases) > cfg.max_cases:
-        cases = random.Random(cfg.seed).sample(cases, cfg.max_cases)
+    cases = sample_cases(rec, users, new_from, cfg)
     report = FineTuneReport(cases=len(cases))
     if not cases:
         return report

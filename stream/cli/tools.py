@@ -44,7 +44,9 @@ def demo(
 
     Decisions, alerts and dead letters are shown live while the events are replayed, with a
     few malformed records and a fraud-like burst injected; the dashboard is at the worker's
-    URL while it runs (--hold keeps it up after the summary).
+    URL while it runs (--hold keeps it up after the summary). The worker serves the models of
+    DATA_DIR's registry (`lamstream train recommender` publishes there; the hybrid when it
+    won), else the online baseline; the summary says which.
     """
     from stream.devtools.demo import run_demo  # kafka and rich: not for --help
 
@@ -131,18 +133,25 @@ def bench_pipeline(
     events: Annotated[int, typer.Option(help="Events per measured run.")] = 60000,
     json_out: JsonOpt = False,
     data: BenchDataOpt = None,
+    predictor: Annotated[str, typer.Option(
+        help="What the worker serves: auto (what a worker serves by default: DATA_DIR's "
+        "registry, LAMSTREAM_MODEL_NAME), hybrid (a small one is trained for the run when "
+        "DATA_DIR has none), baseline (online co-visitation) or both (hybrid and baseline, "
+        "one worker run each).")] = "auto",
 ) -> None:
     """The worker vs raw aiokafka and a naive Faust agent, and latency.
 
     One run: the same pre-loaded real events through (a) a raw aiokafka passthrough, (b) a
-    naive Faust agent and (c) the lamstream worker; then end-to-end latency at 2,000 ev/s
-    offered, through the worker and through a bare passthrough (the floor).
+    naive Faust agent and (c) the lamstream worker serving --predictor; then end-to-end
+    latency at 2,000 ev/s offered, through the worker and through a bare passthrough (the
+    floor). The JSON names the predictor of each worker figure (`predictors`).
     """
     from stream.devtools.bench_pipeline import run_pipeline_bench  # kafka: not for --help
 
     settings = get_settings()
     with errors():
-        result = run_pipeline_bench(settings, n_events=events, data=data, log=say)
+        result = run_pipeline_bench(settings, n_events=events, data=data, log=say,
+                                    predictor=predictor)
     _print_result(result, json_out)
 
 

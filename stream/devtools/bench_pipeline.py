@@ -5,6 +5,9 @@ other, so the ratios compare like with like:
   (a) raw: aiokafka consume + orjson decode + produce passthrough (the broker/machine limit);
   (b) naive: a Faust agent with a table update and an awaited send per event;
   (c) lamstream: the real worker (validation, features table, predictor, decisions).
+The worker serves `--predictor` (default auto: what a worker serves by default, from
+DATA_DIR's registry and LAMSTREAM_MODEL_NAME; hybrid; baseline, the online co-visitation
+baseline; both: the hybrid and the baseline, one worker phase each, every figure named).
 Rates are measured over the busy span (first record processed to last), so consumer-group
 joins are not counted. Then (c) runs at a fixed offered load to measure end-to-end latency:
 producer send -> recommendation received by a separate consumer; and (d) the same load and
@@ -32,14 +35,23 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from model.registry import ModelRegistry
 from model.stats import percentile
-from stream.devtools.procs import broker_for, get_json, start_worker, stop_worker, wait_healthy
-from stream.devtools.replay import load_payloads, preload
-from stream.errors import InfraError
+from stream.devtools.procs import (
+    broker_for,
+    get_json,
+    link_models,
+    start_worker,
+    stop_worker,
+    wait_healthy,
+)
+from stream.devtools.replay import default_data, load_payloads, preload
+from stream.errors import InfraError, UsageError
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
 
 Log = Callable[[str], None]
+PREDICTORS = ("auto", "hybrid", "baseline", "both")
 
 
 def create(settings: Settings, names: list[str]) -> None:
@@ -228,6 +240,7 @@ class _Run:
     run_id: str
     tmp: Path
     log: Log
+    models: Path | None = None  # the registry the workers read (None: an empty one)
 
 
 def _raw_phase(run: _Run) -> float:
@@ -250,20 +263,27 @@ def _naive_phase(run: _Run, n: int) -> float:
     return eps
 
 
-def _worker_phase(run: _Run, rate: float, seconds: float
+def _worker_phase(run: _Run, rate: float, seconds: float, predictor: str = "auto"
                   ) -> tuple[Settings, float, dict[str, Any]]:
-    """(c) the lamstream worker: its rate over the preloaded topic, then its latency at
-    `rate` offered; returns its settings, its rate and the latency figures."""
+    """(c) the lamstream worker serving `predictor` (auto: what it serves by default): its
+    rate over the preloaded topic, then its latency at `rate` offered; returns its settings,
+    its rate and the latency figures (with `predictor`: the model and version it served)."""
     s = run.base.model_copy(update={
-        "topic_prefix": f"bench-{run.run_id}-ls.", "app_id": f"bench-{run.run_id}",
-        "data_dir": run.tmp / "worker"})
+        "topic_prefix": f"bench-{run.run_id}-{predictor}.",
+        "app_id": f"bench-{run.run_id}-{predictor}", "data_dir": run.tmp / f"w-{predictor}"})
     ensure_topics(s)
     preload(s, s.topic_prefix + "events", run.payloads)
     base, n = f"http://127.0.0.1:{s.web_port}", len(run.payloads)
-    proc = start_worker(s, run.tmp / "worker", run.tmp / "worker.log",
-                        extra_env={"LAMSTREAM_MODEL_NAME": "baseline"})
+    if run.models is not None and predictor != "baseline":
+        link_models(run.models, s.data_dir)
+    log = run.tmp / f"worker-{predictor}.log"
+    proc = start_worker(s, s.data_dir, log, extra_env=(
+        {} if predictor == "auto" else {"LAMSTREAM_MODEL_NAME": predictor}))
     try:
-        wait_healthy(base, proc, 120, run.tmp / "worker.log")
+        wait_healthy(base, proc, 120, log)
+        health = get_json(f"{base}/health")
+        served = f"{health.get('model')} {health.get('model_version')}"
+        run.log(f"(c) the worker serves {served} ({predictor})")
         deadline = time.monotonic() + 600
         st = get_json(f"{base}/api/stats")
         while st["events"] < n and time.monotonic() < deadline:
@@ -275,6 +295,7 @@ def _worker_phase(run: _Run, rate: float, seconds: float
         run.log(f"(c) lamstream worker: {eps:,.0f} ev/s "
                 f"({st['recommendations']} recommendations, {st['dlq']} DLQ)")
         lat = _latency_at_load(s, run.payloads, rate, seconds)
+        lat["predictor"] = served
         run.log(f"(c) at {rate:.0f} ev/s offered: e2e p50 {lat['p50_ms']:.1f} ms, p99 "
                 f"{lat['p99_ms']:.1f} ms over {lat['samples']} recommendations (inside the "
                 f"worker, receipt to publish: p50 {lat['worker_p50_ms']:.1f} ms, p99 "
@@ -284,14 +305,51 @@ def _worker_phase(run: _Run, rate: float, seconds: float
     return s, eps, lat
 
 
+def _models(settings: Settings, predictor: str, data: str | None, n_events: int, tmp: Path,
+            log: Log) -> Path | None:
+    """The registry the bench's workers read: DATA_DIR's; for the hybrid, when that holds
+    none, a small one trained here on the bench's own events, said so in the log."""
+    reg = ModelRegistry(settings.data_dir)
+    latest = reg.latest("recommender")
+    if predictor == "baseline":
+        return None
+    if predictor == "auto" or (latest is not None
+                               and (reg.path("recommender", latest) / "hybrid").is_dir()):
+        return reg.root if latest is not None else None
+    from model.train.neural import TrainConfig  # torch: only when a hybrid must be trained
+    from model.train.pipeline import train_recommender
+
+    path = Path(data) if data else default_data()
+    log(f"bench: no trained hybrid in {reg.root}: training a small one on the first "
+        f"{n_events} events of {path} for this run (`lamstream train recommender --data FILE` "
+        f"publishes a real one to DATA_DIR, which the bench then serves)")
+    version, comp = train_recommender(path, tmp / "trained", max_events=n_events,
+                                      cfg=TrainConfig(budget_s=60.0), methods=("hybrid",))
+    log(f"bench: trained hybrid {version}: HR@20 {comp.methods['hybrid']['hr@20']}")
+    return tmp / "trained" / "models"
+
+
+def _figures(eps: float, lat: dict[str, Any]) -> dict[str, Any]:
+    return {"predictor": lat["predictor"], "lamstream_eps": round(eps, 1),
+            "p50_ms": round(lat["p50_ms"], 2), "p99_ms": round(lat["p99_ms"], 2),
+            "worker_p50_ms": round(lat["worker_p50_ms"], 2),
+            "worker_p99_ms": round(lat["worker_p99_ms"], 2), "latency_samples": lat["samples"]}
+
+
 def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, log: Log,
                        naive_events: int | None = None, latency_rate: float = 2000.0,
-                       latency_seconds: float = 10.0) -> dict[str, Any]:
-    """(a) raw, (b) naive, (c) the worker and (d) the floor, one after the other (module doc)."""
+                       latency_seconds: float = 10.0, predictor: str = "auto"
+                       ) -> dict[str, Any]:
+    """(a) raw, (b) naive, (c) the worker and (d) the floor, one after the other (module doc);
+    with predictor "both", (c) for the hybrid and for the baseline, each named."""
+    if predictor not in PREDICTORS:
+        raise UsageError(f"--predictor must be one of {', '.join(PREDICTORS)}, not "
+                         f"{predictor!r}")
     tmp = Path(tempfile.mkdtemp(prefix="lamstream-bench-"))
     payloads = load_payloads(data, n_events)
+    models = _models(settings, predictor, data, n_events, tmp, log)
     with broker_for(settings, log=log) as base_settings:
-        run = _Run(base_settings, payloads, uuid.uuid4().hex[:6], tmp, log)
+        run = _Run(base_settings, payloads, uuid.uuid4().hex[:6], tmp, log, models)
         log(f"bench: {n_events} real events, {base_settings.partitions} partitions, broker "
             f"{base_settings.bootstrap}")
         raw_eps = _raw_phase(run)
@@ -300,23 +358,30 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, l
         # would flatter the ratio
         naive_n = n_events if naive_events is None else min(naive_events, n_events)
         naive_eps = _naive_phase(run, naive_n)
-        s, ls_eps, lat = _worker_phase(run, latency_rate, latency_seconds)
+        figures: dict[str, dict[str, Any]] = {}
+        for name in (("hybrid", "baseline") if predictor == "both" else (predictor,)):
+            s, eps, lat = _worker_phase(run, latency_rate, latency_seconds, name)
+            figures[name] = _figures(eps, lat)
         # (d) the floor: the same load and observer through a bare passthrough process
         floor = _floor_latency(base_settings, run.run_id, s.fetch_max_wait_ms, payloads,
                                latency_rate, latency_seconds, tmp)
         log(f"(d) floor, a bare passthrough process at {latency_rate:.0f} ev/s: e2e p50 "
             f"{floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms over {floor['samples']} "
             f"events (the broker, the clients and this machine, before any work)")
-    return {
+    first = next(iter(figures.values()))  # the top-level figures: the hybrid's with "both"
+    ls_eps = first["lamstream_eps"]
+    out: dict[str, Any] = {
         "raw_eps": round(raw_eps, 1), "naive_eps": round(naive_eps, 1),
-        "lamstream_eps": round(ls_eps, 1),
+        "lamstream_eps": ls_eps,
         "ratio_vs_naive": round(ls_eps / naive_eps, 2),
         "ratio_vs_raw": round(ls_eps / raw_eps, 3),
-        "p50_ms": round(lat["p50_ms"], 2), "p99_ms": round(lat["p99_ms"], 2),
-        "worker_p50_ms": round(lat["worker_p50_ms"], 2),
-        "worker_p99_ms": round(lat["worker_p99_ms"], 2),
+        **{k: first[k] for k in ("p50_ms", "p99_ms", "worker_p50_ms", "worker_p99_ms")},
         "floor_p50_ms": round(floor["p50_ms"], 2), "floor_p99_ms": round(floor["p99_ms"], 2),
         "events": n_events, "naive_events": naive_n, "partitions": base_settings.partitions,
-        "latency_offered_eps": latency_rate, "latency_samples": lat["samples"],
-        "predictor": "baseline (online popularity + co-visitation, rule risk)",
+        "latency_offered_eps": latency_rate, "latency_samples": first["latency_samples"],
+        "predictor": first["predictor"], "predictors": figures,
     }
+    if predictor == "both":
+        out["hybrid_vs_baseline_eps"] = round(
+            figures["hybrid"]["lamstream_eps"] / figures["baseline"]["lamstream_eps"], 3)
+    return out

@@ -15,9 +15,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from model.datasets import iter_payloads
+from model.registry import ModelRegistry
 from model.stats import percentile
 from stream.client import EventProducer, Prediction, PredictionSubscriber
-from stream.devtools.procs import broker_for, get_json, start_worker, stop_worker, wait_healthy
+from stream.devtools.procs import (
+    broker_for,
+    get_json,
+    link_models,
+    start_worker,
+    stop_worker,
+    wait_healthy,
+)
 from stream.devtools.replay import default_data, paced
 from stream.kafka.admin import ensure_topics
 from stream.schemas import DlqRecord, Recommendation, RiskAlert
@@ -147,6 +155,22 @@ def _summary(total: int, stats: dict[str, Any], elapsed: float, latencies: list[
     }
 
 
+def use_registry(settings: Settings, data_dir: Path) -> str:
+    """Give the demo's fresh worker state dir the models of DATA_DIR's registry (a link: the
+    worker only reads them) when it holds a trained recommender, so the demo serves what
+    `lamstream train recommender` published (the hybrid when it won); says what it found."""
+    models = Path(settings.data_dir) / "models"
+    reg = ModelRegistry(settings.data_dir)
+    latest = reg.latest("recommender")
+    if latest is None:
+        return (f"no trained recommender in {models}: the online co-visitation baseline "
+                "serves (`lamstream train recommender --data FILE` trains one, the hybrid "
+                "among them)")
+    link_models(models, data_dir)
+    served = reg.manifest("recommender", latest).get("served")
+    return f"recommender {latest} of {models} (its evaluation's winner: {served})"
+
+
 def run_demo(settings: Settings, *, data: str | None, events: int, rate: float,
              hold: float = 0.0) -> None:
     """Broker (embedded unless configured) + one worker process, the replay, the summary."""
@@ -154,6 +178,8 @@ def run_demo(settings: Settings, *, data: str | None, events: int, rate: float,
     path = Path(data) if data else default_data()
     console.print(f"[bold]lamstream demo[/]: replaying up to {events} events from {path}")
     tmp = Path(tempfile.mkdtemp(prefix="lamstream-demo-"))
+    registry = use_registry(settings, tmp / "data")
+    console.print(f"models: {registry}")
     with broker_for(settings) as s:
         ensure_topics(s)
         base = f"http://127.0.0.1:{s.web_port}"
@@ -161,7 +187,10 @@ def run_demo(settings: Settings, *, data: str | None, events: int, rate: float,
         proc = start_worker(s, tmp / "data", log)
         try:
             wait_healthy(base, proc, 120, log)
-            console.print(f"worker ready: dashboard {base}/  features {base}/features/<user>")
+            health = get_json(f"{base}/health", 2.0)
+            serving = f"{health.get('model')} {health.get('model_version')}"
+            console.print(f"worker ready, serving {serving}: dashboard {base}/  features "
+                          f"{base}/features/<user>")
             with _Watch(s, console) as watch:
                 t0 = time.monotonic()
                 total = _replay(s, path, events, rate, console)
@@ -170,7 +199,9 @@ def run_demo(settings: Settings, *, data: str | None, events: int, rate: float,
                 time.sleep(2.0)  # let the subscribers catch up
             burst = get_json(f"{base}/features/demo-burst", 2.0) if stats else {}
             console.print("[bold]summary[/]")
-            for name, v in _summary(total, stats, elapsed, watch.latencies, burst).items():
+            summary = {"serving": serving, "models": registry,
+                       **_summary(total, stats, elapsed, watch.latencies, burst)}
+            for name, v in summary.items():
                 console.print(f"  {name:>24}: {v}")
             if hold:
                 _hold(console.print, base, hold)

@@ -77,6 +77,13 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes] | None, timeout: float
     raise InfraError(f"worker at {base} not healthy after {timeout:.0f}s")
 
 
+def link_models(models: Path, data_dir: Path) -> None:
+    """Give a worker's fresh state dir an existing registry (`<data_dir>/models`, a link: the
+    worker only reads the models), so a tool's throwaway worker serves what was trained."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "models").symlink_to(models.resolve(), target_is_directory=True)
+
+
 def start_worker(settings: Settings, data_dir: Path, log: Path,
                  extra_env: dict[str, str] | None = None, command: str = "worker"
                  ) -> subprocess.Popen[bytes]:

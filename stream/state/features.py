@@ -24,8 +24,11 @@ _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 # 2: sequence entries as [item, type name, ts]; window rows carry min tile
 # 3: event-id hashes and distinct-count sketches as base64 of packed little-endian uint64;
-#    the sequence by column: [[items], [types], [ts]]
+#    the sequence by column: [[items], [types], [ts]]; an optional 20th field (issue 17): the
+#    sequence model's state for this user (base64 of model.recommenders.sequence's bytes),
+#    left out while none is kept, so states of workers serving no hybrid stay as they were
 _STATE_VERSION = 3
+_FIELDS = 19  # without the optional sequence-model state
 _ZERO5 = (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
@@ -143,7 +146,7 @@ class UserState:
     __slots__ = (
         "user_id", "total", "counts", "spend_total", "first_ts", "max_ts", "seen_ms",
         "tiles", "seq", "sess", "items", "cats", "devices", "ips", "ids", "late", "dups",
-        "prev_gap_ms", "new_device", "new_ip", "_idset",
+        "prev_gap_ms", "new_device", "new_ip", "_idset", "seq_state",
     )
 
     def __init__(self, user_id: str, n_windows: int) -> None:
@@ -168,13 +171,16 @@ class UserState:
         self.late = 0
         self.dups = 0
         self.prev_gap_ms = -1
+        # the served sequence model's state after the user's latest event (bytes that name the
+        # model version; model.types.Prediction.seq_state), None while no hybrid serves
+        self.seq_state: bytes | None = None
         # transient: about the event just applied, not persisted
         self.new_device = False
         self.new_ip = False
 
     # -- persistence ----------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        return orjson.dumps([
+        fields = [
             _STATE_VERSION, self.user_id, self.total, self.counts, self.spend_total,
             self.first_ts, self.max_ts, self.seen_ms,
             [[[k, *v] for k, v in t.items()] for t in self.tiles],
@@ -182,7 +188,10 @@ class UserState:
             self.devices, self.ips,
             _pack(self.ids),
             self.late, self.dups, self.prev_gap_ms,
-        ])
+        ]
+        if self.seq_state is not None:
+            fields.append(base64.b64encode(self.seq_state).decode("ascii"))
+        return orjson.dumps(fields)
 
     @classmethod
     def from_bytes(cls, raw: bytes, n_windows: int) -> UserState:
@@ -190,6 +199,7 @@ class UserState:
         if not isinstance(d, list) or d[0] != _STATE_VERSION:
             raise StateError("unknown user state format")
         st = cls.__new__(cls)  # every field is set below: skip __init__'s empty containers
+        st.seq_state = base64.b64decode(d.pop()) if len(d) > _FIELDS else None
         (_, st.user_id, st.total, st.counts, st.spend_total, st.first_ts, st.max_ts,
          st.seen_ms, tiles, seq, st.sess, items, cats, st.devices, st.ips, ids,
          st.late, st.dups, st.prev_gap_ms) = d

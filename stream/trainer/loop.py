@@ -17,10 +17,15 @@ scored once more in the window): at-least-once, never a gap.
 
 A rollback (`lamstream model rollback reranker|risk`) moves the registry's LATEST; the trainer
 sees it at its next gate check and compares against the rolled-back version from then on.
+
+Beside it, while the registry's latest recommender serves a hybrid, a second loop consumes
+the `events` topic in the group `<app_id>-trainer-events` and fine-tunes the hybrid
+(stream.trainer.sequence), published and announced the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -49,6 +54,7 @@ from stream.errors import InfraError
 from stream.feedback.source import load_feedback, load_risk_feedback
 from stream.settings import Settings
 from stream.topics import topics_for
+from stream.trainer.sequence import SequenceLearner, consume_events
 from stream.trainer.web import serve_probes
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,8 @@ class ContinuousTrainer:
         self.gates: list[dict[str, Any]] = []
         self.risk_published: list[str] = []
         self.risk_gates: list[dict[str, Any]] = []
+        # the hybrid's next-item loop (its own thread and consumer: run_trainer starts it)
+        self.sequence = SequenceLearner(settings, self.registry, announce)
         serving = Reranker.from_registry(self.registry)
         cfg = online_config(settings)
         resumed = (self.state_dir / "state.json").is_file()
@@ -111,6 +119,14 @@ class ContinuousTrainer:
                  self.risk.serving.version)
 
     # -- work -----------------------------------------------------------------------
+    @property
+    def sequence_gates(self) -> list[dict[str, Any]]:
+        return self.sequence.gates
+
+    @property
+    def sequence_published(self) -> list[str]:
+        return self.sequence.published
+
     def process(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
@@ -332,9 +348,38 @@ def run_trainer(settings: Settings, *, once: bool = False, idle_exit_s: float = 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    with serve_probes(ct, settings):
-        _consume(ct, settings, stop, idle_exit_s if once else None)
+    idle = idle_exit_s if once else None
+    with serve_probes(ct, settings), _events_loop(ct, settings, stop, idle):
+        _consume(ct, settings, stop, idle)
     return ct
+
+
+@contextlib.contextmanager
+def _events_loop(ct: ContinuousTrainer, settings: Settings, stop: threading.Event,
+                 idle_exit_s: float | None) -> Iterator[None]:
+    """The hybrid's events loop in a thread of its own (TRAINER_SEQUENCE), joined on the way
+    out; its broker failure is raised here, as the feedback loop's is."""
+    if not settings.trainer_sequence:
+        yield
+        return
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consume_events(ct.sequence, settings, stop, idle_exit_s)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the trainer's thread
+            failed.append(exc)
+            stop.set()
+    thread = threading.Thread(target=run, name="trainer-events", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        if idle_exit_s is None:
+            stop.set()
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _consume(ct: ContinuousTrainer, settings: Settings, stop: threading.Event,

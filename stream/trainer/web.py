@@ -18,7 +18,8 @@ from stream.topics import consumer_groups
 __all__ = ["gate_outcome", "serve_probes", "trainer_families", "trainer_health"]
 
 _P = "lamstream_trainer"
-MODELS = (("reranker", "trainer", "gates"), ("risk", "risk", "risk_gates"))
+MODELS = (("reranker", "trainer", "gates"), ("risk", "risk", "risk_gates"),
+          ("recommender", "sequence", "sequence_gates"))
 
 
 def gate_outcome(entry: dict[str, Any]) -> str:
@@ -56,7 +57,8 @@ def trainer_health(ct: Any, lag: LagProbe, started: float) -> dict[str, Any]:
                         "last_gate": gates[-1].get("gate") if gates else None}
     return {"status": "ok", "process": "trainer", "uptime_s": round(time.time() - started, 1),
             "models": models, "published": {"reranker": list(ct.published[-5:]),
-                                            "risk": list(ct.risk_published[-5:])},
+                                            "risk": list(ct.risk_published[-5:]),
+                                            "recommender": list(ct.sequence_published[-5:])},
             "lag": lag.report()}
 
 
@@ -72,6 +74,15 @@ def trainer_families(ct: Any, lag: LagProbe) -> Iterable[Metric]:
     yield gauge(f"{_P}_serving_version_info", "The version each model is compared against "
                 "(what serves)", {(m, str(s.get("serving"))): 1 for m, s in stats.items()},
                 ("model", "version"))
+    seq = stats["recommender"]  # the hybrid's events loop (stream.trainer.sequence)
+    yield counter(f"{_P}_sequence_polls", "Event polls the hybrid was scored on, then "
+                  "fine-tuned on", {(): float(seq.get("polls") or 0)})
+    yield counter(f"{_P}_sequence_events_skipped", "Events not learned from (no hybrid "
+                  "served, or not a valid event)", {(): float(seq.get("skipped") or 0)})
+    yield gauge(f"{_P}_sequence_prequential_hr20", "HR@20 on the last poll before training "
+                "on it, of the candidate and of the serving hybrid",
+                {(side,): float(seq[f"last_{side}_hr"]) for side in ("candidate", "serving")
+                 if seq.get(f"last_{side}_hr") is not None}, ("side",))
     yield lag_gauge(_P, lag)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from faust.types import Message
 from mode import Service
 
-from model.predictor import Predictor
+from model.predictor import Predictor, keeps_seq_state
 from model.recommenders.baseline import BaselinePredictor
 from model.types import Prediction, PredictionContext
 from stream.errors import InfraError
@@ -257,10 +257,15 @@ class IngestAgent(Service):
         by_part = await steps.decode(batch, settings.max_event_bytes, out, self._outputs.dlq,
                                      stats, self.metrics.dlq, now_ms)
         table, overlay = TableAccess(self.table.data), self._overlay
+        # the predictor that serves this batch (an offered one swaps in before the model call,
+        # with no await between): whether it keeps per-user sequence states
+        keep_seq = keeps_seq_state(self.holder.pending or self.holder.current)
         pending, states = steps.fold(
             by_part, lambda partition: steps.reader(table, overlay, partition), self.features,
-            settings.recommend_on, settings.top_k, now_ms, stats)
+            settings.recommend_on, settings.top_k, now_ms, stats, keep_seq)
         predictions = await self._predict_pending(pending)  # 3. one model call
+        if keep_seq:
+            steps.keep_seq_states(pending, predictions, states)
         by_partition = steps.stage_states(states, overlay)
         await steps.decide(pending, predictions, out, self._outputs, stats, self.recent)
         changelog = self.table.changelog_topic.get_topic_name()

@@ -107,10 +107,15 @@ def reader(table: TableAccess, overlay: dict[int, dict[bytes, bytes]], partition
 
 
 def fold(by_part: Grouped, read: Callable[[int], Reader], cfg: FeatureConfig,
-         recommend_on: tuple[str, ...], top_k: int, now_ms: int, stats: BatchStats
-         ) -> tuple[list[Pending], list[tuple[int, bytes, UserState]]]:
+         recommend_on: tuple[str, ...], top_k: int, now_ms: int, stats: BatchStats,
+         keep_seq: bool = False) -> tuple[list[Pending], list[tuple[int, bytes, UserState]]]:
     """2. Fold the events into their users' states: one read per user per batch. Returns the
-    events to decide, and per user (partition, key, state) to store."""
+    events to decide, and per user (partition, key, state) to store.
+
+    keep_seq (the predictor keeps sequence states, model.predictor.keeps_seq_state): a
+    user's first event of the batch carries the stored state (b"": start one), a later one
+    b"", which the model re-encodes from the history: the state after the event before it is
+    only computed in this same model call, and stepping the stored one past it would skip it."""
     pending: list[Pending] = []
     states: list[tuple[int, bytes, UserState]] = []
     n_windows = len(cfg.windows_s)
@@ -120,6 +125,7 @@ def fold(by_part: Grouped, read: Callable[[int], Reader], cfg: FeatureConfig,
             key = user_id.encode()
             raw = get(key)
             st = UserState.from_bytes(raw, n_windows) if raw else UserState(user_id, n_windows)
+            first = True
             for ev, recv in events:
                 res = st.apply(ev, cfg, now_ms)
                 if res.duplicate:
@@ -127,12 +133,26 @@ def fold(by_part: Grouped, read: Callable[[int], Reader], cfg: FeatureConfig,
                     continue
                 if res.late:
                     stats.late += 1
-                pending.append(Pending(ev, recv, PredictionContext(
+                ctx = PredictionContext(
                     user_id, ev.event_id, ev.item_id, ev.type, ev.ts, ev.category,
                     st.sequence(), st.numeric_features(cfg, ev),
-                    ev.type in recommend_on, top_k), partition))
+                    ev.type in recommend_on, top_k)
+                if keep_seq:  # after apply: a TTL reset there drops the stored state
+                    ctx.seq_state = (st.seq_state or b"") if first else b""
+                    first = False
+                pending.append(Pending(ev, recv, ctx, partition))
             states.append((partition, key, st))
     return pending, states
+
+
+def keep_seq_states(pending: list[Pending], predictions: list[Prediction],
+                    states: list[tuple[int, bytes, UserState]]) -> None:
+    """3b. Each user's sequence state after its last event of the batch, into the user's
+    state before it is staged: stored and sent to the changelog with the rest of it (None
+    when that event got none: the next one re-encodes rather than step a state behind)."""
+    by_user = {st.user_id: st for _, _, st in states}
+    for p, pred in zip(pending, predictions, strict=True):
+        by_user[p.ctx.user_id].seq_state = pred.seq_state
 
 
 def stage_states(states: list[tuple[int, bytes, UserState]],

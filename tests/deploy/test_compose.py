@@ -39,7 +39,9 @@ PROBE_METRICS = {
     "lamstream_feedback_risk_labels_total", "lamstream_feedback_consumer_lag",
     "lamstream_trainer_records_in_total", "lamstream_trainer_records_trained_total",
     "lamstream_trainer_gate_decisions_total", "lamstream_trainer_serving_version_info",
-    "lamstream_trainer_consumer_lag",
+    "lamstream_trainer_consumer_lag", "lamstream_trainer_sequence_polls_total",
+    "lamstream_trainer_sequence_events_skipped_total",
+    "lamstream_trainer_sequence_prequential_hr20",
 }
 HISTOGRAMS = {"lamstream_batch_size", "lamstream_inference_seconds",
               "lamstream_e2e_latency_seconds"}
@@ -385,13 +387,14 @@ def _probe_families() -> list[Any]:
 
     class Model:
         def stats(self) -> dict[str, Any]:
-            return {"seen": 1, "trained": 1, "serving": "v1"}
+            return {"seen": 1, "trained": 1, "serving": "v1", "polls": 1,
+                    "last_candidate_hr": 0.2, "last_serving_hr": 0.1}
     stats = JoinStats()
     stats.add_feedback("greedy", True)
     fw = SimpleNamespace(join=SimpleNamespace(stats=stats),
                          risk=SimpleNamespace(stats=LabelStats()))
     ct = SimpleNamespace(trainer=Model(), risk=Model(), gates=[{"published": "v1"}],
-                         risk_gates=[])
+                         risk_gates=[], sequence=Model(), sequence_gates=[])
     lag = LagProbe(Settings(), "g", ("t",))
     lag.lag = {"t": {0: 1}}
     return [*feedback_families(fw, lag), *trainer_families(ct, lag)]

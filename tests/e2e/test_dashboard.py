@@ -131,7 +131,8 @@ def learning_processes() -> Iterator[None]:
         join=SimpleNamespace(stats=stats), risk=SimpleNamespace(stats=LabelStats()))
     ct = SimpleNamespace(trainer=Model(), risk=Model(), risk_gates=[], published=["v3"],
                          gates=[{"gate": {"passed": True}, "published": "v3"}],
-                         risk_published=[])
+                         risk_published=[], sequence=Model(), sequence_gates=[],
+                         sequence_published=[])
     lag = LagProbe(Settings(), "g", ())
     servers = [ProbeServer("127.0.0.1", FEEDBACK_PORT, lambda: feedback_health(fw, lag, 0.0),
                            list).start(),

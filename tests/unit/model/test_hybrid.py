@@ -200,6 +200,22 @@ def test_a_state_of_another_version_is_re_encoded() -> None:
         torch.testing.assert_close(rec.advance([hist], [blob])[0].hidden, fresh.hidden)
 
 
+def test_a_state_that_missed_events_is_re_encoded_not_stepped() -> None:
+    """A state of this version that ended three events before the trigger (events served by
+    another model meanwhile): stepping it would skip two events, so it is re-encoded."""
+    rec = _hybrid()
+    hist = _history(8, seed=11)
+    assert rec.seq is not None
+    behind = rec.seq.states_of([hist[:5]])[0]
+    got = rec.advance([hist], [state_to_bytes(behind)])[0]
+    torch.testing.assert_close(got.hidden, rec.seq.states_of([hist])[0].hidden)
+    assert got.events == 8
+    # one event behind: stepped (a step gives what the full pass gives)
+    last = rec.seq.states_of([hist[:7]])[0]
+    stepped = rec.advance([hist], [state_to_bytes(last)])[0]
+    torch.testing.assert_close(stepped.hidden, got.hidden, rtol=STATE_TOL, atol=STATE_TOL)
+
+
 def _ring(users: int, length: int, shift: int = 1, t0: int = 0) -> dict[str, list[SeqItem]]:
     """Users walk a ring of 25 items `shift` steps at a time."""
     return {f"u{u}": [SeqItem(f"i{(u + shift * j) % 25}", "view", t0 + 60_000 * j + u)

@@ -90,12 +90,17 @@ def test_trainer_probes_count_gate_decisions_and_name_serving_versions() -> None
         risk=_Model(seen=9, trained=9, serving="v1"),
         gates=[{"gate": {"passed": True}, "published": "v2"}, {"gate": {"passed": False}}],
         risk_gates=[{"gate": {"decided": False, "passed": False}}],
-        published=["v2"], risk_published=[])
+        sequence=_Model(seen=500, trained=120, serving="v4", polls=3, skipped=7,
+                        last_candidate_hr=0.25, last_serving_hr=0.2),
+        sequence_gates=[{"gate": {"passed": True}, "published": "v4"}],
+        published=["v2"], risk_published=[], sequence_published=["v4"])
     lag = _lag({"feedback": {0: 4}})
     health = trainer_health(ct, lag, 0.0)
     assert health["models"]["reranker"]["gates"] == {"published": 1, "refused": 1}
     assert health["models"]["risk"]["gates"] == {"undecided": 1}
     assert health["models"]["risk"]["serving"] == "v1" and health["lag"]["total"] == 4
+    assert health["models"]["recommender"]["gates"] == {"published": 1}
+    assert health["published"]["recommender"] == ["v4"]
     server = start_probe_server("trainer", "127.0.0.1", 0, lambda: health, lambda: [])
     assert server is None  # port 0: not served
     server = ProbeServer("127.0.0.1", 0, lambda: health,
@@ -107,6 +112,11 @@ def test_trainer_probes_count_gate_decisions_and_name_serving_versions() -> None
     for line in ('lamstream_trainer_gate_decisions_total{model="reranker",outcome="refused"} 1.0',
                  'lamstream_trainer_serving_version_info{model="risk",version="v1"} 1.0',
                  'lamstream_trainer_records_in_total{model="reranker"} 40.0',
+                 'lamstream_trainer_records_in_total{model="recommender"} 500.0',
+                 'lamstream_trainer_serving_version_info{model="recommender",version="v4"} 1.0',
+                 "lamstream_trainer_sequence_polls_total 3.0",
+                 "lamstream_trainer_sequence_events_skipped_total 7.0",
+                 'lamstream_trainer_sequence_prequential_hr20{side="serving"} 0.2',
                  'lamstream_trainer_consumer_lag{partition="0",topic="feedback"} 4.0'):
         assert line in metrics, line
     assert gate_outcome({"gate": {"decided": True}}) == "refused"
