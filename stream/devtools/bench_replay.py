@@ -85,13 +85,21 @@ def collect(s: Settings, expected: int, log: Log) -> dict[str, list[str]]:
         consumer.close()
 
 
-def _worker_env(settings: Settings, tmp: Path, k: int) -> dict[str, str]:
+def recommend_on(settings: Settings, evs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The configured event types recommended on, or, for a file that has none of them (a
+    purchase or review log), every type it has."""
+    types = {str(e.get("type", "view")) for e in evs}
+    configured = tuple(str(t) for t in settings.recommend_on)
+    return configured if types & set(configured) else tuple(sorted(types))
+
+
+def _worker_env(settings: Settings, tmp: Path, k: int, on: tuple[str, ...]) -> dict[str, str]:
     """The worker serves what the configured registry holds: it is linked, not copied."""
     models = settings.data_dir.resolve() / "models"
     if models.is_dir():
         (tmp / "worker").mkdir(parents=True, exist_ok=True)
         (tmp / "worker" / "models").symlink_to(models, target_is_directory=True)
-    return {"LAMSTREAM_TOP_K": str(k)}
+    return {"LAMSTREAM_TOP_K": str(k), "LAMSTREAM_RECOMMEND_ON": ",".join(on)}
 
 
 def run_replay_bench(settings: Settings, *, data: str | None, events: int, k: int,
@@ -101,7 +109,8 @@ def run_replay_bench(settings: Settings, *, data: str | None, events: int, k: in
         raise UsageError("--events must be >= 100 and --k >= 1")
     evs = load_time_ordered(data, events)
     targets = next_different_targets(evs)
-    rule = history_then_covisitation(evs, k, settings.recommend_on)
+    on = recommend_on(settings, evs)
+    rule = history_then_covisitation(evs, k, on)
     tmp = Path(tempfile.mkdtemp(prefix="lamstream-replay-"))
     run_id = uuid.uuid4().hex[:6]
     try:
@@ -109,7 +118,7 @@ def run_replay_bench(settings: Settings, *, data: str | None, events: int, k: in
             s = base.model_copy(update={"topic_prefix": f"replay-{run_id}.",
                                         "app_id": f"replay-{run_id}"})
             ensure_topics(s)
-            proc = start_worker(s, tmp / "worker", tmp / "worker.log", _worker_env(s, tmp, k))
+            proc = start_worker(s, tmp / "worker", tmp / "worker.log", _worker_env(s, tmp, k, on))
             try:
                 wait_healthy(f"http://127.0.0.1:{s.web_port}", proc, 180, tmp / "worker.log")
                 health = get_json(f"http://127.0.0.1:{s.web_port}/health")
@@ -128,6 +137,7 @@ def run_replay_bench(settings: Settings, *, data: str | None, events: int, k: in
     hr_live, n = hit_rate(live, targets, k, cases)
     hr_rule, _ = hit_rate(rule, targets, k, cases)
     return {"data": str(data or default_data()), "events": len(evs), "k": k,
+            "recommend_on": list(on),
             "served": f"{health.get('model')} {health.get('model_version')}",
             "recommendations": len(live), "expected_recommendations": len(rule),
             "cases": n, f"live_hr@{k}": round(hr_live, 4),
