@@ -193,19 +193,22 @@ def bench_soak(
     rate: Annotated[float, typer.Option(help="Events per second offered.")] = 1000.0,
     json_out: JsonOpt = False,
     data: BenchDataOpt = None,
+    warmup: Annotated[int, typer.Option(help="Minutes before RSS growth is judged (caches "
+                                        "and RocksDB buffers fill first).")] = 5,
 ) -> None:
     """Steady load for minutes: worker RSS, lag and p99 each minute.
 
     One worker with its default settings and predictor; real events replayed under fresh
     ids at --rate for --minutes. Each minute: the worker's RSS, its group's lag on the events
     topic (end offset minus committed) and the end-to-end p50/p99 of that minute's
-    recommendations; then the RSS growth after a two-minute warm-up.
+    recommendations and the worker's /health; then the RSS growth after the warm-up.
     """
     from stream.devtools.bench_soak import run_soak  # kafka: not for --help
 
     settings = get_settings()
     with errors():
-        result = run_soak(settings, minutes=minutes, rate=rate, data=data, log=say)
+        result = run_soak(settings, minutes=minutes, rate=rate, data=data, log=say,
+                          warmup=warmup)
     _print_result(result, json_out, skip="samples")
 
 

@@ -42,7 +42,12 @@ from stream.settings import Settings
 
 __all__ = ["WARMUP_MINUTES", "rss_mb", "run_soak", "summarise"]
 
-WARMUP_MINUTES = 2  # RSS growth is judged after this: imports, caches and tables fill first
+# RSS growth is judged after this. What fills first, by design bounded: the tables' RocksDB
+# write buffers and block caches (8 partitions x (2 x LAMSTREAM_ROCKSDB_MEMTABLE_MB +
+# LAMSTREAM_ROCKSDB_CACHE_MB), 128 MiB at the defaults), the dashboard's two generations of
+# each user's latest decision, the online co-visitation lists. Measured at 1,000 ev/s:
+# +120 MiB over the first 5-6 minutes, then flat within a few MiB.
+WARMUP_MINUTES = 5
 # The offering client batches like an application sending 1,000 ev/s would (Kafka clients'
 # linger.ms is 5 ms by default, batching tens of events at this rate in one client). At 5 ms
 # nearly every event became a batch of its own on the embedded broker, and tansu's memory
@@ -148,8 +153,8 @@ def summarise(samples: list[dict[str, Any]], warmup: int = WARMUP_MINUTES) -> di
             "minutes_not_ok": [x["minute"] for x in samples if x.get("health", "ok") != "ok"]}
 
 
-def run_soak(settings: Settings, *, minutes: int, rate: float, data: str | None, log: Any
-             ) -> dict[str, Any]:
+def run_soak(settings: Settings, *, minutes: int, rate: float, data: str | None, log: Any,
+             warmup: int = WARMUP_MINUTES) -> dict[str, Any]:
     """Start a broker if needed and one worker with its defaults, soak it, stop it."""
     if minutes < 1 or rate <= 0:
         raise UsageError("--minutes must be >= 1 and --rate > 0")
@@ -168,6 +173,6 @@ def run_soak(settings: Settings, *, minutes: int, rate: float, data: str | None,
                                                        log, broker_pid)))
         finally:
             stop_worker(proc)
-    return {"minutes": minutes, "rate": rate, "samples": samples, **summarise(samples),
+    return {"minutes": minutes, "rate": rate, "samples": samples, **summarise(samples, warmup),
             "predictor": "the worker's default (LAMSTREAM_MODEL_NAME)",
             "worker_log": str(tmp / "worker.log")}
