@@ -39,7 +39,7 @@ from stream.feedback.web import serve_probes
 from stream.kafka.admin import ensure_topics
 from stream.kafka.faust_app import bytes_table, bytes_topic, new_faust_app, run_until_stopped
 from stream.kafka.recovery import install_exact_highwaters
-from stream.records import feedback_record
+from stream.records import feedback_record, read_decision
 from stream.schemas import EpochMs
 from stream.settings import Settings
 from stream.state.joins import JoinBatch, PartitionedJoin, PartitionIndex, UserCache
@@ -195,7 +195,7 @@ class FeedbackJoin(PartitionedJoin[RewardPartition, UserJoin]):
         try:
             obj = orjson.loads(m.value)
             if m.topic == self.topics.decisions.name:
-                return self._take_decision(obj, ps, users)
+                return self._take_decision(read_decision(obj), ps, users)
             ts = self._take_event(m.key, obj, users)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError,
                 AttributeError, PoisonMessage):

@@ -18,7 +18,7 @@ from model.policy.reranker import DENSE_COLUMNS, Reranker, RerankInput, featuriz
 from model.testing import FakePredictor
 from model.train.online import Example, OnlineConfig, OnlineTrainer, example_from_feedback
 from model.types import PredictionContext, ScoredItem, SeqItem
-from stream.records import decision_record
+from stream.records import decision_record, read_decision
 from stream.schemas import Decision, Feedback
 
 
@@ -109,9 +109,8 @@ def test_exploring_predictor_logs_pool_and_recent_categories() -> None:
            "items": [{"item_id": i.item_id, "score": i.score, "propensity": i.propensity}
                      for i in pred.items], "model": "m", "model_version": "v"}
     ctx = _ctx(3, "z", "cz", ["a", "b"])
-    raw = decision_record(rec, ctx, pred, 0.9)
-    Decision.model_validate_json(raw)
-    d = orjson.loads(raw)
+    d = read_decision(orjson.loads(decision_record(rec, ctx, pred, 0.9)))
+    Decision.model_validate_json(orjson.dumps(d))
     assert d["candidate_categories"] == list(tr.candidate_categories)
     assert d["recent_categories"] == ["cb", "cz"]
 

@@ -23,6 +23,7 @@ from stream.records import (
     decision_record,
     dlq_record,
     feedback_record,
+    read_decision,
     recommendation_record,
     risk_feedback_record,
 )
@@ -92,8 +93,10 @@ def test_alert_carries_the_snapshot_the_risk_model_scored() -> None:
 def test_decision(trace: PolicyTrace | None) -> None:
     pred = prediction(trace)
     rec = recommendation_record(EVENT, pred, 1.0, T0 + 5)
-    d = orjson.loads(decision_record(rec, CTX, pred, 0.8))
+    raw = decision_record(rec, CTX, pred, 0.8)
+    d = read_decision(orjson.loads(raw))
     conforms(d, Decision, every_field=trace is not None)
+    assert d["items"] == rec["items"]
     assert (d["risk_score"], d["risk_model_version"], d["risk_threshold"]) == (
         0.91, "risk-v3", 0.8)
     if trace is None:
@@ -104,8 +107,8 @@ def test_decision(trace: PolicyTrace | None) -> None:
 
 def test_feedback_has_the_decisions_snapshot_and_no_user_id() -> None:
     pred = prediction(TRACE)
-    decision = orjson.loads(decision_record(recommendation_record(EVENT, pred, 1.0, T0),
-                                            CTX, pred, 0.8))
+    decision = read_decision(orjson.loads(decision_record(
+        recommendation_record(EVENT, pred, 1.0, T0), CTX, pred, 0.8)))
     fb = feedback_record(Outcome(decision, 2.0, "i4", "add_to_cart", T0 + 60_000),
                          "k" * 32, "kid", T0 + 99)
     conforms(fb, Feedback)
