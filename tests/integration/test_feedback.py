@@ -20,6 +20,7 @@ from stream.client import EventProducer, tail
 from stream.devtools.procs import start_worker, stop_worker, wait_healthy
 from stream.kafka.admin import ensure_topics
 from stream.kafka.broker import free_port
+from stream.records import read_decision
 from stream.schemas import Decision, Feedback
 from stream.settings import Settings
 from tests.helpers import poll_until
@@ -46,7 +47,9 @@ def start_feedback(s: Settings, log: Path, **extra: str) -> subprocess.Popen[byt
 
 
 def read(s: Settings, topic: str, idle: float = 1.5) -> list[dict[str, Any]]:
-    return [v for _, v in tail(s, s.topic_prefix + topic, from_beginning=True, timeout=idle)]
+    """A topic's records from the start; `decisions` in their expanded form."""
+    got = [v for _, v in tail(s, s.topic_prefix + topic, from_beginning=True, timeout=idle)]
+    return [read_decision(v) for v in got] if topic == "decisions" else got
 
 
 def send(s: Settings, records: list[tuple[str, dict[str, Any]]]) -> None:
