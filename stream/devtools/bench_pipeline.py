@@ -47,8 +47,9 @@ from stream.devtools.procs import (
 )
 from stream.devtools.replay import default_data, load_payloads, preload
 from stream.errors import InfraError, UsageError
-from stream.kafka.admin import ensure_topics
+from stream.kafka.admin import end_offsets, ensure_topics
 from stream.settings import Settings
+from stream.topics import table_changelog, topics_for
 
 Log = Callable[[str], None]
 PREDICTORS = ("auto", "hybrid", "baseline", "both")
@@ -263,6 +264,47 @@ def _naive_phase(run: _Run, n: int) -> float:
     return eps
 
 
+def bytes_published(s: Settings, topics: list[str], timeout: float = 60.0) -> dict[str, int]:
+    """Key + value bytes of every record in each topic, read from the start to its end as a
+    consumer receives them (record headers and batch framing not counted)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    ends = {t: end_offsets(s, t) for t in topics}
+    out = dict.fromkeys(topics, 0)
+    consumer = KafkaConsumer(**s.kafka_python_config(), enable_auto_commit=False,
+                             max_partition_fetch_bytes=8 * 1024 * 1024)
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p, end in ends[t].items() if end]
+        if not parts:
+            return out
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        left = {tp: ends[tp.topic][tp.partition] for tp in parts}
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            for tp, records in consumer.poll(500, max_records=20_000).items():
+                for r in records:
+                    out[tp.topic] += len(r.value or b"") + len(r.key or b"")
+                if records and records[-1].offset + 1 >= left.get(tp, 0):
+                    left.pop(tp, None)
+        if left:
+            raise InfraError(f"could not read {len(left)} partitions to their end")
+    finally:
+        consumer.close()
+    return out
+
+
+def _bytes_per_event(s: Settings, n: int) -> dict[str, float]:
+    t = topics_for(s)
+    outputs = [x.name for x in (t.recommendations, t.decisions, t.risk_alerts, t.dlq)]
+    changelog = table_changelog(s, "features")
+    got = bytes_published(s, [*outputs, changelog])
+    return {"bytes_in_per_event": 0.0,
+            "bytes_out_per_event": round(sum(got[x] for x in outputs) / n, 1),
+            "decision_bytes_per_event": round(got[t.decisions.name] / n, 1),
+            "changelog_bytes_per_event": round(got[changelog] / n, 1)}
+
+
 def _worker_phase(run: _Run, rate: float, seconds: float, predictor: str = "auto"
                   ) -> tuple[Settings, float, dict[str, Any]]:
     """(c) the lamstream worker serving `predictor` (auto: what it serves by default): its
@@ -294,7 +336,14 @@ def _worker_phase(run: _Run, rate: float, seconds: float, predictor: str = "auto
         eps = st["events"] / (st["last_batch_at"] - st["first_batch_at"])
         run.log(f"(c) lamstream worker: {eps:,.0f} ev/s "
                 f"({st['recommendations']} recommendations, {st['dlq']} DLQ)")
+        sizes = _bytes_per_event(s, n)
+        sizes["bytes_in_per_event"] = round(sum(len(k) + len(v) for k, v in run.payloads) / n, 1)
+        run.log(f"(c) published per event: {sizes['bytes_out_per_event']:,.0f} B of outputs "
+                f"({sizes['decision_bytes_per_event']:,.0f} B decisions), "
+                f"{sizes['changelog_bytes_per_event']:,.0f} B changelog, for "
+                f"{sizes['bytes_in_per_event']:,.0f} B in")
         lat = _latency_at_load(s, run.payloads, rate, seconds)
+        lat.update(sizes)
         lat["predictor"] = served
         run.log(f"(c) at {rate:.0f} ev/s offered: e2e p50 {lat['p50_ms']:.1f} ms, p99 "
                 f"{lat['p99_ms']:.1f} ms over {lat['samples']} recommendations (inside the "
@@ -333,7 +382,12 @@ def _figures(eps: float, lat: dict[str, Any]) -> dict[str, Any]:
     return {"predictor": lat["predictor"], "lamstream_eps": round(eps, 1),
             "p50_ms": round(lat["p50_ms"], 2), "p99_ms": round(lat["p99_ms"], 2),
             "worker_p50_ms": round(lat["worker_p50_ms"], 2),
-            "worker_p99_ms": round(lat["worker_p99_ms"], 2), "latency_samples": lat["samples"]}
+            "worker_p99_ms": round(lat["worker_p99_ms"], 2), "latency_samples": lat["samples"],
+            **{k: lat[k] for k in _SIZES}}
+
+
+_SIZES = ("bytes_in_per_event", "bytes_out_per_event", "decision_bytes_per_event",
+          "changelog_bytes_per_event")
 
 
 def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, log: Log,
@@ -375,7 +429,7 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, l
         "lamstream_eps": ls_eps,
         "ratio_vs_naive": round(ls_eps / naive_eps, 2),
         "ratio_vs_raw": round(ls_eps / raw_eps, 3),
-        **{k: first[k] for k in ("p50_ms", "p99_ms", "worker_p50_ms", "worker_p99_ms")},
+        **{k: first[k] for k in ("p50_ms", "p99_ms", "worker_p50_ms", "worker_p99_ms", *_SIZES)},
         "floor_p50_ms": round(floor["p50_ms"], 2), "floor_p99_ms": round(floor["p99_ms"], 2),
         "events": n_events, "naive_events": naive_n, "partitions": base_settings.partitions,
         "latency_offered_eps": latency_rate, "latency_samples": first["latency_samples"],
