@@ -10,6 +10,7 @@ import typer
 
 from model.recommenders.base import METHODS
 from model.registry import ModelRegistry
+from model.train.progress import Progress
 from stream.cli._common import (
     OFFLINE_EXIT,
     DataDirOpt,
@@ -19,7 +20,6 @@ from stream.cli._common import (
     fail,
     get_settings,
     resolve_data_dir,
-    say,
     setup_logging,
 )
 from stream.errors import UsageError
@@ -90,7 +90,8 @@ def simulate(
                         rounds=rounds, windows=min(windows, rounds), seed=seed,
                         arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
     with errors():
-        result = sim.simulate(cfg, settings, workdir or sim.default_workdir(settings), png, say)
+        result = sim.simulate(cfg, settings, workdir or sim.default_workdir(settings), png,
+                              Progress("simulate"))
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -142,7 +143,8 @@ def bench_pipeline(
 
     settings = get_settings()
     with errors():
-        result = run_pipeline_bench(settings, n_events=events, data=data, log=say)
+        result = run_pipeline_bench(settings, n_events=events, data=data,
+                                    log=Progress("bench pipeline"))
     _print_result(result, json_out)
 
 
@@ -165,7 +167,7 @@ def bench_scale(
     settings = get_settings()
     with errors():
         result = run_scale_bench(settings, workers=parse_workers(workers), n_events=events,
-                                 data=data, log=say)
+                                 data=data, log=Progress("bench scale"))
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -196,7 +198,8 @@ def bench_soak(
 
     settings = get_settings()
     with errors():
-        result = run_soak(settings, minutes=minutes, rate=rate, data=data, log=say)
+        result = run_soak(settings, minutes=minutes, rate=rate, data=data,
+                          log=Progress("bench soak"))
     _print_result(result, json_out, skip="samples")
 
 
@@ -230,7 +233,8 @@ def bench_inference(
             methods = ModelRegistry(ddir).manifest("recommender").get("methods", [])
             has = prefer in methods
         result = run_inference_bench(ddir if has else None, device=device, seconds=seconds,
-                                     prefer=prefer, log=say, threads=threads)
+                                     prefer=prefer, log=Progress("bench inference"),
+                                     threads=threads)
     _print_result(result, json_out, skip="levels")
 
 

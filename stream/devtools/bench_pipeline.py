@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from model.stats import percentile
+from model.train.progress import step
 from stream.devtools.procs import broker_for, get_json, start_worker, stop_worker, wait_healthy
 from stream.devtools.replay import load_payloads, preload
 from stream.errors import InfraError
@@ -295,18 +296,22 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, l
         log(f"bench: {n_events} real events, {base_settings.partitions} partitions, broker "
             f"{base_settings.bootstrap}")
         raw_eps = _raw_phase(run)
+        step(log, 1, 4, "(a) raw done")
         # the same events as (c) by default: the naive agent gets faster over a longer run
         # (10,000 events: 2,935 / 3,119 ev/s; 60,000: 3,258 / 3,296), so a shorter run
         # would flatter the ratio
         naive_n = n_events if naive_events is None else min(naive_events, n_events)
         naive_eps = _naive_phase(run, naive_n)
+        step(log, 2, 4, "(b) naive done")
         s, ls_eps, lat = _worker_phase(run, latency_rate, latency_seconds)
+        step(log, 3, 4, "(c) worker done")
         # (d) the floor: the same load and observer through a bare passthrough process
         floor = _floor_latency(base_settings, run.run_id, s.fetch_max_wait_ms, payloads,
                                latency_rate, latency_seconds, tmp)
         log(f"(d) floor, a bare passthrough process at {latency_rate:.0f} ev/s: e2e p50 "
             f"{floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms over {floor['samples']} "
             f"events (the broker, the clients and this machine, before any work)")
+        step(log, 4, 4, "(d) floor done")
     return {
         "raw_eps": round(raw_eps, 1), "naive_eps": round(naive_eps, 1),
         "lamstream_eps": round(ls_eps, 1),

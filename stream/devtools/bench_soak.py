@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from model.stats import percentile
+from model.train.progress import step
 from stream.devtools.bench_pipeline import LatencyObserver
 from stream.devtools.procs import broker_for, start_worker, stop_worker, wait_healthy
 from stream.devtools.replay import load_payloads
@@ -65,6 +66,7 @@ def _minute_sample(soak: _Soak, minute: int, obs: LatencyObserver, sent: int) ->
     soak.log(f"minute {minute}: rss {sample['rss_mb']} MiB, lag {sample['lag']}, "
              f"p50 {sample['p50_ms']} / p99 {sample['p99_ms']} ms over "
              f"{sample['recommendations']} recommendations")
+    step(soak.log, minute, soak.minutes, f"lag {sample['lag']}")
     obs.lat.clear()
     obs.inside.clear()
     return sample

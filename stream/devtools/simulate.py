@@ -35,6 +35,7 @@ from kafka import KafkaProducer
 
 from model.recommenders.neighbors import PopularityRecommender
 from model.registry import ModelRegistry
+from model.train.progress import step
 from stream.client import tail
 from stream.devtools.procs import broker_for, start_worker, stop_worker, wait_healthy
 from stream.devtools.sim_report import ope_check, plot
@@ -265,6 +266,7 @@ def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir:
             play.play(r)
             _keep_up(s, arm, cfg)
             play.turn_over()
+            step(log, r + 1, cfg.rounds, f"{arm}: round {r + 1}")
             if (r + 1) % max(1, cfg.rounds // cfg.windows) == 0:
                 versions = play.tally.versions
                 log(f"  {arm}: round {r + 1}/{cfg.rounds}, mean reward "
