@@ -142,7 +142,7 @@ class FeedbackJoin(PartitionedJoin[RewardPartition, UserJoin]):
         writes this partition: it belongs to the input partition this worker now owns."""
         tp = TopicPartition(self.topics.feedback.name, p)
         consumer = kafka_consumer(self.settings, "lamstream-feedback-readback",
-                             enable_auto_commit=False, fetch_max_wait_ms=100)
+                                  enable_auto_commit=False, fetch_max_wait_ms=100)
         found: set[str] = set()
         end = start
         try:

@@ -344,10 +344,10 @@ def _consume(ct: ContinuousTrainer, settings: Settings, stop: threading.Event,
     `idle_exit_s` (once), a final gate after the input went idle."""
     once = idle_exit_s is not None
     topics = topics_for(settings)
-    consumer = kafka_consumer(settings, "lamstream-trainer", group_id=f"{settings.app_id}-trainer",
-                         enable_auto_commit=False, auto_offset_reset="earliest",
-                         max_poll_interval_ms=300_000, session_timeout_ms=10_000,
-                         heartbeat_interval_ms=1000)
+    consumer = kafka_consumer(settings, "lamstream-trainer",
+                              group_id=f"{settings.app_id}-trainer", enable_auto_commit=False,
+                              auto_offset_reset="earliest", max_poll_interval_ms=300_000,
+                              session_timeout_ms=10_000, heartbeat_interval_ms=1000)
     try:
         consumer.subscribe([topics.feedback.name, topics.risk_feedback.name])
         last_ckpt = time.monotonic()
