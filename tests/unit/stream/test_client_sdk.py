@@ -20,7 +20,7 @@ from stream.client.codec import (
 from stream.client.offsets import HandedOut, Partition, seek_target
 from stream.errors import ClientError
 from stream.kafka.broker import EMBEDDED_CLUSTER_ID
-from stream.schemas import Feedback, RecItem, Recommendation, RiskFeedback
+from stream.schemas import Feedback, RecItem, Recommendation, RiskAlert, RiskFeedback
 from stream.settings import Settings
 from stream.topics import topics_for
 
@@ -96,7 +96,7 @@ def test_subscribers_read_outputs_and_feedback_but_not_decisions() -> None:
     s = Settings(bootstrap_servers="k:1", topic_prefix="p.")
     t = topics_for(s)
     assert pick_types(s, None) == {"p.recommendations": Recommendation,
-                                   "p.risk-alerts": pick_types(s, None)["p.risk-alerts"]}
+                                   "p.risk-alerts": RiskAlert}
     assert pick_types(s, [t.feedback.name, t.risk_feedback.name]) == {
         t.feedback.name: Feedback, t.risk_feedback.name: RiskFeedback}
     with pytest.raises(ClientError, match="not p.decisions"):
