@@ -27,6 +27,7 @@ from model.recommenders.sequence import SequenceModel
 from model.risk.model import RiskScorer
 from model.serving import ModelPredictor, load_predictor, with_trigger
 from model.stats import percentile
+from model.train.progress import step
 from model.types import EVENT_TYPES, FEATURE_NAMES, PredictionContext, SeqItem
 from model.vocab import ItemVocab
 
@@ -228,17 +229,22 @@ def _measure(pred: ModelPredictor, contexts: list[PredictionContext], dev: torch
     say(f"per-event loop on {dev} ({pred.name} {pred.version} + risk {pred.risk_version})")
     # The per-event loop runs before and after the batched levels and the faster run is the
     # baseline: on a shared machine one noisy window must not inflate the ratio.
+    steps = len(concurrency) + 3
     singles = [per_event(pred, contexts, seconds)]
+    step(say, 1, steps, "per-event")
     say(f"  per-event: {singles[0]['pps']:.0f}/s p50 {singles[0]['p50_ms']:.2f} ms "
         f"p99 {singles[0]['p99_ms']:.2f} ms")
     levels = []
     for c in concurrency:
         r = batched(pred, contexts, c, seconds)
         levels.append(r)
+        step(say, 1 + len(levels), steps, f"batched c={c}")
         say(f"  batched c={c}: {r['pps']:.0f}/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms")
     ceiling = direct(pred, contexts, pred.metrics()["max_batch"], seconds)
     say(f"  direct batches of {ceiling['rows']} (no batcher): {ceiling['pps']:.0f}/s")
+    step(say, steps - 1, steps, "direct batches")
     singles.append(per_event(pred, contexts, seconds))
+    step(say, steps, steps, "per-event again")
     say(f"  per-event again: {singles[1]['pps']:.0f}/s p50 {singles[1]['p50_ms']:.2f} ms "
         f"p99 {singles[1]['p99_ms']:.2f} ms")
     single = max(singles, key=lambda r: r["pps"])

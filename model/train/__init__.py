@@ -7,6 +7,8 @@ __all__ = [
     "neural",
     "online",
     "pipeline",
+    "plot",
+    "progress",
     "risk",
     "risk_data",
     "risk_online",

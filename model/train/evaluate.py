@@ -17,8 +17,9 @@ from model.recommenders.hybrid import HYBRID, WITHOUT_SEQUENCE, HybridRecommende
 from model.recommenders.neighbors import CoVisitationRecommender, PopularityRecommender
 from model.train.data import Case, Split, cases_between, rank_cases
 from model.train.hybrid import HybridConfig, before, fit_hybrid, time_slices
-from model.train.metrics import rank_metrics
+from model.train.metrics import hit_curve, rank_metrics
 from model.train.neural import TrainConfig, train_sequence_model
+from model.train.progress import step
 from model.train.sequence import SeqTrainConfig
 
 __all__ = ["Comparison", "K", "PRIMARY", "candidate_recall", "compare_methods", "score_cases",
@@ -104,6 +105,8 @@ class Comparison:
     split: dict[str, Any]
     models: dict[str, Recommender] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
+    # HR@K for K = 1..curve_k per method on the test cases (compare_methods' curve_k > 0)
+    curves: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"methods": self.methods, "served": self.served, "split": self.split,
@@ -167,10 +170,12 @@ class _Fitter:
 def compare_methods(split: Split, methods: Sequence[str] = METHODS,
                     train_cfg: TrainConfig = TrainConfig(),
                     progress: Callable[[str], None] | None = None,
-                    hybrid_cfg: HybridConfig = HybridConfig()) -> Comparison:
+                    hybrid_cfg: HybridConfig = HybridConfig(),
+                    curve_k: int = 0) -> Comparison:
     """Fit each method before the validation slice (the last `hybrid_cfg.valid_frac` of the
     training events) and score it there; fit it on the whole training period and score it on
-    split.test. The best on validation by PRIMARY is served."""
+    split.test. The best on validation by PRIMARY is served. With `curve_k`, also HR@K for
+    K = 1..curve_k of each method on split.test (Comparison.curves)."""
     say = progress or (lambda _m: None)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     sl = time_slices(split.train, hybrid_cfg)
@@ -183,7 +188,8 @@ def compare_methods(split: Split, methods: Sequence[str] = METHODS,
     results: dict[str, dict[str, Any]] = {}
     models: dict[str, Recommender] = {}
     notes: dict[str, Any] = {}
-    for method in methods:
+    for i, method in enumerate(methods):
+        step(progress, i, len(methods), f"fitting {method}")
         t0 = time.perf_counter()
         fitted = fitter.fit(method)
         train_s = time.perf_counter() - t0
@@ -196,6 +202,7 @@ def compare_methods(split: Split, methods: Sequence[str] = METHODS,
         models[method] = fitted.model
         notes.update(fitted.notes)
         say(f"{method}: " + ", ".join(f"{k} {v}" for k, v in results[method].items()))
+        step(progress, i + 1, len(methods), f"{method} done")
     rep = sum(any(e.item_id == c.target for e in c.history) for c in split.test)
     notes["repeat_target_share"] = round(rep / max(1, len(split.test)), 4)
     served = max(results, key=lambda m: (results[m]["valid"].get(PRIMARY, 0.0),
@@ -203,4 +210,7 @@ def compare_methods(split: Split, methods: Sequence[str] = METHODS,
     notes["served_by"] = f"{PRIMARY} (then {TIEBREAK}) on the validation slice"
     info = {**split.info, "ranker_from_ms": sl.t_ranker, "valid_from_ms": sl.t_valid,
             "valid_cases": len(valid)}
-    return Comparison(results, served, info, models, notes)
+    targets = [c.target for c in split.test]
+    curves = {m: hit_curve(rank_cases(r, split.test, curve_k), targets, curve_k)
+              for m, r in models.items()} if curve_k > 0 else {}
+    return Comparison(results, served, info, models, notes, curves)

@@ -139,3 +139,20 @@ def log_loss(y: Sequence[int], p: Sequence[float]) -> float:
     total = math.fsum(-math.log(min(max(q if t else 1.0 - q, 1e-7), 1.0))
                       for t, q in zip(y, p, strict=True))
     return total / max(1, len(y))
+
+
+def hit_curve(ranked: Sequence[Sequence[str]], targets: Sequence[str], max_k: int
+              ) -> list[float]:
+    """HR@K for K = 1..max_k: the share of cases whose target is in the top K."""
+    if len(ranked) != len(targets):
+        raise ConfigError("one ranked list per target")
+    first_hit = [0] * (max_k + 1)  # first_hit[r]: cases whose target sits at 1-based rank r
+    for row, t in zip(ranked, targets, strict=True):
+        top = list(row[:max_k])
+        if t in top:
+            first_hit[top.index(t) + 1] += 1
+    out, hits, n = [], 0, max(1, len(targets))
+    for k in range(1, max_k + 1):
+        hits += first_hit[k]
+        out.append(hits / n)
+    return out

@@ -23,8 +23,10 @@ def evaluate_recommenders(data: Path, *, layout: str = "auto", test: Path | None
                           cfg: TrainConfig = TrainConfig(), max_events: int | None = None,
                           test_frac: float = 0.2, max_cases: int = 5000,
                           methods: tuple[str, ...] = METHODS,
-                          progress: Callable[[str], None] | None = None) -> Comparison:
-    """All methods on one temporal split of `data` (or train=`data`, test=`test`)."""
+                          progress: Callable[[str], None] | None = None,
+                          curve_k: int = 0) -> Comparison:
+    """All methods on one temporal split of `data` (or train=`data`, test=`test`); with
+    `curve_k`, HR@K curves up to it too (Comparison.curves)."""
     log = load_log(data, layout, max_events)
     test_log = load_log(test, layout, max_events) if test is not None else None
     split = temporal_split(log, test_frac=test_frac, max_hist=cfg.max_len,
@@ -33,7 +35,7 @@ def evaluate_recommenders(data: Path, *, layout: str = "auto", test: Path | None
     if progress:
         progress(f"split: {split.info['train_events']} train events, "
                  f"{split.info['test_cases']} test cases of {split.info['test_cases_total']}")
-    return compare_methods(split, methods, cfg, progress)
+    return compare_methods(split, methods, cfg, progress, curve_k=curve_k)
 
 
 def train_recommender(data: Path, data_dir: Path, *, layout: str = "auto",

@@ -19,6 +19,7 @@ from model.nets import RiskConfig, RiskNet
 from model.recommenders.baseline import BaselinePredictor
 from model.risk.model import _NO_ITEMS, RiskScorer
 from model.train.metrics import negative_weight, pr_auc, roc_auc
+from model.train.progress import step
 from model.types import FEATURE_NAMES, SeqItem
 
 __all__ = [
@@ -194,6 +195,7 @@ def _fit_net(net: RiskNet, train: tuple[torch.Tensor, SeqBatch, torch.Tensor],
                 net.raw_logit(net.standardise(xva), sva), yva))
         if vl < best[0]:
             best = (vl, {k: v.clone() for k, v in net.state_dict().items()})
+        step(say, epoch, epochs, f"validation loss {vl:.4f}")
         if epoch % 10 == 0 or epoch == epochs:
             say(f"risk: epoch {epoch}/{epochs} validation loss {vl:.4f} "
                 f"({time.perf_counter() - t0:.0f}s)")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from model.registry import ModelRegistry
+from model.train.progress import Progress
 from stream.cli._common import (
     OFFLINE_EXIT,
     DataDirOpt,
@@ -39,6 +40,10 @@ AnnounceOpt = Annotated[bool, typer.Option(
     "--announce/--no-announce", help="Also send a model-updates record so running workers "
     "(LAMSTREAM_BOOTSTRAP_SERVERS, or the embedded broker's port) swap to the new version "
     "between batches.")]
+
+
+# --plot draws HR@K for K = 1..PLOT_MAX_K.
+PLOT_MAX_K = 50
 
 
 def _announce(name: str, version: str, action: str = "publish") -> bool:
@@ -104,7 +109,7 @@ def train_recommender(
     with errors(missing_field=True, code=OFFLINE_EXIT):
         version, comp = run(data, resolve_data_dir(data_dir), layout=layout, test=test,
                             cfg=_train_cfg(epochs, budget_s), max_events=max_events,
-                            progress=say)
+                            progress=Progress("train recommender"))
     if announce:
         _announce("recommender", version)
     result = {**comp.to_json(), "version": version}
@@ -141,7 +146,7 @@ def train_risk(
     with errors(missing_field=True, code=OFFLINE_EXIT):
         version, report = run(data, resolve_data_dir(data_dir), epochs=epochs, split=split,
                               base_rate=base_rate, allow_foreign_features=allow_foreign_features,
-                              progress=say)
+                              progress=Progress("train risk"))
     if announce:
         _announce("risk", version)
     if json_out:
@@ -166,6 +171,9 @@ def evaluate_recommender(
     max_events: Annotated[int | None, typer.Option(help="Read at most this many events.")]
     = None,
     json_out: JsonOpt = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Also write a PNG of HR@K for K = 1..50 per method to this file "
+        "(needs --data).")] = None,
 ) -> None:
     """HR@20, MRR@20, NDCG@20 and time of every recommender.
 
@@ -176,6 +184,8 @@ def evaluate_recommender(
     """
     with errors(missing_field=True, code=OFFLINE_EXIT):
         if data is None:
+            if plot is not None:
+                raise UsageError("--plot needs --data: the stored evaluation has no curves")
             reg = ModelRegistry(resolve_data_dir(data_dir))
             version = reg.latest("recommender")
             if version is None:
@@ -185,10 +195,19 @@ def evaluate_recommender(
                       "source": f"registry recommender {version}"}
         else:
             from model.train.pipeline import evaluate_recommenders  # torch
+            from model.train.plot import plot_hit_curves  # matplotlib
+
             comp = evaluate_recommenders(data, layout=layout, test=test,
                                          cfg=_train_cfg(epochs, budget_s),
-                                         max_events=max_events, progress=say)
+                                         max_events=max_events,
+                                         progress=Progress("evaluate recommender"),
+                                         curve_k=PLOT_MAX_K if plot else 0)
             result = comp.to_json()
+            if plot is not None:
+                plot_hit_curves(comp.curves, plot, served=comp.served,
+                                title=f"HR@K on {comp.split['test_cases']} test cases of "
+                                f"{data.name}")
+                say(f"wrote {plot}")
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -213,7 +232,8 @@ def evaluate_risk(
 
     with errors(missing_field=True, code=OFFLINE_EXIT):
         _, report = train_and_evaluate_risk(load_labelled(data), epochs=epochs, split=split,
-                                            base_rate=base_rate, progress=say)
+                                            base_rate=base_rate,
+                                            progress=Progress("evaluate risk"))
     if json_out:
         typer.echo(json.dumps(report))
     else:

@@ -10,6 +10,7 @@ import typer
 
 from model.recommenders.base import METHODS
 from model.registry import ModelRegistry
+from model.train.progress import Progress
 from stream.cli._common import (
     OFFLINE_EXIT,
     DataDirOpt,
@@ -19,7 +20,6 @@ from stream.cli._common import (
     fail,
     get_settings,
     resolve_data_dir,
-    say,
     setup_logging,
 )
 from stream.errors import UsageError
@@ -92,7 +92,8 @@ def simulate(
                         rounds=rounds, windows=min(windows, rounds), seed=seed,
                         arms=tuple(a.strip() for a in arms.split(",") if a.strip()))
     with errors():
-        result = sim.simulate(cfg, settings, workdir or sim.default_workdir(settings), png, say)
+        result = sim.simulate(cfg, settings, workdir or sim.default_workdir(settings), png,
+                              Progress("simulate"))
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -150,8 +151,8 @@ def bench_pipeline(
 
     settings = get_settings()
     with errors():
-        result = run_pipeline_bench(settings, n_events=events, data=data, log=say,
-                                    predictor=predictor)
+        result = run_pipeline_bench(settings, n_events=events, data=data,
+                                    log=Progress("bench pipeline"), predictor=predictor)
     _print_result(result, json_out)
 
 
@@ -174,7 +175,7 @@ def bench_scale(
     settings = get_settings()
     with errors():
         result = run_scale_bench(settings, workers=parse_workers(workers), n_events=events,
-                                 data=data, log=say)
+                                 data=data, log=Progress("bench scale"))
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -207,8 +208,8 @@ def bench_soak(
 
     settings = get_settings()
     with errors():
-        result = run_soak(settings, minutes=minutes, rate=rate, data=data, log=say,
-                          warmup=warmup)
+        result = run_soak(settings, minutes=minutes, rate=rate, data=data,
+                          log=Progress("bench soak"), warmup=warmup)
     _print_result(result, json_out, skip="samples")
 
 
@@ -221,7 +222,7 @@ def bench_replay(
     k: Annotated[int, typer.Option(help="Items per recommendation (top_k) and the K of "
                                    "HR@K.")] = 20,
 ) -> None:
-    """A live worker replays a real file in time order: HR@K of what it published.
+    """A live worker replays a file in time order: HR@K of what it publishes.
 
     Each recommendation is scored against the user's next item that differs from the
     trigger's, beside the offline rule "the user's history first, then co-visitation" on
@@ -232,7 +233,8 @@ def bench_replay(
 
     settings = get_settings()
     with errors():
-        result = run_replay_bench(settings, data=data, events=events, k=k, log=say)
+        result = run_replay_bench(settings, data=data, events=events, k=k,
+                                  log=Progress("bench replay"))
     _print_result(result, json_out)
 
 
@@ -266,7 +268,8 @@ def bench_inference(
             methods = ModelRegistry(ddir).manifest("recommender").get("methods", [])
             has = prefer in methods
         result = run_inference_bench(ddir if has else None, device=device, seconds=seconds,
-                                     prefer=prefer, log=say, threads=threads)
+                                     prefer=prefer, log=Progress("bench inference"),
+                                     threads=threads)
     _print_result(result, json_out, skip="levels")
 
 

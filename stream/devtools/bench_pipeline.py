@@ -37,6 +37,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from model.registry import ModelRegistry
 from model.stats import percentile
+from model.train.progress import step
 from stream.devtools.procs import (
     broker_for,
     get_json,
@@ -407,21 +408,25 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, l
         log(f"bench: {n_events} real events, {base_settings.partitions} partitions, broker "
             f"{base_settings.bootstrap}")
         raw_eps = _raw_phase(run)
+        step(log, 1, 4, "(a) raw done")
         # the same events as (c) by default: the naive agent gets faster over a longer run
         # (10,000 events: 2,935 / 3,119 ev/s; 60,000: 3,258 / 3,296), so a shorter run
         # would flatter the ratio
         naive_n = n_events if naive_events is None else min(naive_events, n_events)
         naive_eps = _naive_phase(run, naive_n)
+        step(log, 2, 4, "(b) naive done")
         figures: dict[str, dict[str, Any]] = {}
         for name in (("hybrid", "baseline") if predictor == "both" else (predictor,)):
             s, eps, lat = _worker_phase(run, latency_rate, latency_seconds, name)
             figures[name] = _figures(eps, lat)
+        step(log, 3, 4, "(c) worker done")
         # (d) the floor: the same load and observer through a bare passthrough process
         floor = _floor_latency(base_settings, run.run_id, s.fetch_max_wait_ms, payloads,
                                latency_rate, latency_seconds, tmp)
         log(f"(d) floor, a bare passthrough process at {latency_rate:.0f} ev/s: e2e p50 "
             f"{floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms over {floor['samples']} "
             f"events (the broker, the clients and this machine, before any work)")
+        step(log, 4, 4, "(d) floor done")
     first = next(iter(figures.values()))  # the top-level figures: the hybrid's with "both"
     ls_eps = first["lamstream_eps"]
     out: dict[str, Any] = {

@@ -36,6 +36,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from model.train.progress import step
 from model.types import EVENT_TYPES
 from stream.devtools.procs import (
     broker_with_pid,
@@ -380,7 +381,8 @@ def run_scale_bench(settings: Settings, *, workers: list[int], n_events: int,
     runs: list[dict[str, Any]] = []
     first_table: dict[str, Counts] | None = None
     with broker_with_pid(settings, port=free_port(), log=log) as (s, broker_pid):
-        for n in workers:
+        for i, n in enumerate(workers):
+            step(log, i, len(workers), f"{n} worker(s) next")
             row, table = run_one(s, n, payloads, want, run_id, tmp, log, broker_pid)
             if first_table is None:
                 first_table = table
@@ -388,6 +390,7 @@ def run_scale_bench(settings: Settings, *, workers: list[int], n_events: int,
                                        and row["served_sample_ok"]
                                        and row["events"] == len(payloads))
             runs.append(row)
+            step(log, i + 1, len(workers), f"{n} worker(s) done")
             log(f"  {n} worker(s): {row['eps']:,.0f} ev/s over {row['busy_s']} s, events per "
                 f"worker {row['events_per_worker']}, counts match: {row['counts_match']}, "
                 f"cores busy: workers {row['worker_cores_busy']}, broker "

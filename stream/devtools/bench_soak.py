@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from model.stats import percentile
+from model.train.progress import step
 from stream.devtools.bench_pipeline import LatencyObserver
 from stream.devtools.procs import (
     broker_with_pid,
@@ -94,6 +95,7 @@ def _minute_sample(soak: _Soak, minute: int, obs: LatencyObserver, sent: int) ->
              f"p50 {sample['p50_ms']} / p99 {sample['p99_ms']} ms over "
              f"{sample['recommendations']} recommendations, health {sample['health']}, "
              f"broker rss {sample['broker_rss_mb']} MiB")
+    step(soak.log, minute, soak.minutes, f"lag {sample['lag']}")
     obs.lat.clear()
     obs.inside.clear()
     return sample

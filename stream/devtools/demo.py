@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from model.datasets import iter_payloads
 from model.registry import ModelRegistry
 from model.stats import percentile
-from stream.client import EventProducer, Prediction, PredictionSubscriber
+from stream.client import EventProducer, PredictionSubscriber, Value
 from stream.devtools.procs import (
     broker_for,
     get_json,
@@ -86,9 +86,9 @@ class _Watch:
         with PredictionSubscriber(self.settings, topics=topics, from_beginning=True) as sub:
             while not self.stop.is_set():
                 for rec in sub.poll(0.5):
-                    self._show(rec)
+                    self._show(rec.value)
 
-    def _show(self, rec: Prediction) -> None:
+    def _show(self, rec: Value) -> None:
         if isinstance(rec, Recommendation):
             self.latencies.append(rec.latency_ms)
             if len(self.latencies) % 2000 == 1:

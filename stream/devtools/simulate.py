@@ -35,13 +35,15 @@ from kafka import KafkaProducer
 
 from model.recommenders.neighbors import PopularityRecommender
 from model.registry import ModelRegistry
-from stream.client import _assign_all, _consumer, tail
+from model.train.progress import step
+from stream.client import tail
 from stream.devtools.procs import broker_for, start_worker, stop_worker, wait_healthy
 from stream.devtools.sim_report import ope_check, plot
 from stream.devtools.sim_world import World, WorldConfig
 from stream.errors import UsageError
 from stream.kafka.admin import consumer_lag, ensure_topics
 from stream.kafka.broker import free_port
+from stream.kafka.consumers import assign_all, kafka_consumer
 from stream.settings import Settings
 from stream.topics import topics_for
 
@@ -78,8 +80,8 @@ class _Recs:
         self.by_event: dict[str, dict[str, Any]] = {}
         self.cond = threading.Condition()
         self.stop = threading.Event()
-        self.consumer = _consumer(settings, "lamstream-simulate", enable_auto_commit=False)
-        _assign_all(self.consumer, [topic], True, 60.0)
+        self.consumer = kafka_consumer(settings, "lamstream-simulate", enable_auto_commit=False)
+        assign_all(self.consumer, [topic], True, 60.0)
         self.thread = threading.Thread(target=self._run, name="sim-recs", daemon=True)
         self.thread.start()
 
@@ -264,6 +266,7 @@ def run_arm(arm: str, world: World, cfg: SimConfig, settings: Settings, workdir:
             play.play(r)
             _keep_up(s, arm, cfg)
             play.turn_over()
+            step(log, r + 1, cfg.rounds, f"{arm}: round {r + 1}")
             if (r + 1) % max(1, cfg.rounds // cfg.windows) == 0:
                 versions = play.tally.versions
                 log(f"  {arm}: round {r + 1}/{cfg.rounds}, mean reward "

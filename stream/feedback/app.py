@@ -31,12 +31,12 @@ import orjson
 from kafka import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
-from stream.client import _consumer
 from stream.errors import InfraError, LamstreamError, PoisonMessage
 from stream.feedback.privacy import Pseudonymizer
 from stream.feedback.risk_labels import RiskLabelJoin, attach_risk_labels
 from stream.feedback.web import serve_probes
 from stream.kafka.admin import ensure_topics
+from stream.kafka.consumers import kafka_consumer
 from stream.kafka.faust_app import bytes_table, bytes_topic, new_faust_app, run_until_stopped
 from stream.kafka.recovery import install_exact_highwaters
 from stream.records import feedback_record, read_decision
@@ -141,8 +141,8 @@ class FeedbackJoin(PartitionedJoin[RewardPartition, UserJoin]):
         "latest", which tansu under-reports (see stream.kafka.admin.seek_to_end). Nobody else
         writes this partition: it belongs to the input partition this worker now owns."""
         tp = TopicPartition(self.topics.feedback.name, p)
-        consumer = _consumer(self.settings, "lamstream-feedback-readback",
-                             enable_auto_commit=False, fetch_max_wait_ms=100)
+        consumer = kafka_consumer(self.settings, "lamstream-feedback-readback",
+                                  enable_auto_commit=False, fetch_max_wait_ms=100)
         found: set[str] = set()
         end = start
         try:

@@ -1,7 +1,8 @@
-"""Kafka and Faust plumbing: broker, admin, the Faust app, publishing, fast path, Faust patches."""
+"""Kafka and Faust plumbing: broker, admin, consumers, Faust app, publishing, fast path, patches."""
 
 __all__ = [
     "admin",
+    "consumers",
     "broker",
     "faust_app",
     "publish",

@@ -204,3 +204,14 @@ def consumer_lag(settings: Settings, group_id: str, topic: str, *,
         done = meta.offset if meta is not None and meta.offset >= 0 else beginnings[tp]
         lag[tp.partition] = max(0, ends[tp] - done)
     return lag
+
+
+def cluster_id(settings: Settings) -> str | None:
+    """The cluster's id as the broker reports it (None from a broker that names none)."""
+    with admin_client(settings) as admin:
+        try:
+            cid = admin.describe_cluster().get("cluster_id")
+        except KafkaError as exc:
+            raise InfraError(f"cannot describe the cluster at {settings.bootstrap}: "
+                             f"{exc}") from None
+    return str(cid) if cid else None

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 _TANSU_ENV = ("CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE",
               "SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The id tansu reports when no CLUSTER_ID is given (EmbeddedBroker drops it from the env):
+# how a client tells the embedded broker from a cluster of its own (stream.client.config).
+EMBEDDED_CLUSTER_ID = "tansu_cluster"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

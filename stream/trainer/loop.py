@@ -49,9 +49,10 @@ from model.train.online import OnlineConfig, OnlineTrainer
 from model.train.risk_data import RISK, RiskServing
 from model.train.risk_online import OnlineRiskTrainer, RiskOnlineConfig
 from model.types import RERANKER
-from stream.client import _consumer, announce_model
+from stream.client import announce_model
 from stream.errors import InfraError
 from stream.feedback.source import load_feedback, load_risk_feedback
+from stream.kafka.consumers import kafka_consumer
 from stream.settings import Settings
 from stream.topics import topics_for
 from stream.trainer.sequence import SequenceLearner, consume_events
@@ -388,10 +389,10 @@ def _consume(ct: ContinuousTrainer, settings: Settings, stop: threading.Event,
     `idle_exit_s` (once), a final gate after the input went idle."""
     once = idle_exit_s is not None
     topics = topics_for(settings)
-    consumer = _consumer(settings, "lamstream-trainer", group_id=f"{settings.app_id}-trainer",
-                         enable_auto_commit=False, auto_offset_reset="earliest",
-                         max_poll_interval_ms=300_000, session_timeout_ms=10_000,
-                         heartbeat_interval_ms=1000)
+    consumer = kafka_consumer(settings, "lamstream-trainer",
+                              group_id=f"{settings.app_id}-trainer", enable_auto_commit=False,
+                              auto_offset_reset="earliest", max_poll_interval_ms=300_000,
+                              session_timeout_ms=10_000, heartbeat_interval_ms=1000)
     try:
         consumer.subscribe([topics.feedback.name, topics.risk_feedback.name])
         last_ckpt = time.monotonic()

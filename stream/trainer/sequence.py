@@ -36,8 +36,8 @@ from model.recommenders.hybrid import HybridRecommender
 from model.registry import ModelRegistry
 from model.train.finetune import FineTuneConfig, fine_tune, prequential, sample_cases
 from model.types import SeqItem
-from stream.client import _consumer
 from stream.errors import InfraError, PoisonMessage
+from stream.kafka.consumers import kafka_consumer
 from stream.schemas import Event, decode_event
 from stream.settings import Settings
 from stream.topics import topics_for
@@ -238,10 +238,11 @@ def consume_events(learner: SequenceLearner, settings: Settings, stop: threading
                    idle_exit_s: float | None) -> None:
     """The events poll loop (group `<app_id>-trainer-events`): observe, commit after each
     learned poll; with `idle_exit_s`, learn what is buffered once the input went idle."""
-    consumer = _consumer(settings, "lamstream-trainer-events",
-                         group_id=f"{settings.app_id}-trainer-events", enable_auto_commit=False,
-                         auto_offset_reset="earliest", max_poll_interval_ms=600_000,
-                         session_timeout_ms=10_000, heartbeat_interval_ms=1000)
+    consumer = kafka_consumer(settings, "lamstream-trainer-events",
+                              group_id=f"{settings.app_id}-trainer-events",
+                              enable_auto_commit=False, auto_offset_reset="earliest",
+                              max_poll_interval_ms=600_000, session_timeout_ms=10_000,
+                              heartbeat_interval_ms=1000)
     try:
         consumer.subscribe([topics_for(settings).events.name])
         idle_since = time.monotonic()

@@ -65,7 +65,7 @@ def collect(settings: Settings, want: set[str], timeout: float) -> dict[str, Rec
     deadline = time.monotonic() + timeout
     with PredictionSubscriber(settings, from_beginning=True) as sub:
         while not want <= set(recs) and time.monotonic() < deadline:
-            for r in sub.poll(0.5):
+            for r in (m.value for m in sub.poll(0.5)):
                 if isinstance(r, Recommendation):
                     recs[r.event_id] = r
     return recs

@@ -37,7 +37,8 @@ def test_worker_serves_the_example_custom_model_and_ignores_announcements(
 
     def collect(sub: PredictionSubscriber, want: set[str]) -> Callable[[], bool]:
         def done() -> bool:
-            recs.update((r.event_id, r) for r in sub.poll(0.2) if isinstance(r, Recommendation))
+            recs.update((r.value.event_id, r.value) for r in sub.poll(0.2)
+                        if isinstance(r.value, Recommendation))
             return want <= set(recs)
         return done
 

@@ -92,7 +92,8 @@ def test_worker_keeps_hybrid_states_and_swaps_to_the_trainers_fine_tuned_version
     with PredictionSubscriber(s, from_beginning=True) as sub:
         def collect(want: set[str]) -> Callable[[], bool]:
             def done() -> bool:
-                for r in sub.poll(0.2):
+                for record in sub.poll(0.2):
+                    r = record.value
                     if isinstance(r, Recommendation):
                         assert r.event_id not in recs, f"two recommendations for {r.event_id}"
                         recs[r.event_id] = r

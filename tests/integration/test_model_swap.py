@@ -43,7 +43,7 @@ def test_worker_serves_trained_model_then_hot_swaps_without_losing_events(
     with worker(s, tmp_path), PredictionSubscriber(s, from_beginning=True) as sub:
         def collect(want: set[str]) -> Callable[[], bool]:
             def done() -> bool:
-                for r in sub.poll(0.2):
+                for r in (m.value for m in sub.poll(0.2)):
                     if isinstance(r, Recommendation):
                         assert r.event_id not in recs, f"two recommendations for {r.event_id}"
                         recs[r.event_id] = r

@@ -84,7 +84,7 @@ def test_trainer_publishes_and_worker_follows_publish_and_rollback(
                 nonlocal sent
                 send(s, encode(_events(20, sent)))
                 sent += 20
-                for r in sub.poll(0.3):
+                for r in (m.value for m in sub.poll(0.3)):
                     if isinstance(r, Recommendation):
                         versions.append(r.model_version)
                 return bool(versions) and versions[-1].endswith(f"+rerank-{version}")
@@ -140,8 +140,8 @@ def test_trainer_publishes_risk_from_labels_and_worker_alerts_follow_publish_and
                 nonlocal sent
                 send(s, encode(_events(10, 100_000 + sent)))
                 sent += 10
-                versions.extend(r.model_version for r in sub.poll(0.3)
-                                if isinstance(r, RiskAlert))
+                versions.extend(v.model_version for v in (r.value for r in sub.poll(0.3))
+                                if isinstance(v, RiskAlert))
                 return bool(versions) and versions[-1] == version
             poll_until(latest, timeout=40, interval=0.1,
                        message=f"risk alerts naming {version}")

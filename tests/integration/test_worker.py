@@ -153,8 +153,8 @@ def test_valid_duplicate_late_and_malformed_events(
         dlq_topic = s.topic_prefix + "events.dlq"
         got: list[DlqRecord] = []
         with PredictionSubscriber(s, topics=[dlq_topic], from_beginning=True) as sub:
-            poll_until(lambda: got.extend(r for r in sub.poll(0.5)  # type: ignore[misc]
-                                          if isinstance(r, DlqRecord)) or
+            poll_until(lambda: got.extend(r.value for r in sub.poll(0.5)  # type: ignore[misc]
+                                          if isinstance(r.value, DlqRecord)) or
                        len(got) >= len(MALFORMED), timeout=30)
         assert sorted(r.raw_bytes() for r in got) == sorted(v for _, _, v in MALFORMED)
         assert Counter(r.error_kind for r in got) == Counter(k for k, _, _ in MALFORMED)
@@ -166,7 +166,7 @@ def test_valid_duplicate_late_and_malformed_events(
         recs: dict[str, Recommendation] = {}
         with PredictionSubscriber(s, from_beginning=True) as sub:
             def collect() -> bool:
-                for r in sub.poll(0.5):
+                for r in (m.value for m in sub.poll(0.5)):
                     if isinstance(r, Recommendation):
                         recs[r.event_id] = r
                 return len(recs) >= len(triggers)
@@ -193,8 +193,8 @@ def test_risk_alert_explains_a_purchase_burst(
         send(s, encode(make_events(100, users=10, seed=3)) + encode(burst))
         alerts: list[RiskAlert] = []
         with PredictionSubscriber(s, from_beginning=True) as sub:
-            poll_until(lambda: alerts.extend(r for r in sub.poll(0.5)  # type: ignore[misc]
-                                             if isinstance(r, RiskAlert)) or
+            poll_until(lambda: alerts.extend(r.value for r in sub.poll(0.5)  # type: ignore[misc]
+                                             if isinstance(r.value, RiskAlert)) or
                        any(a.user_id == "mallory" for a in alerts), timeout=40)
     a = next(a for a in alerts if a.user_id == "mallory")
     assert a.score >= a.threshold
