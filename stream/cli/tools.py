@@ -222,7 +222,7 @@ def bench_replay(
     k: Annotated[int, typer.Option(help="Items per recommendation (top_k) and the K of "
                                    "HR@K.")] = 20,
 ) -> None:
-    """A live worker replays a file in time order: HR@K of what it publishes.
+    """Replay a file through a live worker in time order: its HR@K.
 
     Each recommendation is scored against the user's next item that differs from the
     trigger's, beside the offline rule "the user's history first, then co-visitation" on
