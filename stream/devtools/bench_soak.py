@@ -46,8 +46,9 @@ __all__ = ["WARMUP_MINUTES", "rss_mb", "run_soak", "summarise"]
 # RSS growth is judged after this. What fills first, by design bounded: the tables' RocksDB
 # write buffers and block caches (8 partitions x (2 x LAMSTREAM_ROCKSDB_MEMTABLE_MB +
 # LAMSTREAM_ROCKSDB_CACHE_MB), 128 MiB at the defaults), the dashboard's two generations of
-# each user's latest decision, the online co-visitation lists. Measured at 1,000 ev/s:
-# +120 MiB over the first 5-6 minutes, then flat within a few MiB.
+# each user's latest decision, the online co-visitation lists. Measured at 1,000 ev/s
+# (docs/benchmarks/soak-2026-12.md): +85 to +105 MiB over the first 6 minutes, then
+# within 25-30 MiB for the next 14.
 WARMUP_MINUTES = 5
 # The offering client batches like an application sending 1,000 ev/s would (Kafka clients'
 # linger.ms is 5 ms by default, batching tens of events at this rate in one client). At 5 ms
