@@ -10,7 +10,7 @@ import pytest
 from model.testing import FakePredictor
 from model.types import PredictionContext, SeqItem
 from stream.errors import PoisonMessage
-from stream.records import decision_record, risk_feedback_record
+from stream.records import decision_record, read_decision, risk_feedback_record
 from stream.schemas import Decision, RiskAlert, RiskFeedback, decode_risk_label
 from stream.state.labels import (
     Label,
@@ -195,7 +195,7 @@ def test_the_workers_decision_record_is_a_risk_snapshot() -> None:
                      for i in pred.items], "model": pred.model,
            "model_version": pred.model_version}
     raw = decision_record(rec, ctx, pred, 0.35)
-    d = Decision.model_validate_json(raw)
+    d = Decision.model_validate_json(orjson.dumps(read_decision(orjson.loads(raw))))
     assert (d.risk_score, d.risk_model_version, d.risk_threshold) == (0.4, "fake-risk-v1", 0.35)
     s = snapshot_from_decision(orjson.loads(raw))
     assert s is not None and s.alerted and s.score == pred.risk.score
