@@ -23,9 +23,11 @@ import orjson
 
 from model.datasets import iter_events
 from model.train.live import history_then_covisitation, hit_rate, next_different_targets
+from stream.client import tail
 from stream.devtools.procs import (
     broker_with_pid,
     get_json,
+    link_models,
     start_worker,
     stop_worker,
     wait_healthy,
@@ -34,6 +36,7 @@ from stream.devtools.replay import default_data, preload
 from stream.errors import UsageError
 from stream.kafka.admin import ensure_topics
 from stream.settings import Settings
+from stream.topics import topics_for
 
 __all__ = ["run_replay_bench"]
 
@@ -58,31 +61,13 @@ def load_time_ordered(data: str | None, n: int) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: e["ts"])
 
 
-def collect(s: Settings, expected: int, log: Log) -> dict[str, list[str]]:
+def collect(s: Settings, expected: int) -> dict[str, list[str]]:
     """event id -> recommended item ids, read from the start of the recommendations topic
     until `expected` arrived or none came for IDLE_S."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**s.kafka_python_config(), enable_auto_commit=False)
-    topic = s.topic_prefix + "recommendations"
-    try:
-        parts = [TopicPartition(topic, p) for p in range(s.partitions)]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        got: dict[str, list[str]] = {}
-        last, said = time.monotonic(), 0
-        while len(got) < expected and time.monotonic() - last < IDLE_S:
-            for records in consumer.poll(1000, max_records=5000).values():
-                for r in records:
-                    rec = orjson.loads(r.value)
-                    got[rec["event_id"]] = [it["item_id"] for it in rec["items"]]
-                    last = time.monotonic()
-            if len(got) - said >= 10_000:
-                said = len(got)
-                log(f"replay: {said:,} of {expected:,} recommendations")
-        return got
-    finally:
-        consumer.close()
+    topic = topics_for(s).recommendations.name
+    return {rec["event_id"]: [it["item_id"] for it in rec["items"]]
+            for _, rec in tail(s, topic, from_beginning=True, max_records=expected,
+                               timeout=IDLE_S)}
 
 
 def recommend_on(settings: Settings, evs: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -95,10 +80,9 @@ def recommend_on(settings: Settings, evs: list[dict[str, Any]]) -> tuple[str, ..
 
 def _worker_env(settings: Settings, tmp: Path, k: int, on: tuple[str, ...]) -> dict[str, str]:
     """The worker serves what the configured registry holds: it is linked, not copied."""
-    models = settings.data_dir.resolve() / "models"
+    models = settings.data_dir / "models"
     if models.is_dir():
-        (tmp / "worker").mkdir(parents=True, exist_ok=True)
-        (tmp / "worker" / "models").symlink_to(models, target_is_directory=True)
+        link_models(models, tmp / "worker")
     return {"LAMSTREAM_TOP_K": str(k), "LAMSTREAM_RECOMMEND_ON": ",".join(on)}
 
 
@@ -127,7 +111,7 @@ def run_replay_bench(settings: Settings, *, data: str | None, events: int, k: in
                 t0 = time.monotonic()
                 preload(s, s.topic_prefix + "events",
                         [(e["user_id"].encode(), orjson.dumps(e)) for e in evs])
-                live = collect(s, len(rule), log)
+                live = collect(s, len(rule))
                 seconds = time.monotonic() - t0
             finally:
                 stop_worker(proc)
