@@ -98,14 +98,33 @@ class ModelPredictor:
 
     def _advance(self, contexts: Sequence[PredictionContext]) -> dict[int, SeqState]:
         """Sequence states after each event whose context carries one (recommending or
-        not: every event advances the state), when the served model keeps states."""
+        not: every event advances the state), when the served model keeps states.
+
+        A user's later event of the same call (its context carries b"": the worker has no
+        state after the event before it yet) steps from the state this call computes for
+        that event, one batched step per round of such events, instead of re-encoding the
+        whole history: under a backlog a batch holds several events of many users."""
         advance = getattr(self.recommender, "advance", None)
         rows = [i for i, c in enumerate(contexts) if c.seq_state is not None]
         if advance is None or not rows or getattr(self.recommender, "seq", None) is None:
             return {}
-        got = advance([with_trigger(contexts[i]) for i in rows],
-                      [contexts[i].seq_state for i in rows])
-        return dict(zip(rows, got, strict=True))
+        rounds: list[list[tuple[int, int | None]]] = []  # (row, row whose state it steps from)
+        last: dict[str, tuple[int, int]] = {}  # user -> (row, round) of their latest event
+        for i in rows:
+            c = contexts[i]
+            prev = last.get(c.user_id)
+            chained = prev is not None and not c.seq_state
+            r = prev[1] + 1 if chained and prev is not None else 0
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append((i, prev[0] if chained and prev is not None else None))
+            last[c.user_id] = (i, r)
+        out: dict[int, SeqState] = {}
+        for level in rounds:
+            got = advance([with_trigger(contexts[i]) for i, _ in level],
+                          [contexts[i].seq_state if p is None else out[p] for i, p in level])
+            out.update(zip((i for i, _ in level), got, strict=True))
+        return out
 
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
         return self._batcher.map(list(contexts))

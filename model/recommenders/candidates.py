@@ -42,8 +42,8 @@ COUNT_FEATURES: tuple[str, ...] = (
     "popular_source", "hist_recency", "hist_time_recency", "covis_max", "in_history",
     "popularity", "trend", "item_repeat", "category_match", "category_share",
     *(f"trigger_{t}" for t in EVENT_TYPES), "history_length", "candidates")
-_SUMMED = 6  # the first six are summed over a candidate's entries, the next four maxed
-_MAXED = 4
+_SUMMED = 6  # the first six are summed over a candidate's entries, the next five maxed
+_MAXED = 5  # the last of them the rank among the `extra` ids (not a count feature)
 
 
 class Encoded(NamedTuple):
@@ -65,6 +65,7 @@ class Candidates(NamedTuple):
     ids: torch.Tensor  # (B, C) index ids (0 where `mask` is False)
     mask: torch.Tensor  # (B, C) bool, a real candidate
     features: torch.Tensor  # (B, C, len(COUNT_FEATURES))
+    extra_rank: torch.Tensor  # (B, C) 1 / (1 + rank) among `extra` ids, 0 for the others
 
 
 class CandidateTables:
@@ -199,11 +200,14 @@ class CandidateTables:
         parts_f = [hist, cov.reshape(b, -1, f_all), cat.reshape(b, -1, f_all), pop]
         if extra is not None:
             parts_ids.append(extra)
-            parts_f.append(torch.zeros((*extra.shape, f_all)))
+            ext = torch.zeros((*extra.shape, f_all))
+            ext[..., f_all - 1] = 1.0 / (1.0 + torch.arange(extra.shape[1]))
+            parts_f.append(ext)
         ids, feats = _dedupe(torch.cat(parts_ids, 1), torch.cat(parts_f, 1))
         mask = (ids > 0) & ~(ids[:, :, None] == enc.excluded[:, None, :]).any(2)
         ids = ids * mask
-        return Candidates(ids, mask, self._dense(enc, ids, mask, feats))
+        return Candidates(ids, mask, self._dense(enc, ids, mask, feats),
+                          feats[..., f_all - 1] * mask)
 
     def _dense(self, enc: Encoded, ids: torch.Tensor, mask: torch.Tensor, summed: torch.Tensor
                ) -> torch.Tensor:
@@ -214,7 +218,10 @@ class CandidateTables:
         hist_cat = self.category[enc.ids * (enc.ids <= self.n)]  # (B, L)
         trig_cat = hist_cat[:, 0]
         n_hist = (enc.ids > 0).sum(1).clamp(min=1)
-        same = ((cat[:, :, None] == hist_cat[:, None, :]) & (hist_cat[:, None, :] > 0)).sum(2)
+        # history events in the candidate's category: two binary searches in the sorted row
+        hc = hist_cat.sort(1).values.contiguous()
+        same = ((torch.searchsorted(hc, cat, right=True) - torch.searchsorted(hc, cat))
+                * (cat > 0))
         dense = [torch.log1p(summed[..., 0]), summed[..., 1], summed[..., 2], summed[..., 3],
                  summed[..., 4], summed[..., 5], summed[..., 6], summed[..., 7], summed[..., 8],
                  summed[..., 9], self.popularity[safe], self.trend[safe], self.repeat[safe],

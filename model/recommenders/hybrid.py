@@ -23,7 +23,9 @@ HYBRID, WITHOUT_SEQUENCE = HYBRID_METHODS
 UNKNOWN_SCORE = -10.0  # relative score of a candidate the sequence model never saw
 
 
-def _readable(blob: bytes | None) -> SeqState | None:
+def _readable(blob: bytes | SeqState | None) -> SeqState | None:
+    if isinstance(blob, SeqState):
+        return blob
     if not blob:
         return None
     try:
@@ -91,24 +93,21 @@ class HybridRecommender:
             return Batch(enc, cand, cand.features)
         h = self.seq.readout(self._hidden(seqs, states))
         to_vocab, to_table = self._id_maps()
-        top = self.seq.top(h, self.top_k) if self.top_k else None
-        extra = None if top is None else to_table[top]
+        # the whole table's logits once: the top items are candidates, and every candidate's
+        # score is read from them (no second pass over the candidates' embeddings)
+        logits = self.seq.logits(h) if self.top_k else None
+        extra = None if logits is None else to_table[self.seq.top_of(logits, self.top_k)]
         cand = self.tables.generate(enc, extra)
         vid = torch.where(cand.ids <= self.tables.n, to_vocab[cand.ids.clamp(max=self.tables.n)],
                           UNK)
         known = (vid >= RESERVED) & cand.mask
-        s = self.seq.scores(h, vid)
+        s = self.seq.scores(h, vid) if logits is None else logits.gather(1, vid)
         s_known = s.masked_fill(~known, float("-inf"))
         mx = s_known.amax(1, keepdim=True).clamp_min(-1e4)
         lse = torch.logsumexp(s_known, 1, keepdim=True).clamp_min(-1e4)
         rel = torch.where(known, s - mx, UNKNOWN_SCORE)
         logp = torch.where(known, s - lse, UNKNOWN_SCORE)
-        if extra is not None:
-            rank = 1.0 / (1.0 + torch.arange(extra.shape[1], dtype=torch.float32))
-            hit = (cand.ids[:, :, None] == extra[:, None, :]) & (extra[:, None, :] > 0)
-            source = (hit.float() * rank).amax(2)
-        else:
-            source = torch.zeros_like(rel)
+        source = cand.extra_rank  # 1 / (1 + rank) among the sequence model's top items
         seq_x = torch.stack([known.float(), rel, logp, source], 2) * cand.mask[..., None]
         return Batch(enc, cand, torch.cat([cand.features, seq_x], 2))
 
@@ -132,14 +131,14 @@ class HybridRecommender:
                 cols.append(fresh[:, j])
         return torch.stack(cols, 1)
 
-    def advance(self, seqs: Sequence[Sequence[SeqItem]], blobs: Sequence[bytes | None]
-                ) -> list[SeqState]:
+    def advance(self, seqs: Sequence[Sequence[SeqItem]],
+                blobs: Sequence[bytes | SeqState | None]) -> list[SeqState]:
         """Each user's sequence state after the trigger (each history's last event): one GRU
-        step from a cached state (`state_to_bytes`) of this model version that ended at the
-        event before the trigger; a missing, empty, unreadable, stale or newer state, or one
-        that ended elsewhere (events it never saw: a stretch served by another model, two
-        events of one user in one batch, a late event), is re-encoded from the history
-        instead (what follows a hot swap or a first event)."""
+        step from a cached state (`state_to_bytes`, or the SeqState itself) of this model
+        version that ended at the event before the trigger; a missing, empty, unreadable,
+        stale or newer state, or one that ended elsewhere (events it never saw: a stretch
+        served by another model, a late event), is re-encoded from the history instead (what
+        follows a hot swap or a first event)."""
         seq = self.seq
         if seq is None:
             raise DataError("hybrid_without_sequence keeps no sequence state")

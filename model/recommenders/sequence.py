@@ -79,8 +79,9 @@ class SequenceModel:
                              for s, e in zip(states, events, strict=True)], dtype=torch.int64)
         with torch.inference_mode():
             h = self.net.step(torch.stack([s.hidden for s in states], 1), items, types, gaps)
-        return [SeqState(h[:, i].clone(), e.ts_ms, s.events + 1, self.version)
-                for i, (s, e) in enumerate(zip(states, events, strict=True))]
+        # views of one tensor: no copy per user (state_to_bytes copies what it writes)
+        return [SeqState(hi, e.ts_ms, s.events + 1, self.version)
+                for hi, s, e in zip(h.unbind(1), states, events, strict=True)]
 
     def states_of(self, seqs: Sequence[Sequence[SeqItem]]) -> list[SeqState]:
         """Users' states re-encoded from their histories (the last `max_len` events each):
@@ -103,14 +104,24 @@ class SequenceModel:
             emb = net.item_vectors(ids)
             return torch.baddbmm(net.item_bias[ids][:, :, None], emb, h[:, :, None])[..., 0]
 
-    def top(self, h: torch.Tensor, k: int) -> torch.Tensor:
-        """(B, k) vocabulary ids of the k highest logits over the whole table."""
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) next-item logits over the whole table for readouts h (B, d); the
+        reserved ids (padding, unknown) at -inf."""
         net = self.net
+        with torch.inference_mode():
+            out = torch.addmm(net.item_bias, h, net.item_table().T)
+            out[:, :RESERVED] = float("-inf")
+            return out
+
+    def top_of(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, k) vocabulary ids of the k highest of `logits` (B, n_items)."""
         k = min(k, self.n_items - RESERVED)
         with torch.inference_mode():
-            logits = torch.addmm(net.item_bias, h, net.item_table().T)
-            logits[:, :RESERVED] = float("-inf")
             return torch.topk(logits, k, 1).indices
+
+    def top(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, k) vocabulary ids of the k highest logits over the whole table."""
+        return self.top_of(self.logits(h), k)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

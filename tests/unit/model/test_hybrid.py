@@ -155,9 +155,9 @@ def _hybrid() -> HybridRecommender:
     return HybridRecommender(tables, ranker, seq, top_k=5)
 
 
-def _context(hist: list[SeqItem], state: bytes | None) -> PredictionContext:
+def _context(hist: list[SeqItem], state: bytes | None, user: str = "u") -> PredictionContext:
     e = hist[-1]
-    return PredictionContext(user_id="u", event_id=f"e{len(hist)}", item_id=e.item_id,
+    return PredictionContext(user_id=user, event_id=f"e{len(hist)}", item_id=e.item_id,
                              event_type=e.event_type, ts_ms=e.ts_ms, category=None,
                              sequence=tuple(hist), features={}, k=5, seq_state=state)
 
@@ -183,6 +183,35 @@ def test_predictor_advances_cached_states_and_ranks_as_without_them() -> None:
         assert kept.version == "v1" and kept.events == len(hist)
     finally:
         pred.close()
+
+
+def test_later_events_of_a_user_in_one_call_step_from_the_state_before_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch with four events of one user and one of another (the worker sends the stored
+    state with a user's first event, b"" with the later ones): each later event steps from
+    the state the call computed for the event before it; no history is re-encoded."""
+    rec = _hybrid()
+    assert rec.seq is not None
+    hist, other = _history(10, seed=3), _history(4, seed=4)
+    stored = state_to_bytes(rec.seq.states_of([hist[:6]])[0])
+    pred = ModelPredictor(rec, None, version="v1", risk_version=None)
+    encoded: list[int] = []
+    real_encode = rec.seq.encode
+    monkeypatch.setattr(rec.seq, "encode", lambda seqs: encoded.append(len(seqs))
+                        or real_encode(seqs))
+    try:
+        ctxs = [_context(hist[:7], stored), _context(other, b"", "v"), _context(hist[:8], b""),
+                _context(hist[:9], b""), _context(hist[:10], b"")]
+        got = pred.compute(ctxs)
+    finally:
+        pred.close()
+    assert encoded == [1]  # the other user's first state only
+    for n, p in zip((7, 8, 9, 10), (got[0], got[2], got[3], got[4]), strict=True):
+        assert p.seq_state is not None
+        kept = state_from_bytes(p.seq_state)
+        full = rec.seq.states_of([hist[:n]])[0]
+        torch.testing.assert_close(kept.hidden, full.hidden, rtol=STATE_TOL, atol=STATE_TOL)
+        assert kept.last_ts_ms == hist[n - 1].ts_ms
 
 
 def test_a_state_of_another_version_is_re_encoded() -> None:
