@@ -114,8 +114,9 @@ def fold(by_part: Grouped, read: Callable[[int], Reader], cfg: FeatureConfig,
 
     keep_seq (the predictor keeps sequence states, model.predictor.keeps_seq_state): a
     user's first event of the batch carries the stored state (b"": start one), a later one
-    b"", which the model re-encodes from the history: the state after the event before it is
-    only computed in this same model call, and stepping the stored one past it would skip it."""
+    b"": the state after the event before it is only computed in this same model call, which
+    steps from that one (model.serving.ModelPredictor), and stepping the stored state past it
+    would skip it."""
     pending: list[Pending] = []
     states: list[tuple[int, bytes, UserState]] = []
     n_windows = len(cfg.windows_s)
