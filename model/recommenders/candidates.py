@@ -4,7 +4,9 @@ neighbours of them, popular items of their categories and overall, each with cou
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from array import array
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -42,8 +44,10 @@ COUNT_FEATURES: tuple[str, ...] = (
     "popular_source", "hist_recency", "hist_time_recency", "covis_max", "in_history",
     "popularity", "trend", "item_repeat", "category_match", "category_share",
     *(f"trigger_{t}" for t in EVENT_TYPES), "history_length", "candidates")
-_SUMMED = 6  # the first six are summed over a candidate's entries, the next five maxed
-_MAXED = 5  # the last of them the rank among the `extra` ids (not a count feature)
+# padding of a history row: no item, weight 0 (an unknown type weighs 1.0)
+_PAD_ITEM = "\x00pad"
+_PAD = SeqItem(_PAD_ITEM, "", 0)
+_WEIGHT: defaultdict[str, float] = defaultdict(lambda: 1.0, {**TYPE_WEIGHT, "": 0.0})
 
 
 class Encoded(NamedTuple):
@@ -139,26 +143,28 @@ class CandidateTables:
         cfg, n, index = self.cfg, self.n, self.index
         b = len(seqs)
         width = max(1, min(cfg.history, max((len(s) for s in seqs), default=1)))
-        tails = [s[: -width - 1: -1] if len(s) > width else s[::-1] for s in seqs]  # newest first
-        flat = [e for t in tails for e in t]
+        # each row newest first, padded to `width` with a padding event (id 0, weight 0)
+        pad = [_PAD] * width
+        rows = [(s[: -width - 1: -1] if len(s) > width else s[::-1]) for s in seqs]
+        flat = [e for t in rows for e in (*t, *pad[: width - len(t)])]
+        items, etypes, stamps = zip(*flat, strict=True) if flat else ((), (), ())
         local: dict[str, int] = {}
         get = index.get
-        ids_flat = [get(e[0]) or local.setdefault(e[0], n + 1 + len(local)) for e in flat]
-        lens = torch.tensor([len(t) for t in tails], dtype=torch.int64)
+        ids = _packed("q", [get(x) or (0 if x is _PAD_ITEM else
+                                       local.setdefault(x, n + 1 + len(local))) for x in items]
+                      ).view(b, width)
+        lens = torch.tensor([len(t) for t in rows], dtype=torch.int64)
+        # an item unknown to the counts is still a real event: real by position, not by id
         real = torch.arange(width)[None, :] < lens[:, None]
-        ids = torch.zeros((b, width), dtype=torch.int64)
-        ids[real] = torch.tensor(ids_flat, dtype=torch.int64)
-        ts = torch.zeros((b, width), dtype=torch.int64)
-        ts[real] = torch.tensor([e[2] for e in flat], dtype=torch.int64)
-        types = torch.zeros((b, width))
-        types[real] = torch.tensor([TYPE_WEIGHT.get(e[1], 1.0) for e in flat])
+        ts = _packed("q", stamps).view(b, width)
+        types = _packed("f", map(_WEIGHT.__getitem__, etypes)).view(b, width)
         ages = torch.where(real, torch.arange(width, dtype=torch.float32)[None, :], math.inf)
         minutes = torch.where(real, (ts[:, :1] - ts).clamp(min=0) / 60_000.0, 0.0)
         cat = self.category[ids * (ids <= n)]
         if categories is not None:  # the trigger's own category, where the counts lack it
             given = [self.cat_index.get(str(c), 0) if c is not None else 0 for c in categories]
             cat[:, 0] = torch.where(cat[:, 0] > 0, cat[:, 0], torch.tensor(given))
-        trig = torch.tensor([EVENT_TYPE_INDEX.get(t[0][1], 0) if t else 0 for t in tails],
+        trig = torch.tensor([EVENT_TYPE_INDEX.get(t[0][1], 0) if t else 0 for t in rows],
                             dtype=torch.int64)
         excl = [[index.get(x) or local.get(x, 0) for x in ex] or [0] for ex in exclude]
         width_e = max((len(x) for x in excl), default=1)
@@ -172,65 +178,100 @@ class CandidateTables:
 
     def generate(self, enc: Encoded, extra: torch.Tensor | None = None) -> Candidates:
         """De-duplicated candidates of every source (plus `extra` (B, S) ids, e.g. a sequence
-        model's top items), each with COUNT_FEATURES; excluded items are masked out."""
-        b = enc.ids.shape[0]
-        f_all = _SUMMED + _MAXED
-        rec = 1.0 / (1.0 + enc.ages)
-        hist = torch.zeros((*enc.ids.shape, f_all))
-        hist[..., 0] = (enc.ids > 0).float()
-        hist[..., 1] = enc.types * rec.sqrt()
-        hist[..., 6] = rec
-        hist[..., 7] = torch.where(enc.ids > 0, 1.0 / (1.0 + torch.log1p(enc.minutes)), 0.0)
-        hist[..., 9] = hist[..., 0]
+        model's top items), each with COUNT_FEATURES; excluded items are masked out.
+
+        The sources' ids are sorted once per row; each feature is then one scatter of its own
+        source's values into the distinct ids (summed, or maxed), never a (B, all entries,
+        features) block: at a few hundred candidates a row that block cost more than the rest.
+        """
+        b, a = enc.ids.shape[0], enc.anchors.shape[1]
         safe_anchor = enc.anchors.clamp(max=self.n) * (enc.anchors <= self.n)
-        nb_ids = self.nbr_ids[safe_anchor]  # (B, A, K)
-        nb_w = self.nbr_w[safe_anchor] / (1.0 + torch.arange(enc.anchors.shape[1]))[None, :, None]
-        cov = torch.zeros((*nb_ids.shape, f_all))
-        cov[..., 2] = nb_w
-        cov[:, 0, :, 3] = nb_w[:, 0]
-        cov[..., 8] = nb_w
+        nb_ids = self.nbr_ids[safe_anchor].reshape(b, -1)  # (B, A * K)
+        nb_w = (self.nbr_w[safe_anchor] / (1.0 + torch.arange(a))[None, :, None]).reshape(b, -1)
         cat_ids = self.cat_top[enc.cats]  # (B, Kc, per)
-        cat = torch.zeros((*cat_ids.shape, f_all))
-        per = cat_ids.shape[2]
-        cat[..., 4] = torch.where(cat_ids > 0, 1.0 / (1.0 + torch.arange(per)), 0.0)
-        pop_ids = self.pop_top.expand(b, -1)
-        pop = torch.zeros((*pop_ids.shape, f_all))
-        pop[..., 5] = 1.0 / (1.0 + torch.arange(pop_ids.shape[1]))
-        parts_ids = [enc.ids, nb_ids.reshape(b, -1), cat_ids.reshape(b, -1), pop_ids]
-        parts_f = [hist, cov.reshape(b, -1, f_all), cat.reshape(b, -1, f_all), pop]
+        parts = [enc.ids, nb_ids, cat_ids.reshape(b, -1), self.pop_top.expand(b, -1)]
         if extra is not None:
-            parts_ids.append(extra)
-            ext = torch.zeros((*extra.shape, f_all))
-            ext[..., f_all - 1] = 1.0 / (1.0 + torch.arange(extra.shape[1]))
-            parts_f.append(ext)
-        ids, feats = _dedupe(torch.cat(parts_ids, 1), torch.cat(parts_f, 1))
+            parts.append(extra)
+        ids, segs = _distinct(parts)
+        c = ids.shape[1]
+        seg_h, seg_n, seg_c, seg_p = segs[:4]
+
+        def add(seg: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return torch.zeros((b, c)).scatter_add_(1, seg, v)
+
+        def top(seg: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # values are >= 0
+            return torch.zeros((b, c)).scatter_reduce_(1, seg, v, "amax", include_self=True)
+        real = (enc.ids > 0).float()
+        rec = 1.0 / (1.0 + enc.ages)
+        per = cat_ids.shape[2]
+        cat_rank = torch.where(cat_ids > 0, 1.0 / (1.0 + torch.arange(per)), 0.0)
+        hist_count = add(seg_h, real)
+        cols = [hist_count, add(seg_h, enc.types * rec.sqrt()), add(seg_n, nb_w),
+                add(seg_n[:, : self.nbr_w.shape[1]], nb_w[:, : self.nbr_w.shape[1]]),
+                add(seg_c, cat_rank.reshape(b, -1)),
+                add(seg_p, (1.0 / (1.0 + torch.arange(seg_p.shape[1]))).expand(b, -1)),
+                top(seg_h, rec), top(seg_h, real / (1.0 + torch.log1p(enc.minutes))),
+                top(seg_n, nb_w), (hist_count > 0).float()]
+        extra_rank = (top(segs[4], (1.0 / (1.0 + torch.arange(extra.shape[1]))).expand(b, -1))
+                      if extra is not None else torch.zeros((b, c)))
         mask = (ids > 0) & ~(ids[:, :, None] == enc.excluded[:, None, :]).any(2)
         ids = ids * mask
-        return Candidates(ids, mask, self._dense(enc, ids, mask, feats),
-                          feats[..., f_all - 1] * mask)
+        return Candidates(ids, mask, self._dense(enc, ids, mask, cols), extra_rank * mask)
 
-    def _dense(self, enc: Encoded, ids: torch.Tensor, mask: torch.Tensor, summed: torch.Tensor
-               ) -> torch.Tensor:
-        """COUNT_FEATURES from the de-duplicated source features plus per-item lookups."""
+    def _dense(self, enc: Encoded, ids: torch.Tensor, mask: torch.Tensor,
+               cols: list[torch.Tensor]) -> torch.Tensor:
+        """COUNT_FEATURES from the de-duplicated source features (the first ten, (B, C)
+        each) plus per-item lookups."""
         b, c = ids.shape
         safe = ids * (ids <= self.n)
         cat = self.category[safe]
         hist_cat = self.category[enc.ids * (enc.ids <= self.n)]  # (B, L)
         trig_cat = hist_cat[:, 0]
         n_hist = (enc.ids > 0).sum(1).clamp(min=1)
-        # history events in the candidate's category: two binary searches in the sorted row
-        hc = hist_cat.sort(1).values.contiguous()
-        same = ((torch.searchsorted(hc, cat, right=True) - torch.searchsorted(hc, cat))
-                * (cat > 0))
-        dense = [torch.log1p(summed[..., 0]), summed[..., 1], summed[..., 2], summed[..., 3],
-                 summed[..., 4], summed[..., 5], summed[..., 6], summed[..., 7], summed[..., 8],
-                 summed[..., 9], self.popularity[safe], self.trend[safe], self.repeat[safe],
-                 ((cat == trig_cat[:, None]) & (cat > 0)).float(), same / n_hist[:, None]]
+        dense = [torch.log1p(cols[0]), *cols[1:], self.popularity[safe], self.trend[safe],
+                 self.repeat[safe], ((cat == trig_cat[:, None]) & (cat > 0)).float(),
+                 _same_category(hist_cat, cat) / n_hist[:, None]]
         onehot = torch.nn.functional.one_hot(enc.trigger_type, len(EVENT_TYPES)).float()
         per_row = [*onehot.unbind(1), torch.log1p(n_hist.float()),
                    torch.log1p(mask.sum(1).float())]
         dense.extend(v[:, None].expand(b, c) for v in per_row)
         return torch.stack(dense, 2) * mask[..., None]
+
+
+def _distinct(parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The distinct ids (B, C) of the parts' ids (B, n_i) together (0 first where present),
+    and for each part the column (B, n_i) in them of each of its entries."""
+    ids = torch.cat(parts, 1)
+    b, r = ids.shape
+    sorted_ids, order = ids.sort(1)
+    new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    new[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    seg_sorted = new.cumsum(1) - 1
+    c = int(seg_sorted[:, -1].max()) + 1 if r else 1
+    out = torch.zeros((b, c), dtype=torch.int64).scatter_(1, seg_sorted, sorted_ids)
+    seg = torch.empty_like(seg_sorted).scatter_(1, order, seg_sorted)
+    return out, list(seg.split([p.shape[1] for p in parts], 1))
+
+
+def _same_category(hist_cat: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+    """(B, C) how many of each row's history events (B, L category ids, 0: none) share the
+    candidate's category (B, C): one sort of the (row, category) keys of the whole batch and
+    one binary search per candidate."""
+    span = int(max(int(hist_cat.max()), int(cat.max()))) + 1
+    row = torch.arange(hist_cat.shape[0])[:, None] * span
+    keys, counts = torch.unique(row + hist_cat, sorted=True, return_counts=True)
+    want = (row + cat).reshape(-1)
+    at = torch.searchsorted(keys, want).clamp(max=keys.numel() - 1)
+    hit = (keys[at] == want) & (cat.reshape(-1) > 0)
+    return (counts[at] * hit).reshape(cat.shape)
+
+
+def _packed(code: str, values: Iterable[Any]) -> torch.Tensor:
+    """A 1-D int64 ("q") or float32 ("f") tensor of `values`, filled through an array: at
+    thousands of values torch.tensor(list) is several times slower (it parses each one)."""
+    buf = array(code, values)
+    dtype = torch.int64 if code == "q" else torch.float32
+    return torch.frombuffer(buf, dtype=dtype) if len(buf) else torch.zeros(0, dtype=dtype)
 
 
 def _first_distinct(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -258,22 +299,3 @@ def _category_top(popularity: torch.Tensor, category: torch.Tensor, n_cats: int,
             top[c, fill[c]] = i
             fill[c] += 1
     return top
-
-
-def _dedupe(ids: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One entry per distinct id and row: the first _SUMMED features summed over the id's
-    entries, the next _MAXED maxed. Returns (B, C) ids (0 pads) and (B, C, F) features."""
-    b, r, f = feats.shape
-    sorted_ids, order = ids.sort(1)
-    feats = feats.gather(1, order[:, :, None].expand(b, r, f))
-    new = torch.ones_like(sorted_ids, dtype=torch.bool)
-    new[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
-    seg = new.cumsum(1) - 1
-    c = int(seg[:, -1].max()) + 1 if r else 1
-    out_ids = torch.zeros((b, c), dtype=torch.int64).scatter_(1, seg, sorted_ids)
-    idx = seg[:, :, None]
-    summed = torch.zeros((b, c, _SUMMED)).scatter_add_(
-        1, idx.expand(b, r, _SUMMED), feats[..., :_SUMMED])
-    maxed = torch.zeros((b, c, f - _SUMMED)).scatter_reduce_(
-        1, idx.expand(b, r, f - _SUMMED), feats[..., _SUMMED:], "amax", include_self=True)
-    return out_ids, torch.cat([summed, maxed], 2)
