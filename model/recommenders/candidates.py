@@ -250,7 +250,9 @@ def _distinct(parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tenso
     c = int(seg_sorted[:, -1].max()) + 1 if r else 1
     out = torch.zeros((b, c), dtype=torch.int64).scatter_(1, seg_sorted, sorted_ids)
     seg = torch.empty_like(seg_sorted).scatter_(1, order, seg_sorted)
-    return out, list(seg.split([p.shape[1] for p in parts], 1))
+    sizes = [p.shape[1] for p in parts]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return out, [seg[:, a:a + n] for a, n in zip(starts, sizes, strict=True)]
 
 
 def _same_category(hist_cat: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
@@ -263,7 +265,8 @@ def _same_category(hist_cat: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
     want = (row + cat).reshape(-1)
     at = torch.searchsorted(keys, want).clamp(max=keys.numel() - 1)
     hit = (keys[at] == want) & (cat.reshape(-1) > 0)
-    return (counts[at] * hit).reshape(cat.shape)
+    same: torch.Tensor = (counts[at] * hit).reshape(cat.shape)
+    return same
 
 
 def _packed(code: str, values: Iterable[Any]) -> torch.Tensor:
