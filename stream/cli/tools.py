@@ -196,7 +196,7 @@ def bench_quix(
     venv: Annotated[Path, typer.Option(help="The Quix Streams venv (created with python3 -m "
                                        "venv and pip when missing).")] = Path(".venv-quix"),
 ) -> None:
-    """One lamstream worker vs one Quix Streams process, same broker and events.
+    """One worker vs one Quix Streams process on the same events.
 
     The same real events, preloaded into fresh topics, are drained by a minimal stateful
     Quix Streams job (stream/devtools/quix_peer.py: a per-user count in RocksDB state, one
