@@ -18,6 +18,7 @@ from stream.devtools.procs import get_json_status, stop_worker
 from stream.kafka.broker import free_port
 from stream.settings import Settings
 from tests.helpers import poll_until
+from tests.integration.test_scale import events_partitions
 from tests.integration.test_worker import make_events
 
 pytestmark = pytest.mark.integration
@@ -58,17 +59,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def owned(base: str, topic: str) -> set[int] | None:
-    try:
-        code, body = get_json_status(f"{base}/health")
-    except OSError:  # not listening yet
-        return None
-    if code != 200 or body.get("status") != "ok":
-        return None
-    return {int(a.rsplit(":", 1)[1]) for a in body["assignment"]
-            if a.rsplit(":", 1)[0] == topic}
 
 
 def test_two_processes_share_the_work_route_queries_and_stop_together(tmp_path: Path) -> None:
@@ -127,7 +117,7 @@ def test_two_processes_share_the_work_route_queries_and_stop_together(tmp_path: 
 
 
 def _split(bases: list[str], topic: str) -> list[set[int]] | None:
-    parts = [owned(b, topic) for b in bases]
+    parts = [events_partitions(b, topic) for b in bases]
     if any(not p for p in parts):
         return None
     got = [p for ps in parts for p in ps]  # type: ignore[union-attr]
