@@ -224,7 +224,7 @@ def run_supervised(settings: Settings, n: int, spawn: Spawn | None = None) -> in
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for plan in plans:
-            log.warning("worker process p%d: %s, state in %s", plan.index,
+            log.info("worker process p%d: %s, state in %s", plan.index,
                         plan.advertised_url, plan.data_dir)
         return sup.run()
     finally:
