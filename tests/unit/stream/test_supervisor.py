@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from stream.errors import UsageError
 from stream.settings import Settings
@@ -187,3 +191,57 @@ def test_a_child_that_ignores_the_signal_is_killed_after_the_timeout() -> None:
     spawned[0][1].ignores_signals = True
     sup.shutdown(signal.SIGTERM, timeout=1)
     assert spawned[0][1].killed
+
+
+@pytest.fixture
+def cli_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, Any]]:
+    """`lamstream worker` with the broker, topics, worker and supervisor replaced by notes."""
+    from stream.cli import service
+
+    calls: list[tuple[str, Any]] = []
+
+    @contextmanager
+    def fake_broker(s: Settings) -> Iterator[Settings]:
+        calls.append(("broker", s.bootstrap))
+        yield s
+
+    monkeypatch.setattr(service, "broker_for", fake_broker)
+    monkeypatch.setattr(service, "run_worker", lambda s: calls.append(("worker", s)))
+    monkeypatch.setattr(service, "run_supervised",
+                        lambda s, n: calls.append(("supervised", n)) or 0)
+    monkeypatch.setattr("stream.kafka.admin.ensure_topics", lambda s: calls.append(("topics", 0)))
+    monkeypatch.setenv("LAMSTREAM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("LAMSTREAM_WORKER_PROCESSES", raising=False)
+    return calls
+
+
+def test_one_process_runs_the_worker_in_the_commands_own_process(
+        cli_calls: list[tuple[str, Any]]) -> None:
+    from stream.cli.main import app
+
+    assert CliRunner().invoke(app, ["worker"]).exit_code == 0
+    assert [c for c, _ in cli_calls] == ["broker", "worker"]
+    assert cli_calls[1][1].worker_processes == "1"
+
+
+def test_n_processes_start_one_broker_the_topics_and_a_supervisor(
+        cli_calls: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.cli.main import app
+
+    assert CliRunner().invoke(app, ["worker", "--processes", "3"]).exit_code == 0
+    assert cli_calls[0][0] == "broker" and cli_calls[1:] == [("topics", 0), ("supervised", 3)]
+    cli_calls.clear()
+    monkeypatch.setenv("LAMSTREAM_WORKER_PROCESSES", "auto")
+    assert CliRunner().invoke(app, ["worker"]).exit_code == 0
+    assert cli_calls[-1] == ("supervised", resolve_processes("auto"))
+
+
+def test_a_supervisor_that_gave_up_exits_1(cli_calls: list[tuple[str, Any]],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.cli import service
+    from stream.cli.main import app
+
+    monkeypatch.setattr(service, "run_supervised", lambda s, n: 1)
+    r = CliRunner().invoke(app, ["worker", "--processes", "2"])
+    assert r.exit_code == 1 and "kept dying" in r.output
+    assert CliRunner().invoke(app, ["worker", "--processes", "0"]).exit_code == 2
