@@ -162,5 +162,5 @@ def run_quix_bench(settings: Settings, *, n_events: int, data: str | None, log: 
             "lamstream_expected_recommendations": ls["expected"],
             "lamstream_exact": ls["exact"], "quixstreams": version,
             "predictor": ls["predictor"], "partitions": s.partitions,
-            "python": sys.version.split()[0],
+            "lamstream_python": sys.version.split()[0],
             "broker": "embedded tansu" if settings.embedded else settings.bootstrap}

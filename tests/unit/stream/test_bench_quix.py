@@ -100,3 +100,19 @@ def test_no_lamstream_module_imports_the_quix_peer_or_quixstreams() -> None:
                          else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 assert not [n for n in names if n.split(".")[0] == "quixstreams"
                             or "quix_peer" in n], path
+
+
+def test_the_command_prints_both_figures_and_fails_on_an_inexact_count(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from stream.cli.main import app
+
+    result = {"quix_eps": 30000.0, "lamstream_eps": 6000.0, "ratio_vs_quix": 0.2,
+              "quix_exact": True, "lamstream_exact": True}
+    monkeypatch.setattr(bench_quix, "run_quix_bench", lambda *a, **k: dict(result))
+    r = CliRunner().invoke(app, ["bench", "quix", "--events", "10", "--json"])
+    assert r.exit_code == 0 and orjson.loads(r.stdout)["ratio_vs_quix"] == 0.2
+    result["lamstream_exact"] = False
+    r = CliRunner().invoke(app, ["bench", "quix", "--events", "10", "--json"])
+    assert r.exit_code == 1 and "not exact" in r.output
