@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     # --- worker ---------------------------------------------------------------------------
     data_dir: Path = Field(Path(".lamstream"), json_schema_extra=_in("worker"),
                            description="Table state and model registry.")
+    worker_processes: str = Field(
+        "1", pattern=r"^(auto|[1-9][0-9]*)$", json_schema_extra=_in("worker"),
+        description="Group members `lamstream worker` runs on this host, each its own "
+        "process, state dir (DATA_DIR/p0, p1, ...) and web port (WEB_PORT + i), under one "
+        "supervisor; `auto`: one per CPU core of the host or container (os.cpu_count()). "
+        "1: the worker runs in the command's own process.")
     store: Literal["rocksdb", "memory"] = Field("rocksdb", json_schema_extra=_in("worker"),
                                                 description="Table store.")
     stall_after_s: float = Field(

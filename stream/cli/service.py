@@ -16,10 +16,18 @@ from model.errors import FeatureMismatch
 from model.predictor import Predictor
 from model.recommenders.baseline import BaselinePredictor
 from model.registry import ModelRegistry
-from stream.cli._common import command, errors, get_settings, setup_logging, sigterm_to_exit
+from stream.cli._common import (
+    command,
+    errors,
+    fail,
+    get_settings,
+    setup_logging,
+    sigterm_to_exit,
+)
 from stream.devtools.procs import broker_for
 from stream.settings import Settings
 from stream.state.features import FeatureConfig
+from stream.worker.supervisor import plan_children, resolve_processes, run_supervised
 
 app = typer.Typer()
 
@@ -59,6 +67,11 @@ def worker(
     predictor: Annotated[str | None, typer.Option(
         help="Serve your own model: package.module:factory returning a "
         "model.predictor.Predictor (LAMSTREAM_PREDICTOR; docs/models.md).")] = None,
+    processes: Annotated[str | None, typer.Option(
+        help="Group members to run on this host, each its own process, state dir "
+        "(DATA_DIR/p0, p1, ...) and web port (WEB_PORT + i), under one supervisor; auto: "
+        "one per CPU core the OS reports (LAMSTREAM_WORKER_PROCESSES, default 1: this "
+        "process).")] = None,
 ) -> None:
     """Run a worker: consume events, publish decisions, serve HTTP.
 
@@ -67,16 +80,32 @@ def worker(
     /features and /metrics. With LAMSTREAM_BOOTSTRAP_SERVERS unset, an embedded broker is
     started first. With --predictor (LAMSTREAM_PREDICTOR) it serves your own model through
     the same exploration policy, decision log and dashboard.
+
+    With --processes N (or auto) a supervisor runs N such workers of one consumer group
+    on this host, one per core, restarts one that dies and stops them all on SIGTERM
+    (docs/operations.md).
     """
-    settings = get_settings(web_port=web_port, data_dir=data_dir, predictor=predictor)
+    settings = get_settings(web_port=web_port, data_dir=data_dir, predictor=predictor,
+                            worker_processes=processes)
     setup_logging(settings)
     with errors():
+        n = resolve_processes(settings.worker_processes)
         if settings.predictor:  # a factory that cannot be imported fails before any broker
             from stream.worker.custom import import_factory
 
             import_factory(settings.predictor)
+        if n > 1:
+            plan_children(settings, n)  # ports past 65535 fail before any broker
         with broker_for(settings) as s:
-            run_worker(s)
+            if n == 1:
+                run_worker(s)
+                return
+            from stream.kafka.admin import ensure_topics  # kafka: not for --help
+
+            ensure_topics(s)  # once, rather than N children racing to create them
+            code = run_supervised(s, n)
+    if code:
+        raise fail("a worker process kept dying: giving up (its log is above)")
 
 
 @command(app)

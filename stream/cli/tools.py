@@ -188,6 +188,34 @@ def bench_scale(
         raise fail("per-user counts differ between configurations or from the offline counts")
 
 
+@command(bench_app, "quix")
+def bench_quix(
+    events: Annotated[int, typer.Option(help="Events each side drains.")] = 30000,
+    json_out: JsonOpt = False,
+    data: BenchDataOpt = None,
+    venv: Annotated[Path, typer.Option(help="The Quix Streams venv (created with python3 -m "
+                                       "venv and pip when missing).")] = Path(".venv-quix"),
+) -> None:
+    """One worker vs one Quix Streams process on the same events.
+
+    The same real events, preloaded into fresh topics, are drained by a minimal stateful
+    Quix Streams job (stream/devtools/quix_peer.py: a per-user count in RocksDB state, one
+    JSON output per event), run from its own venv, and then by one lamstream worker serving
+    what it serves by default. Prints both rates (first to last event processed), their
+    ratio and whether every output count is exact (exit 1 otherwise); docs/benchmarks.
+    """
+    from stream.devtools.bench_quix import run_quix_bench  # kafka: not for --help
+
+    settings = get_settings()
+    with errors():
+        result = run_quix_bench(settings, n_events=events, data=data, venv=venv,
+                                log=Progress("bench quix"))
+    _print_result(result, json_out)
+    if not (result["quix_exact"] and result["lamstream_exact"]):
+        raise fail("an output count is not exact (see quix_outputs and "
+                   "lamstream_recommendations)")
+
+
 @command(bench_app, "soak")
 def bench_soak(
     minutes: Annotated[int, typer.Option(help="Minutes of steady load.")] = 20,

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +56,13 @@ Log = Callable[[str], None]
 PREDICTORS = ("auto", "hybrid", "baseline", "both")
 
 
-def create(settings: Settings, names: list[str]) -> None:
+def create(settings: Settings, names: list[str], configs: dict[str, str] | None = None
+           ) -> None:
+    """Topics `names` with settings' partitions and replication (and topic `configs`)."""
     admin = KafkaAdminClient(**settings.kafka_python_config())
     try:
-        admin.create_topics([NewTopic(n, settings.partitions, settings.replication_factor)
-                             for n in names])
+        admin.create_topics([NewTopic(n, settings.partitions, settings.replication_factor,
+                                      topic_configs=configs or {}) for n in names])
     finally:
         admin.close()
 
@@ -234,7 +236,7 @@ def _floor_latency(base: Settings, run_id: str, fetch_wait_ms: int,
 
 
 @dataclass(frozen=True)
-class _Run:
+class BenchRun:
     """What every phase of one bench run shares."""
 
     base: Settings  # on the broker, before any phase's topic prefix
@@ -245,7 +247,7 @@ class _Run:
     models: Path | None = None  # the registry the workers read (None: an empty one)
 
 
-def _raw_phase(run: _Run) -> float:
+def _raw_phase(run: BenchRun) -> float:
     """(a) raw aiokafka: consume, decode, produce; the broker and machine limit."""
     topic = f"bench-{run.run_id}-raw"
     create(run.base, [topic, topic + ".raw-out"])
@@ -255,7 +257,7 @@ def _raw_phase(run: _Run) -> float:
     return eps
 
 
-def _naive_phase(run: _Run, n: int) -> float:
+def _naive_phase(run: BenchRun, n: int) -> float:
     """(b) a naive Faust agent over the first `n` events."""
     topic = f"bench-{run.run_id}-naive"
     create(run.base, [topic, topic + ".naive-out"])
@@ -306,11 +308,23 @@ def _bytes_per_event(s: Settings, n: int) -> dict[str, float]:
             "changelog_bytes_per_event": round(got[changelog] / n, 1)}
 
 
-def _worker_phase(run: _Run, rate: float, seconds: float, predictor: str = "auto"
-                  ) -> tuple[Settings, float, dict[str, Any]]:
-    """(c) the lamstream worker serving `predictor` (auto: what it serves by default): its
-    rate over the preloaded topic, then its latency at `rate` offered; returns its settings,
-    its rate and the latency figures (with `predictor`: the model and version it served)."""
+@dataclass(frozen=True)
+class Drained:
+    """A worker that has drained the preloaded events: its settings, URL, rate and stats."""
+
+    settings: Settings
+    base: str
+    eps: float
+    stats: dict[str, Any]
+    served: str  # the model and version it served
+
+
+@contextlib.contextmanager
+def drained_worker(run: BenchRun, predictor: str = "auto") -> Iterator[Drained]:
+    """(c)'s rate: a fresh worker serving `predictor` (auto: what it serves by default)
+    drains the events preloaded into its own topics; its rate is events over the busy span
+    (its first batch to its last, /api/stats), so the group join is not counted. The worker
+    runs until the block ends."""
     s = run.base.model_copy(update={
         "topic_prefix": f"bench-{run.run_id}-{predictor}.",
         "app_id": f"bench-{run.run_id}-{predictor}", "data_dir": run.tmp / f"w-{predictor}"})
@@ -337,6 +351,18 @@ def _worker_phase(run: _Run, rate: float, seconds: float, predictor: str = "auto
         eps = st["events"] / (st["last_batch_at"] - st["first_batch_at"])
         run.log(f"(c) lamstream worker: {eps:,.0f} ev/s "
                 f"({st['recommendations']} recommendations, {st['dlq']} DLQ)")
+        yield Drained(s, base, eps, st, served)
+    finally:
+        stop_worker(proc)
+
+
+def _worker_phase(run: BenchRun, rate: float, seconds: float, predictor: str = "auto"
+                  ) -> tuple[Settings, float, dict[str, Any]]:
+    """(c) the lamstream worker serving `predictor` (auto: what it serves by default): its
+    rate over the preloaded topic, then its latency at `rate` offered; returns its settings,
+    its rate and the latency figures (with `predictor`: the model and version it served)."""
+    with drained_worker(run, predictor) as w:
+        s, n = w.settings, len(run.payloads)
         sizes = _bytes_per_event(s, n)
         sizes["bytes_in_per_event"] = round(sum(len(k) + len(v) for k, v in run.payloads) / n, 1)
         run.log(f"(c) published per event: {sizes['bytes_out_per_event']:,.0f} B of outputs "
@@ -345,17 +371,15 @@ def _worker_phase(run: _Run, rate: float, seconds: float, predictor: str = "auto
                 f"{sizes['bytes_in_per_event']:,.0f} B in")
         lat = _latency_at_load(s, run.payloads, rate, seconds)
         lat.update(sizes)
-        lat["predictor"] = served
+        lat["predictor"] = w.served
         run.log(f"(c) at {rate:.0f} ev/s offered: e2e p50 {lat['p50_ms']:.1f} ms, p99 "
                 f"{lat['p99_ms']:.1f} ms over {lat['samples']} recommendations (inside the "
                 f"worker, receipt to publish: p50 {lat['worker_p50_ms']:.1f} ms, p99 "
                 f"{lat['worker_p99_ms']:.1f} ms)")
-    finally:
-        stop_worker(proc)
-    return s, eps, lat
+    return s, w.eps, lat
 
 
-def _models(settings: Settings, predictor: str, data: str | None, n_events: int, tmp: Path,
+def models_for(settings: Settings, predictor: str, data: str | None, n_events: int, tmp: Path,
             log: Log) -> Path | None:
     """The registry the bench's workers read: DATA_DIR's; for the hybrid, when that holds
     none, a small one trained here on the bench's own events, said so in the log."""
@@ -402,9 +426,9 @@ def run_pipeline_bench(settings: Settings, *, n_events: int, data: str | None, l
                          f"{predictor!r}")
     tmp = Path(tempfile.mkdtemp(prefix="lamstream-bench-"))
     payloads = load_payloads(data, n_events)
-    models = _models(settings, predictor, data, n_events, tmp, log)
+    models = models_for(settings, predictor, data, n_events, tmp, log)
     with broker_for(settings, log=log) as base_settings:
-        run = _Run(base_settings, payloads, uuid.uuid4().hex[:6], tmp, log, models)
+        run = BenchRun(base_settings, payloads, uuid.uuid4().hex[:6], tmp, log, models)
         log(f"bench: {n_events} real events, {base_settings.partitions} partitions, broker "
             f"{base_settings.bootstrap}")
         raw_eps = _raw_phase(run)

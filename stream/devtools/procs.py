@@ -84,10 +84,11 @@ def link_models(models: Path, data_dir: Path) -> None:
     (data_dir / "models").symlink_to(models.resolve(), target_is_directory=True)
 
 
-def start_worker(settings: Settings, data_dir: Path, log: Path,
+def start_worker(settings: Settings, data_dir: Path, log: Path | None,
                  extra_env: dict[str, str] | None = None, command: str = "worker"
                  ) -> subprocess.Popen[bytes]:
-    """`lamstream <command>` (worker, feedback, trainer) in a new session, logging to `log`."""
+    """`lamstream <command>` (worker, feedback, trainer) in a new session, logging to `log`
+    (None: to this process's stdout and stderr)."""
     env = dict(os.environ)
     env.update({
         "LAMSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap,
@@ -100,9 +101,12 @@ def start_worker(settings: Settings, data_dir: Path, log: Path,
         "LAMSTREAM_LOG_LEVEL": "WARNING",
     })
     env.update(extra_env or {})
-    out = log.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", command], env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    argv = [sys.executable, "-m", "stream.cli", command]
+    if log is None:
+        return subprocess.Popen(argv, env=env, start_new_session=True)
+    with log.open("ab") as out:  # the child holds its own copy of the descriptor
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
