@@ -29,6 +29,7 @@ class _Request(Generic[T, R]):
     future: Future[R]
     enqueued: float
     deadline: float | None
+    flush: bool = False  # closes its batch at once: its caller sends nothing more to wait for
 
 
 @dataclass
@@ -55,9 +56,11 @@ class _Stat:
 class MicroBatcher(Generic[T, R]):
     """Queue requests; a dedicated thread calls `fn(batch)` with up to `max_batch` payloads.
 
-    A batch closes when it is full or `max_wait_ms` after its first request arrived (a backlog
-    is taken at once, without waiting). `fn` runs under `torch.inference_mode()` and must
-    return one result per payload, in order; if it raises, only that batch's requests fail.
+    A batch closes when it is full, `max_wait_ms` after its first request arrived (a backlog
+    is taken at once, without waiting), or when it holds a `flush` request: `map` flushes
+    its last one, since a caller waiting on all of them has no more company to wait for.
+    `fn` runs under `torch.inference_mode()` and must return one result per payload, in
+    order; if it raises, only that batch's requests fail.
     The queue holds at most `max_queue` requests: `submit` blocks while it is full (that is
     the backpressure) and raises `Overloaded` after `block_s`. A request not started within
     `timeout_s` of its submission fails with `TimeoutError` instead of being computed.
@@ -86,6 +89,7 @@ class MicroBatcher(Generic[T, R]):
         self._pending: deque[_Request[T, R]] = deque()
         self._wake_at: int | None = None  # None: the worker is not waiting
         self._closing = False
+        self._flushes = 0  # queued flush requests
         self._hist = dict.fromkeys(HIST_BOUNDS, 0)
         self._wait = _Stat()
         self._compute = _Stat()
@@ -95,11 +99,14 @@ class MicroBatcher(Generic[T, R]):
         self._thread.start()
 
     # -- caller side ----------------------------------------------------------------------
-    def submit(self, payload: T, timeout_s: float | None = None) -> Future[R]:
-        """Enqueue one request; the future resolves to its result (or its error)."""
+    def submit(self, payload: T, timeout_s: float | None = None, flush: bool = False
+               ) -> Future[R]:
+        """Enqueue one request; the future resolves to its result (or its error). `flush`:
+        the batch it joins closes without waiting for more."""
         now = time.monotonic()
         t = self.timeout_s if timeout_s is None else timeout_s
-        req: _Request[T, R] = _Request(payload, Future(), now, None if t is None else now + t)
+        req: _Request[T, R] = _Request(payload, Future(), now, None if t is None else now + t,
+                                       flush)
         pending = self._pending
         with self._mutex:
             if self._closing:
@@ -112,17 +119,20 @@ class MicroBatcher(Generic[T, R]):
                 raise BatcherClosed("micro-batcher is closed")
             pending.append(req)
             self._counts["requests"] += 1
-            if self._wake_at is not None and len(pending) >= self._wake_at:
+            self._flushes += flush
+            if self._wake_at is not None and (len(pending) >= self._wake_at or flush):
                 self._ready.notify()
         return req.future
 
-    def submit_many(self, payloads: Sequence[T], timeout_s: float | None = None
-                    ) -> list[Future[R]]:
-        return [self.submit(p, timeout_s) for p in payloads]
+    def submit_many(self, payloads: Sequence[T], timeout_s: float | None = None,
+                    flush: bool = False) -> list[Future[R]]:
+        """Enqueue all; with `flush`, the last one closes its batch."""
+        last = len(payloads) - 1
+        return [self.submit(p, timeout_s, flush and i == last) for i, p in enumerate(payloads)]
 
     def map(self, payloads: Sequence[T], timeout_s: float | None = None) -> list[R]:
         """Submit all and wait for all; raises the first failure."""
-        futures = self.submit_many(payloads, timeout_s)
+        futures = self.submit_many(payloads, timeout_s, flush=True)
         return [f.result() for f in futures]
 
     def close(self, timeout: float | None = None) -> None:
@@ -163,12 +173,13 @@ class MicroBatcher(Generic[T, R]):
                 if not pending:
                     return None
             close_at = pending[0].enqueued + self.max_wait_s
-            while len(pending) < self.max_batch and not self._closing:
+            while len(pending) < self.max_batch and not self._closing and not self._flushes:
                 remaining = close_at - time.monotonic()
                 if remaining <= 0:
                     break
                 self._sleep(self.max_batch, remaining)
             batch = [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
+            self._flushes -= sum(r.flush for r in batch)
             self._room.notify(len(batch))
         return batch
 

@@ -46,6 +46,28 @@ def test_max_wait_is_honoured_for_a_lone_request() -> None:
         assert time.perf_counter() - t0 < 0.025
 
 
+def test_map_closes_its_last_batch_at_once() -> None:
+    """A caller of map() waits for all its requests and sends no more: its last batch does
+    not wait max_wait_ms for company (the worker calls map once per batch of events)."""
+    sizes: list[int] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        sizes.append(len(xs))
+        return double(xs)
+    with MicroBatcher(fn, max_batch=64, max_wait_ms=10_000) as b:
+        t0 = time.perf_counter()
+        assert b.map(list(range(100))) == [2 * x for x in range(100)]
+        assert b.map([5]) == [10]
+        waited = time.perf_counter() - t0
+        assert b.metrics()["queue_wait_ms"]["max"] < 5_000
+        # a lone submit still waits for company (here: until the map that follows flushes)
+        lone = b.submit(1)
+        time.sleep(0.05)
+        assert not lone.done()
+        assert b.map([2]) == [4] and lone.result(timeout=2) == 2
+    assert waited < 5.0 and sizes == [64, 36, 1, 2]
+
+
 def test_backpressure_blocks_then_rejects_when_queue_stays_full() -> None:
     gate = threading.Event()
 
