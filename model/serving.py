@@ -112,12 +112,11 @@ class ModelPredictor:
         last: dict[str, tuple[int, int]] = {}  # user -> (row, round) of their latest event
         for i in rows:
             c = contexts[i]
-            prev = last.get(c.user_id)
-            chained = prev is not None and not c.seq_state
-            r = prev[1] + 1 if chained and prev is not None else 0
+            parent = None if c.seq_state else last.get(c.user_id)  # b"": chained, if it can be
+            r = 0 if parent is None else parent[1] + 1
             if r == len(rounds):
                 rounds.append([])
-            rounds[r].append((i, prev[0] if chained and prev is not None else None))
+            rounds[r].append((i, None if parent is None else parent[0]))
             last[c.user_id] = (i, r)
         out: dict[int, SeqState] = {}
         for level in rounds:

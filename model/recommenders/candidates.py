@@ -184,7 +184,7 @@ class CandidateTables:
         source's values into the distinct ids (summed, or maxed), never a (B, all entries,
         features) block: at a few hundred candidates a row that block cost more than the rest.
         """
-        b, a = enc.ids.shape[0], enc.anchors.shape[1]
+        b, a, k = enc.ids.shape[0], enc.anchors.shape[1], self.nbr_w.shape[1]
         safe_anchor = enc.anchors.clamp(max=self.n) * (enc.anchors <= self.n)
         nb_ids = self.nbr_ids[safe_anchor].reshape(b, -1)  # (B, A * K)
         nb_w = (self.nbr_w[safe_anchor] / (1.0 + torch.arange(a))[None, :, None]).reshape(b, -1)
@@ -207,7 +207,7 @@ class CandidateTables:
         cat_rank = torch.where(cat_ids > 0, 1.0 / (1.0 + torch.arange(per)), 0.0)
         hist_count = add(seg_h, real)
         cols = [hist_count, add(seg_h, enc.types * rec.sqrt()), add(seg_n, nb_w),
-                add(seg_n[:, : self.nbr_w.shape[1]], nb_w[:, : self.nbr_w.shape[1]]),
+                add(seg_n[:, :k], nb_w[:, :k]),  # the newest anchor's k neighbours
                 add(seg_c, cat_rank.reshape(b, -1)),
                 add(seg_p, (1.0 / (1.0 + torch.arange(seg_p.shape[1]))).expand(b, -1)),
                 top(seg_h, rec), top(seg_h, real / (1.0 + torch.log1p(enc.minutes))),
