@@ -57,7 +57,8 @@ def synthetic_contexts(n: int, items: list[str], seq_len: int = 50, seed: int = 
 
 
 def untrained_predictor(device: torch.device, n_items: int = 20_000, kind: str = "sasrec",
-                        **batcher: Any) -> ModelPredictor:
+                        explain_risk_above: float | None = None, **batcher: Any
+                        ) -> ModelPredictor:
     """Default-size SASRec (or GRU) + risk net with random weights: same compute as trained
     ones."""
     torch.manual_seed(0)
@@ -65,12 +66,13 @@ def untrained_predictor(device: torch.device, n_items: int = 20_000, kind: str =
     vocab.add_all(f"item{i}" for i in range(n_items))
     net = build_recommender(kind, SeqRecConfig(n_items=vocab.size))
     risk = RiskNet(RiskConfig(max_len=8))
-    return ModelPredictor(NeuralRecommender(net, vocab, device), RiskScorer(risk, device),
+    return ModelPredictor(NeuralRecommender(net, vocab, device),
+                          RiskScorer(risk, device, explain_above=explain_risk_above),
                           version="untrained", risk_version="untrained", **batcher)
 
 
-def untrained_hybrid(device: torch.device, n_items: int = 20_000, **batcher: Any
-                     ) -> ModelPredictor:
+def untrained_hybrid(device: torch.device, n_items: int = 20_000,
+                     explain_risk_above: float | None = None, **batcher: Any) -> ModelPredictor:
     """Default-size hybrid (tables of random neighbours and categories, random GRU and ranker)
     + risk net: the compute of a trained one on a catalogue of n_items."""
     g = torch.Generator().manual_seed(0)
@@ -91,8 +93,8 @@ def untrained_hybrid(device: torch.device, n_items: int = 20_000, **batcher: Any
     ranker = RankerNet(RankerConfig(len(HybridRecommender.feature_names(True))))
     rec = HybridRecommender(CandidateTables.from_counts(counts, cfg), ranker,
                             SequenceModel(net, vocab, "untrained"))
-    return ModelPredictor(rec, RiskScorer(RiskNet(RiskConfig(max_len=8)), device),
-                          version="untrained", risk_version="untrained", **batcher)
+    risk = RiskScorer(RiskNet(RiskConfig(max_len=8)), device, explain_above=explain_risk_above)
+    return ModelPredictor(rec, risk, version="untrained", risk_version="untrained", **batcher)
 
 
 def per_event(pred: ModelPredictor, contexts: list[PredictionContext], seconds: float
@@ -163,20 +165,26 @@ def batched(pred: ModelPredictor, contexts: list[PredictionContext], concurrency
 def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: float = 3.0,
                         prefer: str = "auto", log: Callable[[str], None] | None = None,
                         concurrency: tuple[int, ...] = CONCURRENCY,
-                        threads: int | None = None) -> dict[str, Any]:
+                        threads: int | None = None, explain_risk_above: float | None = None
+                        ) -> dict[str, Any]:
     """Headline: per-event pps vs batched pps at the highest-throughput concurrency whose p99
-    stays under 50 ms (else the highest-throughput one), default batcher settings."""
+    stays under 50 ms (else the highest-throughput one), default batcher settings.
+    `explain_risk_above`: the risk model's reasons only for scores that reach it, as a worker
+    with that alert threshold serves (None: every score explained); the SASRec floor's risk
+    model explains the same rows."""
     say = log or (lambda _m: None)
     if threads:
         torch.set_num_threads(threads)  # fewer threads than busy cores avoids OMP stalls
     dev = resolve_device(device)
     pred: Predictor | None = None
     if data_dir is not None:
-        pred = load_predictor(data_dir, device=device, prefer=prefer)
+        pred = load_predictor(data_dir, device=device, prefer=prefer,
+                              explain_risk_above=explain_risk_above)
     if not isinstance(pred, ModelPredictor):
         kind = prefer if prefer in NEURAL_METHODS else "hybrid"
         say(f"registry empty (or baseline): benchmarking default-size untrained {kind} + risk")
-        pred = untrained_hybrid(dev) if kind == "hybrid" else untrained_predictor(dev, kind=kind)
+        pred = (untrained_hybrid(dev, explain_risk_above=explain_risk_above) if kind == "hybrid"
+                else untrained_predictor(dev, kind=kind, explain_risk_above=explain_risk_above))
     assert isinstance(pred, ModelPredictor)
     contexts = served_contexts(
         pred, synthetic_contexts(2048, _catalogue(pred.recommender)[:50_000]))
@@ -185,7 +193,7 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     # served model's per-event rate is held to
     sasrec = None
     if pred.name != "sasrec":
-        floor = untrained_predictor(dev)
+        floor = untrained_predictor(dev, explain_risk_above=explain_risk_above)
         floor.compute(contexts[:64])
         sasrec = per_event(floor, contexts, seconds)
         floor.close()
@@ -200,6 +208,8 @@ def run_inference_bench(data_dir: Path | None, device: str = "auto", seconds: fl
     finally:
         gc.unfreeze()
     result["candidates"] = _candidates(pred.recommender, contexts[:256])
+    result["risk_explain_above"] = explain_risk_above
+    result["risk_explained_share"] = _explained_share(pred, contexts[:512])
     if sasrec is not None:
         result["sasrec_per_event_pps"] = round(sasrec["pps"], 1)
     return result
@@ -216,6 +226,14 @@ def served_contexts(pred: ModelPredictor, contexts: list[PredictionContext]
     states = seq.states_of([c.sequence[:-1] for c in contexts])
     return [dataclasses.replace(c, seq_state=state_to_bytes(s))
             for c, s in zip(contexts, states, strict=True)]
+
+
+def _explained_share(pred: ModelPredictor, contexts: list[PredictionContext]) -> float | None:
+    """The share of the benchmarked rows the risk model gave reasons (None: no risk model)."""
+    scorer = pred.risk_scorer
+    if scorer is None or not contexts:
+        return None
+    return round(sum(1 for r in scorer.score(contexts) if r.reasons) / len(contexts), 4)
 
 
 def _catalogue(rec: Recommender) -> list[str]:

@@ -175,7 +175,7 @@ def _load_recommender(reg: ModelRegistry, device: torch.device, prefer: str,
 def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *,
                    recommender_version: str | None = None, risk_version: str | None = None,
                    features: Collection[str] | None = None, with_risk: bool = True,
-                   **batcher: Any) -> Predictor:
+                   explain_risk_above: float | None = None, **batcher: Any) -> Predictor:
     """The Predictor for the registry's latest versions in `data_dir`.
 
     prefer: "auto" serves the method that won the evaluation at training time; a method name
@@ -188,7 +188,9 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     published version (what a `model-updates` record names) instead of `latest`. With
     `features` (the names the stream produces), a risk model that reads any other raises
     FeatureMismatch (model.features) instead of serving scores built on zeros.
-    `with_risk=False` serves the rule risk whatever the registry holds.
+    `with_risk=False` serves the rule risk whatever the registry holds. `explain_risk_above`
+    (a worker's alert threshold) limits the risk model's reasons to the scores that reach it
+    (model.risk.model.RiskScorer); None explains every score.
     """
     if prefer not in ("auto", "baseline", *METHODS):
         raise ConfigError(f"prefer must be auto, baseline or one of {', '.join(METHODS)}")
@@ -200,6 +202,6 @@ def load_predictor(data_dir: Path, device: str = "auto", prefer: str = "auto", *
     if rec is None:
         return BaselinePredictor()
     risk_version = (risk_version or reg.latest("risk")) if with_risk else None
-    risk = (RiskScorer.load(reg.path("risk", risk_version), dev, produced=features)
-            if risk_version else None)
+    risk = (RiskScorer.load(reg.path("risk", risk_version), dev, produced=features,
+                            explain_above=explain_risk_above) if risk_version else None)
     return ModelPredictor(rec[0], risk, version=rec[1], risk_version=risk_version, **batcher)

@@ -51,14 +51,14 @@ class RiskOverlay(Wrapper):
 
 
 def overlay_risk(inner: Predictor, registry: ModelRegistry, version: str | None = None,
-                 device: str = "auto", *, features: Collection[str] | None = None
-                 ) -> Predictor:
+                 device: str = "auto", *, features: Collection[str] | None = None,
+                 explain_above: float | None = None) -> Predictor:
     """`inner` with the risk model `version` (default: the latest); `inner` itself when no
     risk model is published. With `features` (what the stream produces), FeatureMismatch for
-    a risk model that reads others."""
+    a risk model that reads others; `explain_above` as in RiskScorer."""
     version = version or registry.latest(RISK)
     if version is None:
         return inner
     scorer = RiskScorer.load(registry.path(RISK, version), resolve_device(device),
-                             produced=features)
+                             produced=features, explain_above=explain_above)
     return RiskOverlay(inner, scorer, version)

@@ -193,10 +193,12 @@ def build_predictor(settings: Settings) -> Any:
             if settings.model_name != "baseline":
                 predictor = load_predictor(settings.data_dir, device=settings.device,
                                            prefer=settings.model_name, features=produced,
-                                           with_risk=with_risk)
+                                           with_risk=with_risk,
+                                           explain_risk_above=settings.risk_threshold)
             if isinstance(predictor, BaselinePredictor) and with_risk:
                 return overlay_risk(predictor, ModelRegistry(settings.data_dir),
-                                    device=settings.device, features=produced)
+                                    device=settings.device, features=produced,
+                                    explain_above=settings.risk_threshold)
             return predictor
         except FeatureMismatch as exc:  # the latest risk model reads columns the stream lacks
             log.error("not serving the registry's latest risk model: %s; the rule risk "
@@ -220,7 +222,7 @@ def build_custom(settings: Settings) -> Predictor:
 
     produced = FeatureConfig.from_settings(settings).produced_names
     return overlay_risk(predictor, ModelRegistry(settings.data_dir), device=settings.device,
-                        features=produced)
+                        features=produced, explain_above=settings.risk_threshold)
 
 
 def tune_gc() -> None:

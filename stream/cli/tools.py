@@ -295,9 +295,11 @@ def bench_inference(
         if has and prefer != "auto":
             methods = ModelRegistry(ddir).manifest("recommender").get("methods", [])
             has = prefer in methods
+        # the risk model explains the scores that reach the worker's alert threshold, as served
         result = run_inference_bench(ddir if has else None, device=device, seconds=seconds,
                                      prefer=prefer, log=Progress("bench inference"),
-                                     threads=threads)
+                                     threads=threads,
+                                     explain_risk_above=get_settings().risk_threshold)
     _print_result(result, json_out, skip="levels")
 
 

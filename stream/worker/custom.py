@@ -122,6 +122,7 @@ def custom_loader(settings: Settings, current: Callable[[], Predictor]
 
             produced = FeatureConfig.from_settings(settings).produced_names
             return overlay_risk(model, ModelRegistry(settings.data_dir), update.version,
-                                settings.device, features=produced)
+                                settings.device, features=produced,
+                                explain_above=settings.risk_threshold)
         return make_custom(factory, spec, update.version)
     return load

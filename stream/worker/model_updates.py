@@ -71,12 +71,14 @@ def registry_loader(settings: Settings, current: Callable[[], Predictor] | None 
         # a risk model reading features the stream does not fill is refused (FeatureMismatch)
         produced = FeatureConfig.from_settings(settings).produced_names
         predictor = load_predictor(settings.data_dir, device=settings.device,
-                                   prefer=settings.model_name, features=produced, **pinned)
+                                   prefer=settings.model_name, features=produced,
+                                   explain_risk_above=settings.risk_threshold, **pinned)
         if isinstance(predictor, BaselinePredictor):
             base = online_base(current()) if current is not None else None
             if update.name == "risk" and base is not None:
                 return overlay_risk(base, ModelRegistry(settings.data_dir), update.version,
-                                    settings.device, features=produced)
+                                    settings.device, features=produced,
+                                    explain_above=settings.risk_threshold)
             # nothing servable (no recommender, or model_name=baseline): keep the current
             # predictor, which for the baseline holds what it learned online
             return None

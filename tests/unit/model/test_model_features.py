@@ -81,3 +81,26 @@ def test_reasons_are_never_empty_even_when_no_feature_raised_the_risk() -> None:
     assert [r.feature for r in first] == ["b"]  # the top contributor, though negative
     assert first[0].value == 2.0 and first[0].contribution == pytest.approx(-0.1)
     assert [r.feature for r in second] == ["c", "a"]  # positive ones only, largest first
+
+
+def test_explain_above_gives_reasons_to_the_scores_that_reach_it_and_the_same_scores() -> None:
+    from model.bench import synthetic_contexts
+
+    torch.manual_seed(3)
+    net = RiskNet(RiskConfig(max_len=8))
+    contexts = synthetic_contexts(64, [f"i{n}" for n in range(30)])
+    full = RiskScorer(net).score(contexts)
+    threshold = sorted(r.score for r in full)[48]  # the top quarter is explained
+    part = RiskScorer(net, explain_above=threshold).score(contexts)
+    explained = 0
+    for every, some in zip(full, part, strict=True):
+        assert some.score == pytest.approx(every.score, abs=1e-6)
+        if some.score >= threshold:
+            explained += 1
+            assert [r.feature for r in some.reasons] == [r.feature for r in every.reasons]
+            assert [r.contribution for r in some.reasons] == pytest.approx(
+                [r.contribution for r in every.reasons], abs=1e-5)
+        else:
+            assert some.reasons == ()
+    assert explained == 16
+    assert all(r.reasons for r in RiskScorer(net, explain_above=0.0).score(contexts))
