@@ -13,6 +13,7 @@ import torch
 from model.encoding import encode_sequences, gap_bucket, type_index
 from model.errors import DataError
 from model.nets import SeqRecConfig, build_recommender
+from model.nets.base import top_k_rows
 from model.nets.gru import GRURec
 from model.types import SeqItem
 from model.vocab import RESERVED, ItemVocab
@@ -117,7 +118,7 @@ class SequenceModel:
         """(B, k) vocabulary ids of the k highest of `logits` (B, n_items)."""
         k = min(k, self.n_items - RESERVED)
         with torch.inference_mode():
-            return torch.topk(logits, k, 1).indices
+            return top_k_rows(logits, k)[1]
 
     def top(self, h: torch.Tensor, k: int) -> torch.Tensor:
         """(B, k) vocabulary ids of the k highest logits over the whole table."""

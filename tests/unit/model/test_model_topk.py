@@ -8,15 +8,16 @@ import torch
 
 import model.recommenders.neural as neural
 from model.nets import SeqRecConfig, build_recommender
-from model.nets.base import TOPK_BLOCK, TOPK_PRUNE_ROWS, logsumexp_rows_, top_k_rows
+from model.nets.base import TOPK_GROUP, TOPK_PRUNE_ROWS, logsumexp_rows_, top_k_rows
 from model.recommenders.neural import NeuralRecommender
 from model.types import SeqItem
 from model.vocab import ItemVocab
 
 
-@pytest.mark.parametrize("n", [12, 3 * TOPK_BLOCK, 40 * TOPK_BLOCK + 37])
-@pytest.mark.parametrize("k", [1, 5, 11])
+@pytest.mark.parametrize("n", [12, 3 * TOPK_GROUP, 50 * TOPK_GROUP + 5, 400 * TOPK_GROUP])
+@pytest.mark.parametrize("k", [1, 5, 11, 50])
 def test_block_pruned_top_k_equals_torch_topk(n: int, k: int) -> None:
+    k = min(k, n)
     g = torch.Generator().manual_seed(n + k)
     x = torch.randn(max(9, TOPK_PRUNE_ROWS), n, generator=g) * 5
     x[:, :2] = float("-inf")
