@@ -173,8 +173,10 @@ class HybridRecommender:
         s = self.scores(b)
         top = torch.topk(s, min(k, s.shape[1]), 1)
         vals, idx = top.values.tolist(), b.cand.ids.gather(1, top.indices).tolist()
-        name = self.tables.name
-        return [[(name(i, b.enc), v) for v, i in zip(vr, ir, strict=True) if v > float("-inf")]
+        # CandidateTables.name inlined: this runs for every item of every row
+        items, n, local, none = self.tables.items, self.tables.n, b.enc.names, float("-inf")
+        return [[(items[i - 1] if i <= n else local[i - n - 1], v)
+                 for v, i in zip(vr, ir, strict=True) if v > none]
                 for vr, ir in zip(vals, idx, strict=True)]
 
     def save(self, directory: Path) -> None:

@@ -44,6 +44,7 @@ class SequenceModel:
         self.version = version
         # category -> the id its embedding has (nets with categories): new items join theirs
         self.categories = categories or {}
+        self._table: tuple[tuple[tuple[int, int, torch.Size], ...], torch.Tensor] | None = None
 
     @property
     def max_len(self) -> int:
@@ -110,9 +111,23 @@ class SequenceModel:
         reserved ids (padding, unknown) at -inf."""
         net = self.net
         with torch.inference_mode():
-            out = torch.addmm(net.item_bias, h, net.item_table().T)
+            out = torch.addmm(net.item_bias, h, self.item_table().T)
             out[:, :RESERVED] = float("-inf")
             return out
+
+    def item_table(self) -> torch.Tensor:
+        """The net's item_table(), kept while the weights it is built from are unchanged (an
+        optimiser step or a vocabulary growth changes their version or shape): with category
+        embeddings it is a sum over the whole table, every batch otherwise."""
+        net = self.net
+        parts = [net.item_emb.weight]
+        if net.cat_emb is not None and net.item_cat is not None:
+            parts += [net.cat_emb.weight, net.item_cat]
+        key = tuple((id(t), t._version, t.shape) for t in parts)
+        if self._table is None or self._table[0] != key:
+            with torch.inference_mode():
+                self._table = (key, net.item_table())
+        return self._table[1]
 
     def top_of(self, logits: torch.Tensor, k: int) -> torch.Tensor:
         """(B, k) vocabulary ids of the k highest of `logits` (B, n_items)."""

@@ -105,6 +105,30 @@ def test_batched_steps_equal_single_steps() -> None:
     torch.testing.assert_close(both[1].hidden, model.step(sb, *b[-1]).hidden)
 
 
+def test_logits_follow_the_weights_they_were_cached_from() -> None:
+    """The item table kept between batches is rebuilt after an in-place weight change (an
+    optimiser step) and after the table grows."""
+    model = _sequence_model()
+    net = model.net
+    net.item_cat = torch.arange(model.n_items) % 3  # with categories: the table is a sum
+    net.cat_emb = torch.nn.Embedding(3, 16)
+    h = torch.randn(2, 16)
+
+    def plain() -> torch.Tensor:
+        with torch.no_grad():
+            out = torch.addmm(net.item_bias, h, net.item_table().T)
+        out[:, :2] = float("-inf")
+        return out
+
+    assert torch.equal(model.logits(h), plain())
+    with torch.no_grad():
+        net.cat_emb.weight.mul_(2.0)
+        net.item_emb.weight[5] += 1.0
+    assert torch.equal(model.logits(h), plain())
+    net.item_cat = torch.zeros(model.n_items, dtype=torch.int64)  # replaced, not edited
+    assert torch.equal(model.logits(h), plain())
+
+
 def test_covisitation_counts_adjacency_days_apart() -> None:
     """Purchases a week apart: the classic 30-minute sessions find no pair, adjacency does,
     the nearer neighbour weighs more, and a pair in one sitting more than one a week apart."""
