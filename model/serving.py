@@ -37,7 +37,8 @@ def with_trigger(ctx: PredictionContext) -> tuple[SeqItem, ...]:
 
 
 class ModelPredictor:
-    """A frozen recommender + risk model; `predict_batch` goes through a micro-batcher.
+    """A frozen recommender + risk model: `predict_batch` computes a caller's whole batch in
+    the calling thread; `predict_one` requests from concurrent callers meet in a micro-batcher.
 
     Deterministic top-k, so every item's propensity is 1.0. The trigger item and
     `context.exclude_items` are never recommended; `context.k` items at most. A missing risk
@@ -59,9 +60,11 @@ class ModelPredictor:
         has_risk = risk is not None and risk_version is not None
         self.risk_version: str = risk_version if has_risk and risk_version else RULES_VERSION
         self._rules = BaselinePredictor() if risk is None else None
+        self._lock = threading.Lock()  # one pass at a time: the batcher's or a caller's
         self._batcher: MicroBatcher[PredictionContext, Prediction] = MicroBatcher(
-            self.compute, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-            timeout_s=timeout_s, block_s=timeout_s, name=f"predict-{self.name}-{version}")
+            self._compute_locked, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            max_queue=max_queue, timeout_s=timeout_s, block_s=timeout_s,
+            name=f"predict-{self.name}-{version}")
 
     @property
     def keeps_seq_state(self) -> bool:
@@ -125,8 +128,23 @@ class ModelPredictor:
             out.update(zip((i for i, _ in level), got, strict=True))
         return out
 
+    def _compute_locked(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
+        with self._lock, torch.inference_mode():
+            return self.compute(contexts)
+
     def predict_batch(self, contexts: Sequence[PredictionContext]) -> list[Prediction]:
-        return self._batcher.map(list(contexts))
+        """The whole batch in the calling thread, `max_batch` rows a pass. A caller that
+        already holds a batch (the worker's model call) gains nothing from the batcher's
+        queue and pays for its thread: every torch operation hands the GIL back, and a second
+        thread woken per request competes for it. In the worker this cut the model's share
+        of a drained batch from ~170 to ~150 us an event (docs/benchmarks/
+        hybrid-serving-2026-12-08.md)."""
+        rows = list(contexts)
+        step = self._batcher.max_batch
+        out: list[Prediction] = []
+        for i in range(0, len(rows), step):
+            out.extend(self._compute_locked(rows[i:i + step]))
+        return out
 
     def predict_one(self, context: PredictionContext) -> Prediction:
         """One request through the batcher (what concurrent callers use)."""

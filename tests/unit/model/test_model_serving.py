@@ -141,6 +141,32 @@ def test_new_version_loads_while_old_one_serves(tmp_path: Path) -> None:
     new.close()
 
 
+def test_a_batch_is_computed_in_the_callers_thread_in_passes_of_max_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict_batch runs the passes itself (no hand-off to the batcher's thread), at most
+    max_batch rows each, with the answers the batcher gives one request at a time."""
+    _publish(ModelRegistry(tmp_path), "sasrec")
+    pred = load_predictor(tmp_path, max_batch=4)
+    assert isinstance(pred, ModelPredictor)
+    contexts = [_ctx(i) for i in range(10)]
+    one_by_one = [pred.predict_one(c) for c in contexts]
+    passes: list[tuple[str, int]] = []
+    compute = pred.compute
+
+    def recorded(rows: list[PredictionContext]) -> list[object]:
+        passes.append((threading.current_thread().name, len(rows)))
+        return compute(rows)  # type: ignore[return-value]
+    monkeypatch.setattr(pred, "compute", recorded)
+    batch = pred.predict_batch(contexts)
+    pred.close()
+    me = threading.current_thread().name
+    assert passes == [(me, 4), (me, 4), (me, 2)]
+    for got, alone in zip(batch, one_by_one, strict=True):  # batch sizes round differently
+        assert [i.item_id for i in got.items] == [i.item_id for i in alone.items]
+        assert [i.score for i in got.items] == pytest.approx([i.score for i in alone.items],
+                                                             abs=1e-5)
+
+
 def test_a_published_hybrid_serves_and_its_states_name_the_version(tmp_path: Path) -> None:
     """`train recommender` publishes the hybrid beside the other methods; served, it keeps
     sequence states stamped with the registry version, and a state of an older version is
