@@ -138,16 +138,21 @@ class HybridRecommender:
         version that ended at the event before the trigger; a missing, empty, unreadable,
         stale or newer state, or one that ended elsewhere (events it never saw: a stretch
         served by another model, a late event), is re-encoded from the history instead (what
-        follows a hot swap or a first event)."""
+        follows a hot swap). A user's first event steps from the initial state, which is the
+        re-encode of a one-event history at the cost of a step."""
         seq = self.seq
         if seq is None:
             raise DataError("hybrid_without_sequence keeps no sequence state")
         steppable: list[tuple[int, SeqState]] = []
+        start: SeqState | None = None
         for i, (hist, blob) in enumerate(zip(seqs, blobs, strict=True)):
             st = _readable(blob)
             if (st is not None and st.version == seq.version and len(hist) > 1
                     and st.last_ts_ms == hist[-2].ts_ms):
                 steppable.append((i, st))
+            elif len(hist) == 1:  # the user's first event: one step from the initial state
+                start = start or seq.init_state()  # is what a re-encode computes, cheaper
+                steppable.append((i, start))
         out: list[SeqState | None] = [None] * len(seqs)
         stepped = seq.step_batch([st for _, st in steppable], [seqs[i][-1] for i, _ in steppable])
         for (i, _), st in zip(steppable, stepped, strict=True):

@@ -238,6 +238,21 @@ def test_later_events_of_a_user_in_one_call_step_from_the_state_before_them(
         assert kept.last_ts_ms == hist[n - 1].ts_ms
 
 
+def test_a_first_event_steps_from_the_initial_state_without_a_re_encode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's first event (a one-event history, no state) gets the state a re-encode gives,
+    by one step: new users are most of a stream's first hours."""
+    rec = _hybrid()
+    assert rec.seq is not None
+    firsts = [_history(1, seed=s) for s in range(5)]
+    want = rec.seq.states_of(firsts)
+    monkeypatch.setattr(rec.seq, "encode", lambda seqs: pytest.fail("re-encoded"))
+    got = rec.advance(firsts, [None, b"", b"junk", None, b""])
+    for g, w, hist in zip(got, want, firsts, strict=True):
+        torch.testing.assert_close(g.hidden, w.hidden, rtol=STATE_TOL, atol=STATE_TOL)
+        assert (g.last_ts_ms, g.events, g.version) == (hist[0].ts_ms, 1, "v1")
+
+
 def test_a_state_of_another_version_is_re_encoded() -> None:
     rec = _hybrid()
     hist = _history(6, seed=9)
