@@ -42,7 +42,8 @@ class ModelPredictor:
 
     Deterministic top-k, so every item's propensity is 1.0. The trigger item and
     `context.exclude_items` are never recommended; `context.k` items at most. A missing risk
-    model falls back to the baseline's rule score (version "rules-v1").
+    model falls back to the baseline's rule score (version "rules-v1"), whose spend z-score
+    learns from the purchases it scores, as the online baseline's does.
 
     max_batch defaults to one CPU pass (recommenders.neural.CPU_ROWS): a bigger batch runs as
     consecutive passes anyway, so waiting up to max_wait_ms for it to fill buys no throughput
@@ -93,7 +94,7 @@ class ModelPredictor:
             risks = self.risk_scorer.score(contexts)
         else:
             assert self._rules is not None
-            risks = [self._rules.risk(c.features) for c in contexts]
+            risks = [self._rules.risk_online(c) for c in contexts]
         return [Prediction(items=ranked.get(i, ()), risk=risks[i], model=self.name,
                            model_version=self.version, risk_model_version=self.risk_version,
                            seq_state=state_to_bytes(states[i]) if i in states else None)

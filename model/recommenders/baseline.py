@@ -137,8 +137,7 @@ class BaselinePredictor:
         item = ctx.item_id
         self.pop[item] = self.pop.get(item, 0.0) + w
         self._since_top += 1
-        if ctx.event_type == "purchase":
-            self._spend.add(ctx.features.get("spend_1h", 0.0))
+        self._learn_spend(ctx)
         seq = ctx.sequence
         n = len(seq)
         if n >= 2 and seq[n - 2].item_id != item:
@@ -273,6 +272,19 @@ class BaselinePredictor:
                 if len(out) >= k:
                     break
         return tuple(out)
+
+    def _learn_spend(self, ctx: PredictionContext) -> None:
+        if ctx.event_type == "purchase":
+            self._spend.add(ctx.features.get("spend_1h", 0.0))
+
+    def risk_online(self, ctx: PredictionContext) -> RiskOutput:
+        """The rule risk of `ctx`, then its spend into the running spend z-score, as
+        predict_batch scores and learns each event: for a predictor that serves this rule
+        risk beside its own recommender (model.serving.ModelPredictor without a risk net),
+        whose spend velocity rule would otherwise never leave zero."""
+        out = self.risk(ctx.features)
+        self._learn_spend(ctx)
+        return out
 
     def risk(self, features: dict[str, float]) -> RiskOutput:
         get = features.get

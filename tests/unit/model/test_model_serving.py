@@ -167,6 +167,26 @@ def test_a_batch_is_computed_in_the_callers_thread_in_passes_of_max_batch(
                                                              abs=1e-5)
 
 
+def test_the_rule_risk_beside_a_model_learns_the_spend_z_score_as_the_baseline_does(
+        tmp_path: Path) -> None:
+    """No risk net published: the rule risk serves, and its spend velocity rule reads the
+    spend of the purchases scored so far (it stayed at zero, so a burst of spend went
+    unnoticed by a worker serving a trained recommender)."""
+    _publish(ModelRegistry(tmp_path), "sasrec")
+    pred = load_predictor(tmp_path)
+    baseline = BaselinePredictor()
+    assert isinstance(pred, ModelPredictor) and pred.risk_version == "rules-v1"
+    usual = [_ctx(i, event_type="purchase", features={"spend_1h": 40.0 + i % 7})
+             for i in range(30)]
+    pred.predict_batch(usual)
+    baseline.predict_batch(usual)
+    burst = _ctx(99, event_type="purchase", features={"spend_1h": 900.0})
+    got, want = pred.predict_batch([burst])[0].risk, baseline.predict_batch([burst])[0].risk
+    pred.close()
+    assert "spend_z_1h" in [r.feature for r in got.reasons]
+    assert got == want
+
+
 def test_a_published_hybrid_serves_and_its_states_name_the_version(tmp_path: Path) -> None:
     """`train recommender` publishes the hybrid beside the other methods; served, it keeps
     sequence states stamped with the registry version, and a state of an older version is
