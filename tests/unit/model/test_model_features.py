@@ -103,4 +103,5 @@ def test_explain_above_gives_reasons_to_the_scores_that_reach_it_and_the_same_sc
         else:
             assert some.reasons == ()
     assert explained == 16
-    assert all(r.reasons for r in RiskScorer(net, explain_above=0.0).score(contexts))
+    with torch.inference_mode():  # as ModelPredictor runs it: the reasons need autograd
+        assert all(r.reasons for r in RiskScorer(net, explain_above=0.0).score(contexts))
