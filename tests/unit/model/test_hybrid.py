@@ -105,6 +105,24 @@ def test_batched_steps_equal_single_steps() -> None:
     torch.testing.assert_close(both[1].hidden, model.step(sb, *b[-1]).hidden)
 
 
+def test_the_ranker_serves_the_scores_of_its_training_path() -> None:
+    """Serving (eval, no autograd) folds the standardisation into the first layer and runs one
+    2-D pass; the scores are those of the plain path, and training still drops out."""
+    torch.manual_seed(0)
+    ranker = RankerNet(RankerConfig(7))
+    ranker.mean.normal_()
+    ranker.std.uniform_(0.5, 3.0)
+    x = torch.randn(3, 11, 7) * 4
+    ranker.eval()
+    with torch.no_grad():
+        plain = ranker.mlp((x - ranker.mean) / ranker.std).squeeze(-1)
+        served = ranker(x)
+    torch.testing.assert_close(served, plain, rtol=1e-5, atol=1e-5)
+    assert served.shape == (3, 11)
+    ranker.train()
+    assert ranker(x).requires_grad  # the training path, with dropout and autograd
+
+
 def test_logits_follow_the_weights_they_were_cached_from() -> None:
     """The item table kept between batches is rebuilt after an in-place weight change (an
     optimiser step) and after the table grows."""
