@@ -139,7 +139,7 @@ class ModelPredictor:
         queue and pays for its thread: every torch operation hands the GIL back, and a second
         thread woken per request competes for it. In the worker this cut the model's share
         of a drained batch from ~170 to ~150 us an event (docs/benchmarks/
-        hybrid-serving-2026-12-08.md)."""
+        hybrid-worker-2026-12-08.md)."""
         rows = list(contexts)
         step = self._batcher.max_batch
         out: list[Prediction] = []
